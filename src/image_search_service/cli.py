@@ -1,0 +1,216 @@
+"""The ``image-search`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import click
+
+from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings, load_settings
+from image_search_service.core.errors import ServiceError
+from image_search_service.core.logging import configure_logging
+from image_search_service.services.context import ServiceContext, open_context
+from image_search_service.vector.base import SearchFilter
+
+MODEL_CHOICE = click.Choice(list(MODEL_KEYS))
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def _context(settings: Settings | None = None) -> Iterator[ServiceContext]:
+    ctx = open_context(settings or load_settings())
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+def _progress_factory(label: str) -> Callable[[int], Callable[[int], None]] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def factory(total: int) -> Callable[[int], None]:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=True)
+
+        def tick(n: int) -> None:
+            bar.update(n)
+            if bar.n >= total:
+                bar.close()
+
+        return tick
+
+    return factory
+
+
+class _Group(click.Group):
+    """Turns expected errors into one clear line and exit status 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ServiceError as exc:
+            click.echo(f"error: {exc.detail}", err=True)
+            sys.exit(1)
+        except FileNotFoundError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default: LOG_LEVEL or INFO)")
+def main(log_level: str | None) -> None:
+    """Semantic search for your photo library (CLIP / SigLIP + Qdrant)."""
+    configure_logging(log_level)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "model",
+    type=click.Choice(["auto", "all", *MODEL_KEYS]),
+    default="auto",
+    show_default=True,
+    help="auto = CLIP plus every model whose collection exists",
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
+    """Index image files (JPEG, PNG, WebP) below PATHS, incrementally."""
+    from image_search_service.services.indexing import index_paths, models_to_index
+
+    with _context() as ctx:
+        keys = models_to_index(ctx, model)
+        report = index_paths(
+            ctx, list(paths), model_keys=keys, progress=_progress_factory("indexing")
+        )
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    click.echo(
+        f"indexed {report.indexed}, skipped {report.skipped} "
+        f"({report.duplicates} duplicates), failed {report.failed}, missing {report.missing} "
+        f"- {report.scanned} files scanned in {report.seconds:.1f}s "
+        f"({report.images_per_second:.1f} images/s) with {', '.join(report.models)}"
+    )
+    for failure in report.failures[:20]:
+        click.echo(f"  failed: {failure['path']}: {failure['error']}", err=True)
+    if len(report.failures) > 20:
+        click.echo(f"  ... and {len(report.failures) - 20} more failures", err=True)
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option(
+    "--image", "image", type=click.Path(path_type=Path, dir_okay=False), help="search by example"
+)
+@click.option("--similar", "similar", help="asset id: photos like this one")
+@click.option("--limit", type=click.IntRange(1, 100), default=10, show_default=True)
+@click.option("--offset", type=click.IntRange(0, 10_000), default=0)
+@click.option("--min-score", type=click.FloatRange(-1, 1), default=None)
+@click.option("--model", type=MODEL_CHOICE, default="clip", show_default=True)
+@click.option("--format", "image_format", type=click.Choice(["JPEG", "PNG", "WEBP"]))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def search(
+    text: str | None,
+    image: Path | None,
+    similar: str | None,
+    limit: int,
+    offset: int,
+    min_score: float | None,
+    model: ModelKey,
+    image_format: str | None,
+    as_json: bool,
+) -> None:
+    """Search by TEXT, by an example --image, or --similar to an indexed asset."""
+    from image_search_service.services.search import SearchOptions, SearchService
+
+    given = [x for x in (text, image, similar) if x]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of TEXT, --image FILE or --similar ASSET_ID")
+    options = SearchOptions(
+        limit=limit,
+        offset=offset,
+        min_score=min_score,
+        search_filter=SearchFilter(format=image_format) if image_format else None,
+    )
+    with _context() as ctx:
+        service = SearchService(ctx)
+        if text:
+            outcome = service.search_text(text, model=model, options=options)
+        elif image:
+            outcome = service.search_image(image, model=model, options=options)
+        else:
+            try:
+                asset_id = UUID(str(similar))
+            except ValueError:
+                raise click.BadParameter(
+                    "not a valid asset id (UUID)", param_hint="--similar"
+                ) from None
+            outcome = service.search_similar(asset_id, model=model, options=options)
+    if as_json:
+        _echo_json(outcome.as_dict())
+        return
+    click.echo(
+        f"{len(outcome.results)} results from {outcome.collection} ({outcome.model}) "
+        f"in {outcome.took_ms:.0f} ms"
+    )
+    for rank, hit in enumerate(outcome.results, start=offset + 1):
+        calibrated = f"  p={hit.calibrated_score:.3f}" if hit.calibrated_score is not None else ""
+        click.echo(f"{rank:3d}. {hit.score:.4f}{calibrated}  {hit.path}  [{hit.asset_id}]")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def status(as_json: bool) -> None:
+    """Asset counts and, per model, collection, points, coverage and settings."""
+    from image_search_service.services.status import library_status
+
+    with _context() as ctx:
+        data = library_status(ctx)
+    if as_json:
+        _echo_json(data)
+        return
+    click.echo(
+        f"assets: {data['assets']} searchable, {data['failed']} unreadable, "
+        f"{data['missing']} missing  (vectors: {data['vector_store']}, db: {data['database']})"
+    )
+    for key, entry in data["models"].items():
+        if not entry["exists"]:
+            click.echo(f"{key:7s} {entry['collection']}: not created")
+            continue
+        ident = entry["model_identity"] or {}
+        click.echo(
+            f"{key:7s} {entry['collection']}: {entry['points']} points, coverage "
+            f"{entry['coverage']:.1%}, {entry['failed']} failed, {entry['quantization']}, "
+            f"HNSW m={entry['hnsw']['m']} ef_construct={entry['hnsw']['ef_construct']}, "
+            f"model {ident.get('model_name')} "
+            f"({ident.get('pretrained') or '-'}, {ident.get('dim')}-d)"
+            + ("" if entry["identity_matches"] else "  MISMATCH with settings")
+        )
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations (also done automatically at start)."""
+    from image_search_service.db.session import make_engine, upgrade_database
+
+    settings = load_settings()
+    engine = make_engine(settings.resolved_database_url)
+    upgrade_database(engine)
+    engine.dispose()
+    click.echo(f"database is at the latest schema ({engine.url.render_as_string()})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Settings, logging and domain errors shared by every layer."""

@@ -1,0 +1,67 @@
+"""Domain errors. Each carries the HTTP status it means, so one handler renders them."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: an expected failure with a message meant for the user."""
+
+    status_code = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ConfigError(ServiceError):
+    status_code = 500
+
+
+class InvalidRequest(ServiceError):
+    status_code = 422
+
+
+class AssetNotFound(ServiceError):
+    status_code = 404
+
+
+class UnsupportedImage(ServiceError):
+    """Not an image we can read: corrupt, truncated, empty or another format."""
+
+    status_code = 415
+
+
+class ImageTooLarge(ServiceError):
+    """Too many bytes or too many pixels (decompression bomb)."""
+
+    status_code = 413
+
+
+class ModelLoadError(ServiceError):
+    status_code = 503
+
+
+class ModelMismatch(ServiceError):
+    """A collection was filled by another model than the one configured for it."""
+
+    status_code = 409
+
+
+class CollectionMissing(ServiceError):
+    status_code = 409
+
+
+class VectorStoreUnavailable(ServiceError):
+    status_code = 503
+
+
+class VectorStoreLocked(VectorStoreUnavailable):
+    """The embedded store is open in another process."""
+
+
+class DatabaseUnavailable(ServiceError):
+    status_code = 503
+
+
+class Unauthorized(ServiceError):
+    status_code = 401

@@ -1,0 +1,78 @@
+"""Model specs: which open_clip model fills which collection.
+
+The spec is the only place that knows the two roles (``clip`` = baseline,
+``siglip`` = candidate); everything downstream takes a spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from image_search_service.core.config import ModelKey, Settings
+
+DEMO_MODELS_DIR = Path(__file__).resolve().parent.parent / "demo_models"
+DEMO_MODEL_NAMES = ("demo-clip", "demo-siglip")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a collection is stamped with, and what an encoder must match."""
+
+    model_name: str
+    pretrained: str
+    dim: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "pretrained": self.pretrained, "dim": self.dim}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
+        return cls(
+            model_name=str(data["model_name"]),
+            pretrained=str(data.get("pretrained") or ""),
+            dim=int(data["dim"]),
+        )
+
+    def describe(self) -> str:
+        tag = f" ({self.pretrained})" if self.pretrained else ""
+        return f"{self.model_name}{tag}, {self.dim}-d"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: ModelKey
+    model_name: str
+    pretrained: str
+    embedding_dim: int
+    collection: str
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.model_name, self.pretrained, self.embedding_dim)
+
+    @property
+    def open_clip_name(self) -> str:
+        """The name handed to open_clip: shipped demo names become ``local-dir:`` paths."""
+        if self.model_name in DEMO_MODEL_NAMES:
+            return f"local-dir:{DEMO_MODELS_DIR / self.model_name}"
+        return self.model_name
+
+
+def model_spec(settings: Settings, key: ModelKey) -> ModelSpec:
+    if key == "clip":
+        return ModelSpec(
+            key="clip",
+            model_name=settings.clip_model_name,
+            pretrained=settings.clip_pretrained,
+            embedding_dim=settings.clip_embedding_dim,
+            collection=settings.qdrant_collection,
+        )
+    return ModelSpec(
+        key="siglip",
+        model_name=settings.siglip_model_name,
+        pretrained=settings.siglip_pretrained,
+        embedding_dim=settings.siglip_embedding_dim,
+        collection=settings.siglip_collection,
+    )

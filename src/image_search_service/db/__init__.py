@@ -1,0 +1,1 @@
+"""Metadata database: the source of truth for assets (SQLite or PostgreSQL)."""

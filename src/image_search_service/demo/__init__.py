@@ -1,0 +1,1 @@
+"""Offline demo helpers: a synthetic picture generator for tests, training and demos."""

@@ -1,0 +1,1 @@
+"""Reading image files safely, and finding them on disk."""

@@ -1,0 +1,1 @@
+"""Business logic: encoders, routing, ingestion, search, re-embedding."""

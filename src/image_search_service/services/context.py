@@ -1,0 +1,62 @@
+"""What a process opens once and hands down: settings, DB, vector store, encoders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
+from image_search_service.core.specs import ModelSpec, model_spec
+from image_search_service.db.session import make_engine, make_session_factory, upgrade_database
+from image_search_service.services.embedding import EncoderRegistry, OpenClipEncoder
+from image_search_service.vector.base import CollectionSpec, VectorStore
+from image_search_service.vector.factory import collection_spec, open_vector_store
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    store: VectorStore
+    encoders: EncoderRegistry
+    specs: dict[ModelKey, ModelSpec] = field(default_factory=dict)
+
+    def spec(self, key: ModelKey) -> ModelSpec:
+        return self.specs[key]
+
+    def collection_spec(self, key: ModelKey) -> CollectionSpec:
+        return collection_spec(self.settings, key)
+
+    def encoder(self, key: ModelKey) -> OpenClipEncoder:
+        return self.encoders.get(self.specs[key])
+
+    def has_collection(self, key: ModelKey) -> bool:
+        return self.store.collection_info(self.specs[key].collection) is not None
+
+    def close(self) -> None:
+        self.store.close()
+        self.engine.dispose()
+
+
+def open_context(
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    encoders: EncoderRegistry | None = None,
+) -> ServiceContext:
+    engine = make_engine(settings.resolved_database_url)
+    if migrate:
+        upgrade_database(engine)
+    store = open_vector_store(settings)
+    return ServiceContext(
+        settings=settings,
+        engine=engine,
+        session_factory=make_session_factory(engine),
+        store=store,
+        encoders=encoders
+        or EncoderRegistry(device=settings.device, cache_dir=settings.model_cache_dir),
+        specs={key: model_spec(settings, key) for key in MODEL_KEYS},
+    )

@@ -1,0 +1,237 @@
+"""One open_clip encoder class for every model (CLIP, SigLIP, shipped demo models).
+
+Loaded lazily, once per spec per process (see :class:`EncoderRegistry`), in eval
+and inference mode. Outputs are L2-normalised float32 rows whose width must
+equal the configured dimension.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import open_clip
+import torch
+from PIL import Image
+
+from image_search_service.core.errors import ModelLoadError
+from image_search_service.core.specs import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+RANDOM_WEIGHTS = "random"  # explicit opt-in, for benchmarks only
+
+_HOW_TO_PROVIDE = (
+    "Provide weights one of these ways: (1) run once with network access so open_clip can "
+    "cache them in MODEL_CACHE_DIR; (2) set {prefix}_PRETRAINED to a checkpoint file; "
+    "(3) set {prefix}_MODEL_NAME=local-dir:/path/to/dir (open_clip_config.json + "
+    "open_clip_model.safetensors); or (4) use the shipped offline demo model "
+    "{prefix}_MODEL_NAME=demo-{key}."
+)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _registered_preprocess(model_name: str) -> tuple[dict[str, Any], bool]:
+    """Preprocessing and QuickGELU of a built-in model's first registered weights.
+
+    open_clip falls back to OpenAI preprocessing when weights come from a file,
+    which is wrong for SigLIP (mean=std=0.5, squash); the model's own registered
+    pretrained configs say what it was trained with.
+    """
+    for tag in open_clip.list_pretrained_tags_by_model(model_name):
+        cfg = open_clip.get_pretrained_cfg(model_name, tag)
+        if cfg:
+            keys = ("mean", "std", "interpolation", "resize_mode")
+            return {k: cfg[k] for k in keys if k in cfg}, bool(cfg.get("quick_gelu", False))
+    return {}, False
+
+
+class OpenClipEncoder:
+    """Encodes images and text with one open_clip model."""
+
+    def __init__(self, spec: ModelSpec, *, device: str = "auto", cache_dir: Path | None = None):
+        self.spec = spec
+        self._device_name = device
+        self._cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._preprocess: Callable[[Image.Image], torch.Tensor] | None = None
+        self._tokenizer: Any = None
+        self._logit_scale = 1.0
+        self._logit_bias: float | None = None
+        self.device = resolve_device(device)
+
+    # -- loading -----------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        with self._lock:
+            if self._model is None:
+                self._load_locked()
+
+    def _load_locked(self) -> None:
+        spec = self.spec
+        prefix = spec.key.upper()
+        how = _HOW_TO_PROVIDE.format(prefix=prefix, key=spec.key)
+        name = spec.open_clip_name
+        has_schema = name.startswith(("local-dir:", "hf-hub:"))
+        pretrained: str | None = None if has_schema else (spec.pretrained or None)
+        kwargs: dict[str, Any] = {}
+        if not has_schema:
+            if pretrained is None:
+                raise ModelLoadError(
+                    f"{prefix}_PRETRAINED is empty for {prefix}_MODEL_NAME={spec.model_name!r}; "
+                    "a built-in model name needs a pretrained tag or checkpoint file. " + how
+                )
+            registered_pp, quick_gelu = _registered_preprocess(name)
+            if pretrained == RANDOM_WEIGHTS:
+                logger.warning("%s: random weights (%s_PRETRAINED=random)", spec.key, prefix)
+                kwargs["load_weights"] = False
+                pretrained = None
+                kwargs["force_preprocess_cfg"] = registered_pp or None
+            else:
+                tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+                if tag_cfg:
+                    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+                elif os.path.isfile(pretrained):
+                    kwargs["force_preprocess_cfg"] = registered_pp or None
+                else:
+                    tags = open_clip.list_pretrained_tags_by_model(name)
+                    raise ModelLoadError(
+                        f"{prefix}_PRETRAINED={pretrained!r} is neither a pretrained tag of "
+                        f"{name!r} (known: {', '.join(tags) or 'none'}) nor an existing file. "
+                        + how
+                    )
+                kwargs["require_pretrained"] = True
+            # OpenAI's CLIP weights were trained with QuickGELU; open_clip's registry says so.
+            kwargs["force_quick_gelu"] = quick_gelu
+        else:
+            kwargs["require_pretrained"] = True
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name,
+                pretrained=pretrained,
+                device=self.device,
+                cache_dir=str(self._cache_dir) if self._cache_dir else None,
+                **kwargs,
+            )
+            tokenizer = open_clip.get_tokenizer(
+                name, cache_dir=str(self._cache_dir) if self._cache_dir else None
+            )
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load {spec.key} model {spec.model_name!r}"
+                f"{' / ' + spec.pretrained if spec.pretrained and not has_schema else ''}: "
+                f"{exc}. {how}"
+            ) from exc
+        model.eval()
+        self._model = model
+        self._preprocess = preprocess
+        self._tokenizer = tokenizer
+        scale = getattr(model, "logit_scale", None)
+        bias = getattr(model, "logit_bias", None)
+        self._logit_scale = float(scale.exp().item()) if scale is not None else 1.0
+        self._logit_bias = float(bias.item()) if bias is not None else None
+        width = self._encode_text_locked(["a photo"]).shape[1]
+        if width != spec.embedding_dim:
+            self._model = None
+            raise ModelLoadError(
+                f"{spec.key} model {spec.model_name!r} produces {width}-d embeddings but "
+                f"{prefix}_EMBEDDING_DIM={spec.embedding_dim}; fix the setting or the model"
+            )
+        logger.info(
+            "loaded %s model %s on %s (%d-d)", spec.key, spec.model_name, self.device, width
+        )
+
+    # -- encoding ----------------------------------------------------------------------
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """The model's own preprocessing; safe to call from decode threads."""
+        self.load()
+        assert self._preprocess is not None
+        return self._preprocess(image)
+
+    @property
+    def image_size(self) -> int:
+        self.load()
+        size = self._model.visual.image_size
+        return int(max(size) if isinstance(size, tuple | list) else size)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> FloatArray:
+        if not images:
+            return np.zeros((0, self.spec.embedding_dim), dtype=np.float32)
+        batch = torch.stack([self.preprocess(img) for img in images])
+        return self.encode_preprocessed(batch)
+
+    def encode_preprocessed(self, batch: torch.Tensor) -> FloatArray:
+        self.load()
+        with torch.inference_mode():
+            features = self._model.encode_image(batch.to(self.device), normalize=True)
+        return _as_float32(features)
+
+    def encode_text(self, texts: Sequence[str]) -> FloatArray:
+        self.load()
+        return self._encode_text_locked(texts)
+
+    def _encode_text_locked(self, texts: Sequence[str]) -> FloatArray:
+        tokens = self._tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode():
+            features = self._model.encode_text(tokens, normalize=True)
+        return _as_float32(features)
+
+    # -- scores ------------------------------------------------------------------------
+    @property
+    def has_calibrated_score(self) -> bool:
+        self.load()
+        return self._logit_bias is not None
+
+    def calibrated_score(self, cosine: float) -> float | None:
+        """SigLIP's text-image probability: sigmoid(cos * exp(logit_scale) + logit_bias)."""
+        self.load()
+        if self._logit_bias is None:
+            return None
+        logit = cosine * self._logit_scale + self._logit_bias
+        return 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
+
+
+def _as_float32(features: torch.Tensor) -> FloatArray:
+    array: FloatArray = features.detach().to("cpu", torch.float32).numpy()
+    # Renormalise in float32: half-precision models can drift off the unit sphere.
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return np.asarray(array / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+class EncoderRegistry:
+    """One encoder per spec per process; created at start-up and handed down."""
+
+    def __init__(self, *, device: str = "auto", cache_dir: Path | None = None) -> None:
+        self._device = device
+        self._cache_dir = cache_dir
+        self._encoders: dict[ModelSpec, OpenClipEncoder] = {}
+        self._lock = threading.Lock()
+
+    def get(self, spec: ModelSpec) -> OpenClipEncoder:
+        with self._lock:
+            encoder = self._encoders.get(spec)
+            if encoder is None:
+                encoder = OpenClipEncoder(spec, device=self._device, cache_dir=self._cache_dir)
+                self._encoders[spec] = encoder
+            return encoder

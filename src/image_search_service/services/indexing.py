@@ -1,0 +1,230 @@
+"""Index folders: scan, dedupe by content hash, reconcile with the DB, embed.
+
+Incremental: files whose size and mtime are unchanged are not re-read; files that
+disappeared are marked missing and their points removed from every collection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy.orm import Session
+
+from image_search_service.core.config import MODEL_KEYS, ModelKey
+from image_search_service.core.specs import ModelSpec
+from image_search_service.db import repository as repo
+from image_search_service.db.models import Asset, AssetStatus
+from image_search_service.images.scan import content_hash, scan_images
+from image_search_service.services.context import ServiceContext
+from image_search_service.services.pipeline import AssetRef, embed_assets
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexReport:
+    scanned: int = 0
+    indexed: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    missing: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    models: list[str] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ProgressFactory = Callable[[int], Callable[[int], None]]
+
+
+def models_to_index(ctx: ServiceContext, requested: str) -> list[ModelKey]:
+    """``auto``: the baseline plus every model whose collection exists, so that new
+    photos land in a collection being migrated to and the migration stays finished."""
+    if requested == "all":
+        return list(MODEL_KEYS)
+    if requested in MODEL_KEYS:
+        return [requested]
+    return [k for k in MODEL_KEYS if k == "clip" or ctx.has_collection(k)]
+
+
+def index_paths(
+    ctx: ServiceContext,
+    roots: Sequence[Path],
+    *,
+    model_keys: Sequence[ModelKey],
+    progress: ProgressFactory | None = None,
+) -> IndexReport:
+    started = time.perf_counter()
+    report = IndexReport(models=list(model_keys))
+    specs = [ctx.spec(k) for k in model_keys]
+    for key in model_keys:
+        ctx.store.ensure_collection(ctx.collection_spec(key))
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"no such file or folder: {root}")
+
+    with ctx.session_factory() as session:
+        to_embed = _reconcile(ctx, session, roots, specs, report)
+        session.commit()
+
+    # Group by the models each asset still needs, so nothing is encoded twice.
+    groups: dict[tuple[ModelKey, ...], list[AssetRef]] = {}
+    for ref, keys in to_embed:
+        groups.setdefault(keys, []).append(ref)
+    tick = progress(len(to_embed)) if progress else None
+    for keys, refs in groups.items():
+        result = embed_assets(
+            refs,
+            encoders=[ctx.encoder(k) for k in keys],
+            store=ctx.store,
+            session_factory=ctx.session_factory,
+            batch_size=ctx.settings.batch_size,
+            decode_workers=ctx.settings.decode_workers,
+            max_pixels=ctx.settings.max_image_pixels,
+            on_progress=tick,
+        )
+        report.indexed += result.done
+        report.failed += result.failed
+        paths = {ref.id: str(ref.path) for ref in refs}
+        report.failures.extend(
+            {"path": paths[asset_id], "error": reason} for asset_id, reason in result.failures
+        )
+    if to_embed:
+        for spec in specs:
+            ctx.store.optimize(spec.collection)
+    report.seconds = round(time.perf_counter() - started, 3)
+    report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
+    return report
+
+
+def _reconcile(
+    ctx: ServiceContext,
+    session: Session,
+    roots: Sequence[Path],
+    specs: Sequence[ModelSpec],
+    report: IndexReport,
+) -> list[tuple[AssetRef, tuple[ModelKey, ...]]]:
+    to_embed: list[tuple[AssetRef, tuple[ModelKey, ...]]] = []
+    seen: set[str] = set()
+    for path in scan_images(roots):
+        report.scanned += 1
+        key = str(path)
+        seen.add(key)
+        try:
+            stat = path.stat()
+            asset = repo.asset_by_path(session, key)
+            unchanged = (
+                asset is not None
+                and asset.size_bytes == stat.st_size
+                and asset.mtime_ns == stat.st_mtime_ns
+                and asset.status != AssetStatus.MISSING
+            )
+            if not unchanged:
+                asset = _upsert_file(ctx, session, path, stat.st_size, stat.st_mtime_ns, report)
+        except OSError as exc:
+            report.failed += 1
+            report.failures.append({"path": key, "error": f"cannot read: {exc}"})
+            continue
+        if asset is None:  # a duplicate of another asset
+            continue
+        if asset.status == AssetStatus.FAILED and unchanged:
+            report.skipped += 1  # unreadable and unchanged: its reason is already recorded
+            continue
+        rows = repo.embedded_keys(session, asset.id)
+        needed = tuple(s.key for s in specs if not repo.is_done_for(rows.get(s.key), s))
+        if needed:
+            to_embed.append((AssetRef(asset.id, path), needed))
+        else:
+            report.skipped += 1
+    session.flush()
+    _mark_missing(ctx, session, roots, seen, report)
+    return to_embed
+
+
+def _upsert_file(
+    ctx: ServiceContext, session: Session, path: Path, size: int, mtime_ns: int, report: IndexReport
+) -> Asset | None:
+    """New or changed file: returns its asset, or None when it duplicates another file."""
+    key = str(path)
+    digest = content_hash(path)
+    by_path = repo.asset_by_path(session, key)
+    by_hash = repo.asset_by_hash(session, digest)
+    if by_hash is not None and by_hash is not by_path:
+        if by_hash.status != AssetStatus.MISSING and Path(by_hash.path).exists():
+            report.duplicates += 1
+            report.skipped += 1
+            if by_path is not None:  # this path used to hold other content
+                _forget(ctx, session, by_path)
+            return None
+        # The known content moved here: keep its id (and its points, unless it was missing).
+        if by_path is not None:
+            _forget(ctx, session, by_path)
+        if by_hash.status == AssetStatus.MISSING:
+            repo.clear_embeddings(session, by_hash.id)
+            by_hash.status = AssetStatus.ACTIVE
+        by_hash.path, by_hash.size_bytes, by_hash.mtime_ns = key, size, mtime_ns
+        return by_hash
+    if by_path is not None:
+        changed = by_path.content_hash != digest or by_path.status == AssetStatus.MISSING
+        by_path.size_bytes, by_path.mtime_ns, by_path.content_hash = size, mtime_ns, digest
+        if changed:  # new content under the old name: old vectors are wrong now
+            _delete_points(ctx, by_path.id)
+            repo.clear_embeddings(session, by_path.id)
+            by_path.status, by_path.error = AssetStatus.ACTIVE, None
+        return by_path
+    asset = Asset(
+        path=key,
+        content_hash=digest,
+        size_bytes=size,
+        mtime_ns=mtime_ns,
+        status=AssetStatus.ACTIVE,
+    )
+    session.add(asset)
+    session.flush()
+    return asset
+
+
+def _forget(ctx: ServiceContext, session: Session, asset: Asset) -> None:
+    _delete_points(ctx, asset.id)
+    session.delete(asset)
+    session.flush()
+
+
+def _delete_points(ctx: ServiceContext, asset_id: UUID) -> None:
+    for key in MODEL_KEYS:
+        collection = ctx.spec(key).collection
+        if ctx.store.collection_info(collection) is not None:
+            ctx.store.delete(collection, [asset_id])
+
+
+def _mark_missing(
+    ctx: ServiceContext,
+    session: Session,
+    roots: Sequence[Path],
+    seen: set[str],
+    report: IndexReport,
+) -> None:
+    prefixes = [
+        str(r.resolve()) + os.sep if r.resolve().is_dir() else str(r.resolve()) for r in roots
+    ]
+    gone = [
+        a
+        for a in repo.assets_under(session, prefixes)
+        if a.path not in seen and not Path(a.path).exists()
+    ]
+    for asset in gone:
+        _delete_points(ctx, asset.id)
+        repo.clear_embeddings(session, asset.id)
+        asset.status = AssetStatus.MISSING
+        report.missing += 1

@@ -1,0 +1,184 @@
+"""Decode -> encode -> upsert -> record, for a list of assets and one or more models.
+
+Decoding (and each model's preprocessing) runs in a bounded thread pool ahead of
+the model, in order, so the forward pass is the only thing the caller waits for.
+Used by folder indexing, uploads and re-embedding jobs alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import UUID
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from image_search_service.core.config import ModelKey
+from image_search_service.core.errors import ImageTooLarge, UnsupportedImage
+from image_search_service.db import repository as repo
+from image_search_service.images.loading import ImageMeta, load_image
+from image_search_service.services.embedding import OpenClipEncoder
+from image_search_service.vector.base import VectorPoint, VectorStore, payload_timestamp
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AssetRef:
+    id: UUID
+    path: Path
+
+
+@dataclass
+class PipelineResult:
+    done: int = 0
+    failed: int = 0
+    failures: list[tuple[UUID, str]] = field(default_factory=list)
+    encode_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    ref: AssetRef
+    meta: ImageMeta | None
+    tensors: dict[ModelKey, torch.Tensor] | None
+    error: str | None
+
+
+ProgressFn = Callable[[int], None]
+
+
+def _decode(ref: AssetRef, encoders: Sequence[OpenClipEncoder], max_pixels: int) -> _Decoded:
+    try:
+        min_side = max(enc.image_size for enc in encoders)
+        loaded = load_image(ref.path, max_pixels=max_pixels, min_side=min_side)
+        tensors = {enc.spec.key: enc.preprocess(loaded.image) for enc in encoders}
+        return _Decoded(ref, loaded.meta, tensors, None)
+    except (UnsupportedImage, ImageTooLarge) as exc:
+        return _Decoded(ref, None, None, exc.detail)
+
+
+def _decoded_in_order(
+    refs: Sequence[AssetRef],
+    encoders: Sequence[OpenClipEncoder],
+    *,
+    workers: int,
+    max_pixels: int,
+    lookahead: int,
+) -> Iterator[_Decoded]:
+    """Decode ahead in threads, yielding in input order, never holding more than
+    ``lookahead`` decoded images in memory."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque[Future[_Decoded]] = deque()
+        items = iter(refs)
+        for ref in items:
+            pending.append(pool.submit(_decode, ref, encoders, max_pixels))
+            if len(pending) >= lookahead:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(items, None)
+            if nxt is not None:
+                pending.append(pool.submit(_decode, nxt, encoders, max_pixels))
+            yield result
+
+
+def embed_assets(
+    refs: Sequence[AssetRef],
+    *,
+    encoders: Sequence[OpenClipEncoder],
+    store: VectorStore,
+    session_factory: sessionmaker[Session],
+    batch_size: int,
+    decode_workers: int,
+    max_pixels: int,
+    on_progress: ProgressFn | None = None,
+) -> PipelineResult:
+    """Embed ``refs`` with every encoder; one bad file fails alone with its reason."""
+    result = PipelineResult()
+    if not refs or not encoders:
+        return result
+    for enc in encoders:
+        enc.load()  # before the threads start, so the first batch pays no surprise
+    batch: list[_Decoded] = []
+    decoded = _decoded_in_order(
+        refs,
+        encoders,
+        workers=decode_workers,
+        max_pixels=max_pixels,
+        lookahead=max(2 * batch_size, decode_workers * 2),
+    )
+    failed_batch: list[_Decoded] = []
+    for item in decoded:
+        if item.error is not None:
+            failed_batch.append(item)
+        else:
+            batch.append(item)
+        if len(batch) >= batch_size or len(failed_batch) >= batch_size:
+            _flush(batch, failed_batch, encoders, store, session_factory, result, on_progress)
+            batch, failed_batch = [], []
+    _flush(batch, failed_batch, encoders, store, session_factory, result, on_progress)
+    return result
+
+
+def _flush(
+    batch: list[_Decoded],
+    failed: list[_Decoded],
+    encoders: Sequence[OpenClipEncoder],
+    store: VectorStore,
+    session_factory: sessionmaker[Session],
+    result: PipelineResult,
+    on_progress: ProgressFn | None,
+) -> None:
+    if not batch and not failed:
+        return
+    vectors_by_key = {}
+    if batch:
+        started = time.perf_counter()
+        for enc in encoders:
+            stacked = torch.stack([d.tensors[enc.spec.key] for d in batch if d.tensors])
+            vectors = enc.encode_preprocessed(stacked)
+            vectors_by_key[enc.spec.key] = vectors
+        result.encode_seconds += time.perf_counter() - started
+        for enc in encoders:
+            points = []
+            for d, vec in zip(batch, vectors_by_key[enc.spec.key], strict=True):
+                assert d.meta is not None
+                points.append(VectorPoint(id=d.ref.id, vector=vec, payload=_payload(d)))
+            store.upsert(enc.spec.collection, points)
+    # The vectors are stored before the DB says "done": a crash in between leaves
+    # "pending", which the next run redoes (upserts are idempotent by asset id).
+    with session_factory() as session:
+        for d in batch:
+            assert d.meta is not None
+            repo.record_metadata(session, d.ref.id, d.meta)
+            for enc in encoders:
+                repo.mark_embedded(session, d.ref.id, enc.spec)
+        for d in failed:
+            assert d.error is not None
+            repo.record_unreadable(session, d.ref.id, d.error)
+            for enc in encoders:
+                repo.mark_embedding_failed(session, d.ref.id, enc.spec, d.error)
+        session.commit()
+    result.done += len(batch)
+    result.failed += len(failed)
+    result.failures.extend((d.ref.id, d.error or "") for d in failed)
+    if on_progress:
+        on_progress(len(batch) + len(failed))
+
+
+def _payload(d: _Decoded) -> dict[str, object]:
+    assert d.meta is not None
+    return {
+        "asset_id": str(d.ref.id),
+        "format": d.meta.format,
+        "taken_ts": payload_timestamp(d.meta.taken_at),
+        "width": d.meta.width,
+        "height": d.meta.height,
+    }

@@ -1,0 +1,1 @@
+"""Vector stores: one small interface, two adapters (Qdrant Edge, Qdrant server)."""

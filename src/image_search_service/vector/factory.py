@@ -1,0 +1,35 @@
+"""Pick the vector store from the settings: Qdrant server if QDRANT_URL, else Edge."""
+
+from __future__ import annotations
+
+from image_search_service.core.config import ModelKey, Settings
+from image_search_service.core.specs import model_spec
+from image_search_service.vector.base import CollectionSpec, VectorStore
+
+
+def open_vector_store(settings: Settings) -> VectorStore:
+    if settings.qdrant_url:
+        from image_search_service.vector.qdrant import QdrantServerStore
+
+        return QdrantServerStore.connect(
+            settings.qdrant_url,
+            api_key=settings.qdrant_api_key,
+            oversampling=settings.search_oversampling,
+        )
+    from image_search_service.vector.edge import EdgeVectorStore
+
+    return EdgeVectorStore(
+        settings.qdrant_dir,
+        oversampling=settings.search_oversampling,
+        lock_timeout_s=settings.embedded_lock_timeout_s,
+    )
+
+
+def collection_spec(settings: Settings, key: ModelKey) -> CollectionSpec:
+    spec = model_spec(settings, key)
+    return CollectionSpec(
+        name=spec.collection,
+        identity=spec.identity,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construct=settings.hnsw_ef_construct,
+    )
