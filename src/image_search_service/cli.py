@@ -212,5 +212,16 @@ def migrate() -> None:
     click.echo(f"database is at the latest schema ({engine.url.render_as_string()})")
 
 
+def _register_commands() -> None:
+    from image_search_service.api.commands import serve
+    from image_search_service.jobs.commands import COMMANDS
+
+    main.add_command(serve)
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     embedded_lock_timeout_s: float = Field(10.0, ge=0)
     preload_models: bool = False
 
+    # HTTP API: without API_KEY, data-changing and admin endpoints are open and `serve`
+    # binds to 127.0.0.1 unless told otherwise.
+    api_key: str | None = None
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    # Share of the library (0..1) the candidate model must cover before the router lets it
+    # serve; unset means "every asset the baseline covers".
+    min_rollout_coverage: float | None = Field(None, ge=0.0, le=1.0)
+    rollout_coverage_ttl_s: float = Field(5.0, ge=0.0, le=3600.0)
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -70,7 +79,7 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
-    @field_validator("database_url", "qdrant_url", "redis_url", "qdrant_api_key")
+    @field_validator("database_url", "qdrant_url", "redis_url", "qdrant_api_key", "api_key")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None

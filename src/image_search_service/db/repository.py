@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from image_search_service.core.specs import ModelSpec
@@ -206,3 +206,28 @@ def list_assets(session: Session, *, limit: int, offset: int) -> tuple[list[Asse
         .offset(offset)
     )
     return list(rows), int(total or 0)
+
+
+def count_covered_but_not_by(session: Session, covered: ModelSpec, lacking: ModelSpec) -> int:
+    """Active assets ``covered`` has embedded that ``lacking`` has not (exact models):
+    zero means a collection switch from one to the other loses no searchable photo."""
+
+    def done_by(spec: ModelSpec) -> Select[uuid.UUID]:
+        return select(AssetEmbedding.asset_id).where(
+            AssetEmbedding.model_key == spec.key,
+            AssetEmbedding.state == EmbeddingState.DONE,
+            AssetEmbedding.model_name == spec.model_name,
+            AssetEmbedding.pretrained == spec.pretrained,
+            AssetEmbedding.dim == spec.embedding_dim,
+        )
+
+    count = session.scalar(
+        select(func.count())
+        .select_from(Asset)
+        .where(
+            Asset.status == AssetStatus.ACTIVE,
+            Asset.id.in_(done_by(covered)),
+            Asset.id.not_in(done_by(lacking)),
+        )
+    )
+    return int(count or 0)

@@ -137,19 +137,18 @@ def _background_colour(rng: random.Random, avoid: Sequence[RGB]) -> RGB:
     return best
 
 
-def _background(
-    rng: random.Random, width: int, height: int, avoid: Sequence[RGB]
-) -> np.ndarray[tuple[int, int, int], np.dtype[np.float32]]:
-    first = np.array(_background_colour(rng, avoid), dtype=np.float32)
+def _background(rng: random.Random, width: int, height: int, avoid: Sequence[RGB]) -> Image.Image:
+    first = _background_colour(rng, avoid)
     if rng.random() >= 0.35:
-        return np.broadcast_to(first, (height, width, 3)).astype(np.float32)
+        return Image.new("RGB", (width, height), first)
     second = np.array(_background_colour(rng, avoid), dtype=np.float32)
+    start = np.array(first, dtype=np.float32)
     if rng.random() < 0.5:
         ramp = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
     else:
         ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    result = first * (1.0 - ramp) + second * ramp
-    return np.broadcast_to(result, (height, width, 3)).astype(np.float32)
+    pixels = np.broadcast_to(start * (1.0 - ramp) + second * ramp, (height, width, 3))
+    return Image.fromarray((pixels + 0.5).astype(np.uint8), mode="RGB")
 
 
 def _outline(shape: str, radius: float) -> list[tuple[float, float]]:
@@ -241,8 +240,7 @@ def render_picture(
         raise ValueError(f"picture size {size} is too small")
 
     colours = [_jitter(rng, _PALETTE[spec.colour]) for spec in shapes]
-    pixels = _background(rng, width, height, colours)
-    image = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8), mode="RGB")
+    image = _background(rng, width, height, colours)
     draw = ImageDraw.Draw(image)
     for spec, colour, (centre, radius) in zip(
         shapes, colours, _layout(rng, len(shapes), width, height), strict=True
@@ -254,10 +252,12 @@ def render_picture(
         # Sensor-like noise; seeded from rng so the picture stays reproducible.
         sigma = rng.uniform(2.0, 10.0)
         noise_rng = np.random.default_rng(rng.getrandbits(63))
-        noisy = np.asarray(image, dtype=np.float32) + noise_rng.normal(
-            0.0, sigma, (height, width, 3)
-        ).astype(np.float32)
-        image = Image.fromarray(noisy.round().clip(0, 255).astype(np.uint8), mode="RGB")
+        noisy = noise_rng.standard_normal((height, width, 3), dtype=np.float32)
+        noisy *= sigma
+        noisy += np.asarray(image)
+        noisy += 0.5  # round, not truncate, in the cast below
+        np.clip(noisy, 0.0, 255.0, out=noisy)
+        image = Image.fromarray(noisy.astype(np.uint8), mode="RGB")
 
     specs = tuple(shapes)
     return SyntheticPicture(image=image, shapes=specs, caption=caption_for(specs))

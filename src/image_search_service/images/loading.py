@@ -63,7 +63,9 @@ def load_image(
     except (UnsupportedImage, ImageTooLarge):
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"{name}: {exc}") from None
+        raise ImageTooLarge(
+            f"{name}: refused as a possible decompression bomb ({exc}); see MAX_IMAGE_PIXELS"
+        ) from None
     except UnidentifiedImageError:
         raise UnsupportedImage(f"{name}: not an image file Pillow can identify") from None
     except FileNotFoundError:

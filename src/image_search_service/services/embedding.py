@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from image_search_service.core.specs import ModelSpec
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
+# Told after each forward pass: (model key, "text" | "image", batch size, seconds).
+EncodeObserver = Callable[[str, str, int, float], None]
 RANDOM_WEIGHTS = "random"  # explicit opt-in, for benchmarks only
 
 _HOW_TO_PROVIDE = (
@@ -45,6 +48,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _registered_preprocess(model_name: str) -> tuple[dict[str, Any], bool]:
+    """(create_model_and_transforms image_* kwargs, QuickGELU) of the model's weights."""
+    pp, quick_gelu = _registered_preprocess_cfg(model_name)
+    return {f"image_{k}": v for k, v in pp.items()}, quick_gelu
+
+
+def _registered_preprocess_cfg(model_name: str) -> tuple[dict[str, Any], bool]:
     """Preprocessing and QuickGELU of a built-in model's first registered weights.
 
     open_clip falls back to OpenAI preprocessing when weights come from a file,
@@ -62,14 +71,23 @@ def _registered_preprocess(model_name: str) -> tuple[dict[str, Any], bool]:
 class OpenClipEncoder:
     """Encodes images and text with one open_clip model."""
 
-    def __init__(self, spec: ModelSpec, *, device: str = "auto", cache_dir: Path | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        device: str = "auto",
+        cache_dir: Path | None = None,
+        observer: EncodeObserver | None = None,
+    ):
         self.spec = spec
+        self._observer = observer
         self._device_name = device
         self._cache_dir = cache_dir
         self._lock = threading.Lock()
         self._model: Any = None
         self._preprocess: Callable[[Image.Image], torch.Tensor] | None = None
         self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
         self._logit_scale = 1.0
         self._logit_bias: float | None = None
         self.device = resolve_device(device)
@@ -105,13 +123,13 @@ class OpenClipEncoder:
                 logger.warning("%s: random weights (%s_PRETRAINED=random)", spec.key, prefix)
                 kwargs["load_weights"] = False
                 pretrained = None
-                kwargs["force_preprocess_cfg"] = registered_pp or None
+                kwargs.update(registered_pp)
             else:
                 tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
                 if tag_cfg:
                     quick_gelu = bool(tag_cfg.get("quick_gelu", False))
                 elif os.path.isfile(pretrained):
-                    kwargs["force_preprocess_cfg"] = registered_pp or None
+                    kwargs.update(registered_pp)
                 else:
                     tags = open_clip.list_pretrained_tags_by_model(name)
                     raise ModelLoadError(
@@ -132,9 +150,6 @@ class OpenClipEncoder:
                 cache_dir=str(self._cache_dir) if self._cache_dir else None,
                 **kwargs,
             )
-            tokenizer = open_clip.get_tokenizer(
-                name, cache_dir=str(self._cache_dir) if self._cache_dir else None
-            )
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -146,12 +161,18 @@ class OpenClipEncoder:
         model.eval()
         self._model = model
         self._preprocess = preprocess
-        self._tokenizer = tokenizer
         scale = getattr(model, "logit_scale", None)
         bias = getattr(model, "logit_bias", None)
         self._logit_scale = float(scale.exp().item()) if scale is not None else 1.0
         self._logit_bias = float(bias.item()) if bias is not None else None
-        width = self._encode_text_locked(["a photo"]).shape[1]
+        # Checked through the image tower: the tokenizer loads on first encode_text, because
+        # SigLIP's is a Hugging Face download that image-only work (re-embedding) never needs.
+        side = model.visual.image_size
+        size = (int(side[1]), int(side[0])) if isinstance(side, tuple | list) else (side, side)
+        dummy = preprocess(Image.new("RGB", size))
+        with torch.inference_mode():
+            probe = self._model.encode_image(dummy.unsqueeze(0).to(self.device), normalize=True)
+        width = int(probe.shape[1])
         if width != spec.embedding_dim:
             self._model = None
             raise ModelLoadError(
@@ -183,16 +204,44 @@ class OpenClipEncoder:
 
     def encode_preprocessed(self, batch: torch.Tensor) -> FloatArray:
         self.load()
+        started = time.perf_counter()
         with torch.inference_mode():
             features = self._model.encode_image(batch.to(self.device), normalize=True)
-        return _as_float32(features)
+        result = _as_float32(features)
+        self._observe("image", len(result), started)
+        return result
 
     def encode_text(self, texts: Sequence[str]) -> FloatArray:
         self.load()
-        return self._encode_text_locked(texts)
+        started = time.perf_counter()
+        result = self._encode_text_locked(texts)
+        self._observe("text", len(result), started)
+        return result
+
+    def _observe(self, kind: str, batch: int, started: float) -> None:
+        if self._observer is not None:
+            self._observer(self.spec.key, kind, batch, time.perf_counter() - started)
+
+    def _get_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            with self._tokenizer_lock:
+                if self._tokenizer is None:
+                    cache = str(self._cache_dir) if self._cache_dir else None
+                    try:
+                        self._tokenizer = open_clip.get_tokenizer(
+                            self.spec.open_clip_name, cache_dir=cache
+                        )
+                    except Exception as exc:
+                        raise ModelLoadError(
+                            f"could not load the text tokenizer of {self.spec.key} model "
+                            f"{self.spec.model_name!r}: {exc}. SigLIP's tokenizer comes from "
+                            "Hugging Face (`transformers`) and is downloaded once, online, into "
+                            "MODEL_CACHE_DIR; image encoding works without it."
+                        ) from exc
+        return self._tokenizer
 
     def _encode_text_locked(self, texts: Sequence[str]) -> FloatArray:
-        tokens = self._tokenizer(list(texts)).to(self.device)
+        tokens = self._get_tokenizer()(list(texts)).to(self.device)
         with torch.inference_mode():
             features = self._model.encode_text(tokens, normalize=True)
         return _as_float32(features)
@@ -222,9 +271,16 @@ def _as_float32(features: torch.Tensor) -> FloatArray:
 class EncoderRegistry:
     """One encoder per spec per process; created at start-up and handed down."""
 
-    def __init__(self, *, device: str = "auto", cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        device: str = "auto",
+        cache_dir: Path | None = None,
+        observer: EncodeObserver | None = None,
+    ) -> None:
         self._device = device
         self._cache_dir = cache_dir
+        self._observer = observer
         self._encoders: dict[ModelSpec, OpenClipEncoder] = {}
         self._lock = threading.Lock()
 
@@ -232,6 +288,8 @@ class EncoderRegistry:
         with self._lock:
             encoder = self._encoders.get(spec)
             if encoder is None:
-                encoder = OpenClipEncoder(spec, device=self._device, cache_dir=self._cache_dir)
+                encoder = OpenClipEncoder(
+                    spec, device=self._device, cache_dir=self._cache_dir, observer=self._observer
+                )
                 self._encoders[spec] = encoder
             return encoder

@@ -15,6 +15,7 @@ def open_vector_store(settings: Settings) -> VectorStore:
             settings.qdrant_url,
             api_key=settings.qdrant_api_key,
             oversampling=settings.search_oversampling,
+            lock_timeout_s=settings.embedded_lock_timeout_s,
         )
     from image_search_service.vector.edge import EdgeVectorStore
 

@@ -2,10 +2,13 @@
 
 Also runs against qdrant-client's in-process mode (``":memory:"``) in tests; that
 mode ignores HNSW and quantization but keeps the API and the metadata stamp.
+``path:/dir`` is the same local mode persisted on disk: one process at a time (it locks
+the folder), which lets tests hand the vectors from a worker subprocess to the test.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
@@ -15,7 +18,11 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from image_search_service.core.errors import CollectionMissing, VectorStoreUnavailable
+from image_search_service.core.errors import (
+    CollectionMissing,
+    VectorStoreLocked,
+    VectorStoreUnavailable,
+)
 from image_search_service.core.specs import ModelIdentity
 from image_search_service.vector.base import (
     QUANTIZATION_QUANTILE,
@@ -46,10 +53,18 @@ class QdrantServerStore:
 
     @classmethod
     def connect(
-        cls, url: str, *, api_key: str | None = None, oversampling: float = 2.0
+        cls,
+        url: str,
+        *,
+        api_key: str | None = None,
+        oversampling: float = 2.0,
+        lock_timeout_s: float = 0.0,
     ) -> QdrantServerStore:
         if url == ":memory:":
             return cls(QdrantClient(location=":memory:"), oversampling=oversampling, local=True)
+        if url.startswith("path:"):
+            client = _open_local(url.removeprefix("path:"), lock_timeout_s)
+            return cls(client, oversampling=oversampling, local=True)
         return cls(QdrantClient(url=url, api_key=api_key, timeout=30), oversampling=oversampling)
 
     def _call(self, fn: Callable[[], T]) -> T:
@@ -218,6 +233,24 @@ class QdrantServerStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _open_local(path: str, timeout_s: float) -> QdrantClient:
+    """qdrant-client's on-disk local mode; waits for the folder lock like the Edge store."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return QdrantClient(path=path)
+        except RuntimeError as exc:
+            if "already accessed" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise VectorStoreLocked(
+                    f"the local Qdrant folder {path} is in use by another process; stop it (or "
+                    "wait for it), or set QDRANT_URL to a Qdrant server so several processes "
+                    "can share the vectors."
+                ) from None
+            time.sleep(0.2)
 
 
 def _qdrant_filter(search_filter: SearchFilter | None) -> qm.Filter | None:

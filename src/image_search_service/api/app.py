@@ -1,0 +1,132 @@
+"""The FastAPI application.
+
+``create_app()`` builds the app without touching the DB, the vector store or any
+model: those are opened in the lifespan, once per process, and closed on shutdown.
+Run it with ``image-search serve`` or
+``python -m uvicorn image_search_service.api.app:create_app --factory``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+import anyio
+from fastapi import FastAPI
+
+from image_search_service.api.body_limit import BodySizeLimitMiddleware
+from image_search_service.api.deps import AppServices
+from image_search_service.api.errors import install_error_handlers
+from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
+from image_search_service.api.routes import admin, assets, health, search
+from image_search_service.core.config import Settings, load_settings
+from image_search_service.core.errors import ServiceError
+from image_search_service.services.assets import AssetService
+from image_search_service.services.context import open_context
+from image_search_service.services.embedding import EncoderRegistry
+from image_search_service.services.embedding_router import EmbeddingRouter
+from image_search_service.services.search import SearchService, TextEmbeddingCache
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+# Concurrent forward passes: torch already spreads one over every core.
+ENCODE_CONCURRENCY = 2
+TEXT_CACHE_SIZE = 1024
+
+
+def create_app(
+    settings: Settings | None = None, *, encoders: EncoderRegistry | None = None
+) -> FastAPI:
+    """The app. ``settings`` default to the environment; ``encoders`` lets a process
+    share already-loaded models (tests); otherwise the app makes its own registry,
+    instrumented for the encoder-time metric."""
+    settings = settings or load_settings()
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await anyio.to_thread.run_sync(_open_services, settings, encoders, metrics)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(services.ctx.close)
+
+    app = FastAPI(
+        title="image-search-service",
+        version=_version(),
+        summary="Semantic photo search: CLIP and SigLIP, routed per user",
+        lifespan=lifespan,
+        docs_url="/docs",
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        upload_paths=frozenset({f"{API_PREFIX}/assets", f"{API_PREFIX}/search/image"}),
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
+    app.include_router(health.router)
+    for module in (search, assets, admin):
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app
+
+
+def _open_services(
+    settings: Settings, encoders: EncoderRegistry | None, metrics: ApiMetrics
+) -> AppServices:
+    registry = encoders or EncoderRegistry(
+        device=settings.device, cache_dir=settings.model_cache_dir, observer=metrics.observe_encode
+    )
+    try:
+        ctx = open_context(settings, encoders=registry)
+    except ServiceError as exc:
+        logger.error("cannot start: %s", exc.detail)
+        raise
+    try:
+        router = EmbeddingRouter(ctx)
+        text_cache = TextEmbeddingCache(size=TEXT_CACHE_SIZE)
+        metrics.track_text_cache(text_cache)
+        if settings.preload_models:
+            for key in router.models_in_use():
+                ctx.encoder(key).load()
+        _log_rollout(router)
+        return AppServices(
+            ctx=ctx,
+            search=SearchService(ctx, text_cache=text_cache),
+            router=router,
+            assets=AssetService(ctx),
+            metrics=metrics,
+            encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
+        )
+    except BaseException:
+        ctx.close()
+        raise
+
+
+def _log_rollout(router: EmbeddingRouter) -> None:
+    status = router.rollout_status()
+    logger.info(
+        "rollout: USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d",
+        status["use_siglip"],
+        status["siglip_rollout_percentage"],
+    )
+    for key, state in status["models"].items():
+        logger.info(
+            "%s: collection %s, %d points, coverage %.1f%%, %s",
+            key,
+            state["collection"],
+            state["points"],
+            100 * state["coverage"],
+            "ready" if state["ready"] else f"not serving: {state['reason']}",
+        )
+
+
+def _version() -> str:
+    try:
+        return version("image-search-service")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"

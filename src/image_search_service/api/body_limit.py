@@ -1,0 +1,71 @@
+"""Cap request bodies before they are parsed (and, for multipart, spooled to disk).
+
+A declared ``Content-Length`` over the cap is refused at once; a chunked body is
+counted as it arrives and refused as soon as it passes the cap. Upload routes get
+room for the image (``MAX_UPLOAD_BYTES``) plus the multipart framing; all other
+routes take small JSON bodies only.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from image_search_service.api.errors import RequestTooLarge, error_content
+
+SMALL_BODY_BYTES = 1 << 20
+MULTIPART_OVERHEAD_BYTES = 1 << 20
+
+
+class BodySizeLimitMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, upload_paths: frozenset[str], max_upload_bytes: int
+    ) -> None:
+        self.app = app
+        self.upload_paths = upload_paths
+        self.upload_limit = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+
+    def limit_for(self, scope: Scope) -> int:
+        path = str(scope.get("path", "")).rstrip("/")
+        return self.upload_limit if path in self.upload_paths else SMALL_BODY_BYTES
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope)
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _reject(send, RequestTooLarge(limit))
+            return
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Raised inside body parsing; the app's error handler renders the 413.
+                    raise RequestTooLarge(limit)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+async def _reject(send: Send, exc: RequestTooLarge) -> None:
+    body = json.dumps(error_content(type(exc).__name__, str(exc.detail))).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,48 @@
+"""``image-search serve``: the HTTP API under uvicorn (registered by the CLI)."""
+
+from __future__ import annotations
+
+import click
+
+from image_search_service.core.config import load_settings
+
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+@click.command()
+@click.option(
+    "--host",
+    default=None,
+    help="address to bind (default: 127.0.0.1 without API_KEY, 0.0.0.0 with one)",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--preload/--no-preload",
+    default=None,
+    help="load the models before accepting requests (default: PRELOAD_MODELS)",
+)
+def serve(host: str | None, port: int, preload: bool | None) -> None:
+    """Run the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from image_search_service.api.app import create_app
+
+    # Flags are validated here, before anything opens: a bad value stops start-up.
+    settings = load_settings(**({} if preload is None else {"preload_models": preload}))
+    if settings.api_key is None:
+        host = host or "127.0.0.1"
+        click.echo(
+            f"API_KEY is not set: uploads, deletes and /api/v1/admin need no key, so the "
+            f"server binds to {host} only.",
+            err=True,
+        )
+        if host not in _LOOPBACK:
+            click.echo(
+                f"warning: --host {host} without API_KEY lets anyone who can reach this "
+                "address change the library; set API_KEY.",
+                err=True,
+            )
+    else:
+        host = host or "0.0.0.0"
+    click.echo(f"serving on http://{host}:{port} (docs at /docs)", err=True)
+    uvicorn.run(create_app(settings), host=host, port=port)

@@ -1,0 +1,136 @@
+"""FastAPI dependencies: the per-process services, a unit of work per request, the
+caller's user id, API-key checks and asset lookups."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+from uuid import UUID
+
+import anyio
+from fastapi import Depends, Header, Request, Security
+from fastapi.security import APIKeyHeader
+from sqlalchemy.orm import Session
+
+from image_search_service.api.errors import UnsupportedMediaType
+from image_search_service.api.metrics import ApiMetrics
+from image_search_service.core.errors import Unauthorized
+from image_search_service.db.session import session_scope
+from image_search_service.services.assets import AssetService, AssetView
+from image_search_service.services.context import ServiceContext
+from image_search_service.services.embedding_router import (
+    MAX_USER_ID_CHARS,
+    EmbeddingRouter,
+    clean_user_id,
+)
+from image_search_service.services.search import SearchService
+
+
+@dataclass
+class AppServices:
+    """What the lifespan opens once per process and every request shares."""
+
+    ctx: ServiceContext
+    search: SearchService
+    router: EmbeddingRouter
+    assets: AssetService
+    metrics: ApiMetrics
+    # Encoding saturates the CPU cores by itself; more concurrent forwards only add
+    # memory and contention, so they queue here instead of in the generic thread pool.
+    encode_limiter: anyio.CapacityLimiter
+
+
+def get_services(request: Request) -> AppServices:
+    services: AppServices = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[AppServices, Depends(get_services)]
+
+
+def get_search_service(services: ServicesDep) -> SearchService:
+    return services.search
+
+
+def get_router(services: ServicesDep) -> EmbeddingRouter:
+    return services.router
+
+
+def get_asset_service(services: ServicesDep) -> AssetService:
+    return services.assets
+
+
+SearchServiceDep = Annotated[SearchService, Depends(get_search_service)]
+RouterDep = Annotated[EmbeddingRouter, Depends(get_router)]
+AssetServiceDep = Annotated[AssetService, Depends(get_asset_service)]
+
+
+def get_db_session(services: ServicesDep) -> Iterator[Session]:
+    """One unit of work per request: commit on success, roll back on error."""
+    with session_scope(services.ctx.session_factory) as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(get_db_session)]
+
+
+def get_asset_or_404(asset_id: UUID, session: DbSession, assets: AssetServiceDep) -> AssetView:
+    return assets.get(session, asset_id)
+
+
+AssetOr404 = Annotated[AssetView, Depends(get_asset_or_404)]
+
+
+def get_user_id(
+    x_user_id: Annotated[
+        str | None,
+        Header(
+            alias="X-User-Id",
+            max_length=MAX_USER_ID_CHARS,
+            description="routes the request between models, deterministically per user",
+        ),
+    ] = None,
+) -> str | None:
+    return clean_user_id(x_user_id)
+
+
+UserIdHeader = Annotated[str | None, Depends(get_user_id)]
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="required on data-changing and admin endpoints when API_KEY is set",
+)
+
+
+def require_api_key(
+    services: ServicesDep, provided: Annotated[str | None, Security(_api_key_header)]
+) -> None:
+    expected = services.ctx.settings.api_key
+    if expected is None:
+        return
+    # Constant time, so the key cannot be guessed byte by byte from response times.
+    if provided is None or not hmac.compare_digest(provided.encode(), expected.encode()):
+        raise Unauthorized("missing or wrong X-API-Key header")
+
+
+RequireApiKey = Depends(require_api_key)
+
+
+def require_content_type(*accepted: str) -> Callable[..., None]:
+    """A dependency refusing requests whose Content-Type is not one of ``accepted``."""
+
+    def check(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+        media_type = (content_type or "").split(";", 1)[0].strip().lower()
+        if media_type not in accepted:
+            raise UnsupportedMediaType(
+                f"Content-Type must be {' or '.join(accepted)}, got {media_type or 'none'}"
+            )
+
+    return check
+
+
+RequireJson = Depends(require_content_type("application/json"))
+RequireMultipart = Depends(require_content_type("multipart/form-data"))

@@ -1,0 +1,107 @@
+"""Prometheus metrics, in a registry per app (so several apps in one process, as in
+tests, never collide on the global default registry)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from image_search_service.services.embedding_router import RouteDecision
+from image_search_service.services.search import TextEmbeddingCache
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class ApiMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "image_search_http_request_duration_seconds",
+            "HTTP request latency by route template and answering model",
+            ["method", "route", "model", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.encoder_seconds = Histogram(
+            "image_search_encoder_duration_seconds",
+            "Time of one encoder forward pass (text query or image batch)",
+            ["model", "kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.searches = Counter(
+            "image_search_searches",
+            "Searches answered, by model and kind (text, image, similar)",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "image_search_router_fallbacks",
+            "Requests the router sent back to the baseline, by selected model and reason",
+            ["selected", "reason"],
+            registry=self.registry,
+        )
+
+    def observe_encode(self, model: str, kind: str, _batch: int, seconds: float) -> None:
+        self.encoder_seconds.labels(model=model, kind=kind).observe(seconds)
+
+    def record_search(self, kind: str, decision: RouteDecision) -> None:
+        self.searches.labels(model=decision.model, kind=kind).inc()
+        if decision.fallback_code is not None:
+            self.fallbacks.labels(selected=decision.selected, reason=decision.fallback_code).inc()
+
+    def track_text_cache(self, cache: TextEmbeddingCache) -> None:
+        self.registry.register(_TextCacheCollector(cache))
+
+
+class _TextCacheCollector(Collector):
+    def __init__(self, cache: TextEmbeddingCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "image_search_text_cache_lookups",
+            "Text query embedding cache lookups, by result",
+            labels=["result"],
+        )
+        family.add_metric(["hit"], self._cache.hits)
+        family.add_metric(["miss"], self._cache.misses)
+        yield family
+
+
+class MetricsMiddleware:
+    """Times every HTTP request. The route label is the matched template (bounded
+    cardinality); the model label is what the route put in ``request.state.model``."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            model = str(scope.get("state", {}).get("model", ""))
+            self.metrics.request_seconds.labels(
+                method=scope["method"], route=route, model=model, status=str(status)
+            ).observe(time.perf_counter() - started)

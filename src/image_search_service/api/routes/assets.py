@@ -1,0 +1,140 @@
+"""``/api/v1/assets``: list, look up, download, thumbnails, upload and delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+import anyio
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse
+
+from image_search_service.api.deps import (
+    AssetOr404,
+    AssetServiceDep,
+    DbSession,
+    RequireApiKey,
+    RequireMultipart,
+    ServicesDep,
+)
+from image_search_service.api.errors import UnsupportedMediaType, error_responses
+from image_search_service.api.schemas import AssetOut, AssetPageOut
+from image_search_service.api.uploads import read_upload
+from image_search_service.core.errors import (
+    AssetNotFound,
+    DatabaseUnavailable,
+    ImageTooLarge,
+    InvalidRequest,
+    ModelLoadError,
+    ModelMismatch,
+    Unauthorized,
+    UnsupportedImage,
+    VectorStoreUnavailable,
+)
+from image_search_service.services.assets import (
+    MAX_PAGE,
+    MAX_PAGE_OFFSET,
+    AssetFileMissing,
+    AssetUnreadable,
+)
+
+router = APIRouter(prefix="/assets", tags=["assets"])
+
+_LOOKUP_ERRORS = (InvalidRequest, AssetNotFound, DatabaseUnavailable)
+
+
+@router.get("", summary="List assets (paginated)", responses=error_responses(*_LOOKUP_ERRORS))
+def list_assets(
+    session: DbSession,
+    assets: AssetServiceDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_PAGE_OFFSET)] = 0,
+) -> AssetPageOut:
+    return AssetPageOut.of(assets.list_assets(session, limit=limit, offset=offset))
+
+
+@router.get("/{asset_id}", summary="One asset", responses=error_responses(*_LOOKUP_ERRORS))
+def get_asset(asset: AssetOr404) -> AssetOut:
+    return AssetOut.of(asset)
+
+
+@router.get(
+    "/{asset_id}/file",
+    summary="The original file",
+    response_class=FileResponse,
+    responses=error_responses(*_LOOKUP_ERRORS, AssetFileMissing),
+)
+def get_asset_file(asset: AssetOr404, assets: AssetServiceDep) -> FileResponse:
+    return FileResponse(assets.file(asset), media_type=asset.media_type)
+
+
+@router.get(
+    "/{asset_id}/thumbnail",
+    summary="A JPEG thumbnail (longer side at most `size` pixels)",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/jpeg": {}}},
+        **error_responses(*_LOOKUP_ERRORS, AssetFileMissing, AssetUnreadable),
+    },
+)
+def get_asset_thumbnail(
+    asset: AssetOr404,
+    assets: AssetServiceDep,
+    size: Annotated[Literal[128, 256, 512], Query()] = 256,
+) -> FileResponse:
+    return FileResponse(
+        assets.thumbnail(asset, size=size),
+        media_type="image/jpeg",
+        # Keyed by content hash: new content under the same id is a new cache entry.
+        headers={"Cache-Control": "private, max-age=86400"},
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Upload an image (multipart field `file`); stored and indexed",
+    dependencies=[RequireApiKey, RequireMultipart],
+    responses={
+        200: {"model": AssetOut, "description": "the same content was already in the library"},
+        **error_responses(
+            Unauthorized,
+            UnsupportedMediaType,
+            UnsupportedImage,
+            ImageTooLarge,
+            InvalidRequest,
+            ModelMismatch,
+            ModelLoadError,
+            DatabaseUnavailable,
+            VectorStoreUnavailable,
+        ),
+    },
+)
+async def upload_asset(
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    file: Annotated[UploadFile, File(description="JPEG, PNG or WebP")],
+) -> AssetOut:
+    data = await read_upload(file, services.ctx.settings.max_upload_bytes)
+    result = await anyio.to_thread.run_sync(
+        services.assets.upload, data, limiter=services.encode_limiter
+    )
+    if not result.created:
+        response.status_code = 200
+    response.headers["Location"] = str(request.url_for("get_asset", asset_id=result.asset.id))
+    return AssetOut.of(result.asset)
+
+
+@router.delete(
+    "/{asset_id}",
+    status_code=204,
+    summary="Delete an asset from the DB and every collection",
+    dependencies=[RequireApiKey],
+    responses=error_responses(
+        Unauthorized, InvalidRequest, AssetNotFound, DatabaseUnavailable, VectorStoreUnavailable
+    ),
+)
+def delete_asset(asset_id: UUID, assets: AssetServiceDep) -> Response:
+    assets.delete(asset_id)
+    return Response(status_code=204)

@@ -1,0 +1,39 @@
+"""Liveness, readiness and metrics (unversioned, for orchestrators and Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import generate_latest
+
+from image_search_service.api.deps import ServicesDep
+from image_search_service.api.errors import error_responses
+from image_search_service.api.schemas import HealthOut, ReadyOut
+from image_search_service.core.config import MODEL_KEYS
+from image_search_service.core.errors import DatabaseUnavailable, VectorStoreUnavailable
+from image_search_service.db.session import check_database
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", summary="The process is alive")
+async def health() -> HealthOut:
+    return HealthOut()
+
+
+@router.get(
+    "/ready",
+    summary="The metadata DB and the vector store answer",
+    responses=error_responses(DatabaseUnavailable, VectorStoreUnavailable),
+)
+def ready(services: ServicesDep) -> ReadyOut:
+    ctx = services.ctx
+    check_database(ctx.engine)
+    for key in MODEL_KEYS:  # raises VectorStoreUnavailable when the store does not answer
+        ctx.store.collection_info(ctx.spec(key).collection)
+    return ReadyOut(database=ctx.engine.url.get_backend_name(), vector_store=ctx.store.kind)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(services: ServicesDep) -> Response:
+    registry = services.metrics.registry
+    return Response(generate_latest(registry), media_type=services.metrics.content_type)

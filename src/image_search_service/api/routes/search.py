@@ -1,0 +1,168 @@
+"""``/api/v1/search``: by text, by an uploaded image, or similar to a stored asset."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Annotated
+from uuid import UUID
+
+import anyio
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+
+from image_search_service.api.deps import (
+    AppServices,
+    RequireJson,
+    RequireMultipart,
+    ServicesDep,
+    UserIdHeader,
+)
+from image_search_service.api.errors import UnsupportedMediaType, error_responses
+from image_search_service.api.schemas import (
+    SearchParams,
+    SearchResponse,
+    TextSearchBody,
+    TextSearchParams,
+)
+from image_search_service.api.uploads import read_upload
+from image_search_service.core.config import ModelKey
+from image_search_service.core.errors import (
+    AssetNotFound,
+    CollectionMissing,
+    DatabaseUnavailable,
+    ImageTooLarge,
+    InvalidRequest,
+    ModelLoadError,
+    ModelMismatch,
+    UnsupportedImage,
+    VectorStoreUnavailable,
+)
+from image_search_service.services.embedding_router import RouteDecision, clean_user_id
+from image_search_service.services.search import SearchOutcome
+
+router = APIRouter(prefix="/search", tags=["search"])
+
+_COMMON_ERRORS = (
+    InvalidRequest,
+    CollectionMissing,
+    ModelMismatch,
+    ModelLoadError,
+    DatabaseUnavailable,
+    VectorStoreUnavailable,
+)
+
+
+async def _routed(
+    request: Request,
+    services: AppServices,
+    user_id: str | None,
+    *,
+    kind: str,
+    search: Callable[[ModelKey], SearchOutcome],
+    encodes: bool = True,
+) -> SearchResponse:
+    """Route the request, run the search off the event loop, shape the answer."""
+    started = time.perf_counter()
+
+    def work() -> tuple[RouteDecision, SearchOutcome]:
+        decision = services.router.route(user_id)
+        request.state.model = decision.model  # the latency metric's model label
+        return decision, search(decision.model)
+
+    limiter = services.encode_limiter if encodes else None
+    decision, outcome = await anyio.to_thread.run_sync(work, limiter=limiter)
+    services.metrics.record_search(kind, decision)
+    return SearchResponse.of(outcome, decision, (time.perf_counter() - started) * 1000)
+
+
+@router.get(
+    "",
+    summary="Search by text",
+    responses=error_responses(*_COMMON_ERRORS),
+)
+async def search_text(
+    request: Request,
+    services: ServicesDep,
+    params: Annotated[TextSearchParams, Query()],
+    header_user: UserIdHeader,
+) -> SearchResponse:
+    return await _routed(
+        request,
+        services,
+        header_user or clean_user_id(params.user_id),
+        kind="text",
+        search=lambda model: services.search.search_text(
+            params.q, model=model, options=params.options()
+        ),
+    )
+
+
+@router.post(
+    "",
+    summary="Search by text (JSON body)",
+    dependencies=[RequireJson],
+    responses=error_responses(*_COMMON_ERRORS, UnsupportedMediaType),
+)
+async def search_text_json(
+    request: Request, services: ServicesDep, body: TextSearchBody, header_user: UserIdHeader
+) -> SearchResponse:
+    return await _routed(
+        request,
+        services,
+        header_user or clean_user_id(body.user_id),
+        kind="text",
+        search=lambda model: services.search.search_text(
+            body.q, model=model, options=body.options()
+        ),
+    )
+
+
+@router.post(
+    "/image",
+    summary="Search by an example image (multipart field `file`)",
+    dependencies=[RequireMultipart],
+    responses=error_responses(
+        *_COMMON_ERRORS, UnsupportedMediaType, UnsupportedImage, ImageTooLarge
+    ),
+)
+async def search_image(
+    request: Request,
+    services: ServicesDep,
+    file: Annotated[UploadFile, File(description="JPEG, PNG or WebP")],
+    params: Annotated[SearchParams, Form()],
+    header_user: UserIdHeader,
+) -> SearchResponse:
+    data = await read_upload(file, services.ctx.settings.max_upload_bytes)
+    return await _routed(
+        request,
+        services,
+        header_user or clean_user_id(params.user_id),
+        kind="image",
+        search=lambda model: services.search.search_image(
+            data, model=model, options=params.options()
+        ),
+    )
+
+
+@router.get(
+    "/similar/{asset_id}",
+    summary="Photos like a stored asset (its stored vector, no re-encoding)",
+    responses=error_responses(*_COMMON_ERRORS, AssetNotFound),
+)
+async def search_similar(
+    request: Request,
+    services: ServicesDep,
+    asset_id: UUID,
+    params: Annotated[SearchParams, Query()],
+    header_user: UserIdHeader,
+) -> SearchResponse:
+    return await _routed(
+        request,
+        services,
+        header_user or clean_user_id(params.user_id),
+        kind="similar",
+        search=lambda model: services.search.search_similar(
+            asset_id, model=model, options=params.options()
+        ),
+        encodes=False,
+    )

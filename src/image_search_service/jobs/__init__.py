@@ -1,0 +1,1 @@
+"""Re-embedding jobs: one job body, run by RQ workers or an in-process runner."""

@@ -1,0 +1,238 @@
+"""Assets one at a time: look up, serve the file or a thumbnail, upload, delete.
+
+Uploads are validated by decoding them before anything is stored, written under
+``DATA_DIR/uploads`` by content hash, and indexed like any other file (every model
+that has a collection embeds them). Deletes remove the DB row first (the source of
+truth, invariant 1) and then the points in every collection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+from uuid import UUID
+
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from image_search_service.core.config import MODEL_KEYS
+from image_search_service.core.errors import (
+    AssetNotFound,
+    ImageTooLarge,
+    InvalidRequest,
+    ServiceError,
+    UnsupportedImage,
+)
+from image_search_service.db import repository as repo
+from image_search_service.db.models import Asset, AssetStatus
+from image_search_service.db.session import session_scope
+from image_search_service.images.loading import load_image
+from image_search_service.images.scan import bytes_hash
+from image_search_service.services.context import ServiceContext
+from image_search_service.services.indexing import index_paths, models_to_index
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_SIZES = (128, 256, 512)
+MAX_PAGE = 500
+MAX_PAGE_OFFSET = 1_000_000_000  # far past any library, and inside SQL's integer range
+MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
+
+
+class AssetFileMissing(ServiceError):
+    """The asset is known but its file is gone from disk."""
+
+    status_code = 404
+
+
+class AssetUnreadable(ServiceError):
+    """The asset's file exists but cannot be decoded (its reason is recorded)."""
+
+    status_code = 422
+
+
+@dataclass(frozen=True)
+class AssetView:
+    id: UUID
+    path: str
+    status: str
+    error: str | None
+    content_hash: str
+    size_bytes: int
+    width: int | None
+    height: int | None
+    format: str | None
+    taken_at: datetime | None
+    camera_make: str | None
+    camera_model: str | None
+    created_at: datetime
+    updated_at: datetime
+    embeddings: dict[str, str] = field(default_factory=dict)  # model key -> state
+
+    @classmethod
+    def of(cls, asset: Asset, embeddings: dict[str, str] | None = None) -> AssetView:
+        return cls(
+            id=asset.id,
+            path=asset.path,
+            status=asset.status.value,
+            error=asset.error,
+            content_hash=asset.content_hash,
+            size_bytes=asset.size_bytes,
+            width=asset.width,
+            height=asset.height,
+            format=asset.format,
+            taken_at=asset.taken_at,
+            camera_make=asset.camera_make,
+            camera_model=asset.camera_model,
+            created_at=asset.created_at,
+            updated_at=asset.updated_at,
+            embeddings=embeddings or {},
+        )
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES.get(self.format or "", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class AssetPage:
+    items: list[AssetView]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    asset: AssetView
+    created: bool  # False: the same content was already in the library
+
+
+class AssetService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        # Uploads and deletes of one process run one at a time: two uploads of the same
+        # bytes would otherwise race to insert the same path and hash.
+        self._write_lock = threading.Lock()
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self.ctx.settings.data_dir / "thumbnails"
+
+    # -- reading -------------------------------------------------------------------------
+    def list_assets(self, session: Session, *, limit: int, offset: int) -> AssetPage:
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}")
+        if not 0 <= offset <= MAX_PAGE_OFFSET:
+            raise InvalidRequest(f"offset must be between 0 and {MAX_PAGE_OFFSET}")
+        rows, total = repo.list_assets(session, limit=limit, offset=offset)
+        return AssetPage([AssetView.of(a) for a in rows], total=total, limit=limit, offset=offset)
+
+    def get(self, session: Session, asset_id: UUID) -> AssetView:
+        asset = repo.get_asset(session, asset_id)
+        if asset is None or asset.status == AssetStatus.MISSING:
+            raise AssetNotFound(f"asset {asset_id} not found")
+        states = {k: row.state.value for k, row in repo.embedded_keys(session, asset_id).items()}
+        return AssetView.of(asset, states)
+
+    def file(self, asset: AssetView) -> Path:
+        path = Path(asset.path)
+        if not path.is_file():
+            raise AssetFileMissing(f"the file of asset {asset.id} is gone: {asset.path}")
+        return path
+
+    def thumbnail(self, asset: AssetView, *, size: int) -> Path:
+        """A JPEG at most ``size`` pixels on its longer side, cached by content hash."""
+        if size not in THUMBNAIL_SIZES:
+            raise InvalidRequest(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}")
+        digest = asset.content_hash
+        cached = self.thumbnails_dir / digest[:2] / f"{digest}-{size}.jpg"
+        if cached.is_file():
+            return cached
+        source = self.file(asset)
+        try:
+            loaded = load_image(
+                source, max_pixels=self.ctx.settings.max_image_pixels, min_side=size
+            )
+        except (UnsupportedImage, ImageTooLarge) as exc:
+            raise AssetUnreadable(f"asset {asset.id} cannot be decoded: {exc.detail}") from None
+        image = loaded.image
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        _write_atomically(cached, lambda fh: image.save(fh, "JPEG", quality=85, optimize=True))
+        return cached
+
+    # -- writing -------------------------------------------------------------------------
+    def upload(self, data: bytes) -> UploadResult:
+        """Validate, store under ``DATA_DIR/uploads`` and index with every model that has a
+        collection. Raises UnsupportedImage (415) or ImageTooLarge (413) before storing."""
+        settings = self.ctx.settings
+        if len(data) > settings.max_upload_bytes:
+            raise ImageTooLarge(
+                f"upload is {len(data):,} bytes, over the limit of "
+                f"{settings.max_upload_bytes:,} (MAX_UPLOAD_BYTES)"
+            )
+        meta = load_image(data, max_pixels=settings.max_image_pixels).meta
+        digest = bytes_hash(data)
+        with self._write_lock:
+            with self.ctx.session_factory() as session:
+                known = repo.asset_by_hash(session, digest)
+                if (
+                    known is not None
+                    and known.status == AssetStatus.ACTIVE
+                    and Path(known.path).is_file()
+                ):
+                    return UploadResult(self.get(session, known.id), created=False)
+            target = settings.uploads_dir / digest[:2] / f"{digest}{_SUFFIXES[meta.format]}"
+            if not target.is_file():
+                _write_atomically(target, lambda fh: fh.write(data))
+            report = index_paths(self.ctx, [target], model_keys=models_to_index(self.ctx, "auto"))
+            with self.ctx.session_factory() as session:
+                asset = repo.asset_by_path(session, str(target.resolve()))
+                if asset is None:  # pragma: no cover - index_paths records every new file
+                    raise UnsupportedImage(f"upload could not be indexed: {report.failures}")
+                if asset.status == AssetStatus.FAILED:
+                    raise UnsupportedImage(f"upload could not be decoded: {asset.error}")
+                logger.info("uploaded asset %s (%s, %d bytes)", asset.id, meta.format, len(data))
+                return UploadResult(self.get(session, asset.id), created=True)
+
+    def delete(self, asset_id: UUID) -> None:
+        """Remove the asset from the DB and its points from every collection; an uploaded
+        file is deleted too, a library file is left where it is."""
+        with self._write_lock:
+            with session_scope(self.ctx.session_factory) as session:
+                asset = repo.get_asset(session, asset_id)
+                if asset is None or asset.status == AssetStatus.MISSING:
+                    raise AssetNotFound(f"asset {asset_id} not found")
+                path, digest = Path(asset.path), asset.content_hash
+                session.delete(asset)
+            # After the commit: a point left behind by a failure here is never shown
+            # (search drops hits without an asset row); a row without points would be.
+            for key in MODEL_KEYS:
+                if self.ctx.has_collection(key):
+                    self.ctx.store.delete(self.ctx.spec(key).collection, [asset_id])
+            if path.resolve().is_relative_to(self.ctx.settings.uploads_dir.resolve()):
+                path.unlink(missing_ok=True)
+            for thumb in (self.thumbnails_dir / digest[:2]).glob(f"{digest}-*.jpg"):
+                thumb.unlink(missing_ok=True)
+            logger.info("deleted asset %s (%s)", asset_id, path)
+
+
+def _write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write through a temporary file and rename, so readers never see half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

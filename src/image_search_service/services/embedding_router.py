@@ -1,0 +1,277 @@
+"""The embedding router: which model answers a request.
+
+Flags (``USE_SIGLIP``, ``SIGLIP_ROLLOUT_PERCENTAGE``) and the user's bucket choose the
+model; a coverage guard then sends the request back to the baseline while the chosen
+model's collection does not cover the library yet (invariant 8), and says why. This is
+the only module that knows which model is the baseline and which the candidate: callers
+take ``RouteDecision.model`` and never branch on a model's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from image_search_service.core.config import MODEL_KEYS, ModelKey
+from image_search_service.core.errors import InvalidRequest
+from image_search_service.db import repository as repo
+from image_search_service.services.context import ServiceContext
+from image_search_service.vector.base import CollectionInfo
+
+BASELINE: ModelKey = "clip"
+CANDIDATE: ModelKey = "siglip"
+BUCKETS = 100
+MAX_USER_ID_CHARS = 256
+
+
+def user_bucket(user_id: str) -> int:
+    """The user's bucket, 0..99: the first 8 bytes of SHA-256 of the UTF-8 id, big-endian,
+    mod 100. Never Python's ``hash()``: that is salted per process (invariant 7)."""
+    # surrogatepass: a lone surrogate from a percent-decoded query still hashes, stably.
+    digest = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def clean_user_id(raw: str | None) -> str | None:
+    """A blank id means "anonymous"; an id is hashed exactly as given otherwise."""
+    if raw is None or not raw.strip():
+        return None
+    if len(raw) > MAX_USER_ID_CHARS:
+        raise InvalidRequest(f"user id is longer than {MAX_USER_ID_CHARS} characters")
+    return raw
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a model's collection may answer searches, and if not, why."""
+
+    model: ModelKey
+    collection: str
+    ready: bool
+    exists: bool
+    points: int
+    embedded: int  # active assets this exact model has embedded
+    active: int  # active assets in the library
+    missing: int  # active assets the baseline has embedded and this model has not
+    coverage: float
+    reason_code: str | None = None  # short and stable: a metrics label
+    reason: str | None = None  # for people
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["coverage"] = round(self.coverage, 4)
+        return data
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    model: ModelKey  # the model that answers
+    collection: str
+    selected: ModelKey  # the model flags and bucket chose, before the coverage guard
+    user_id: str | None
+    bucket: int  # the user's bucket, or a random draw for an anonymous request
+    rule: str  # why ``selected`` was chosen
+    fallback_code: str | None = None
+    fallback_reason: str | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.user_id is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "anonymous": self.anonymous}
+
+
+class EmbeddingRouter:
+    """Decides per request from the user id and the flags; thread-safe.
+
+    Coverage takes a few DB counts, so a model's readiness is cached for
+    ``ROLLOUT_COVERAGE_TTL_S`` seconds; while one thread refreshes it, others keep
+    using the previous answer instead of queueing behind the counts.
+    """
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        coverage_ttl_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        draw: Callable[[int], int] | None = None,
+    ) -> None:
+        settings = ctx.settings
+        self._ctx = ctx
+        self.use_siglip = settings.use_siglip
+        self.percentage = settings.siglip_rollout_percentage
+        self.min_coverage = settings.min_rollout_coverage
+        self.coverage_ttl_s = (
+            settings.rollout_coverage_ttl_s if coverage_ttl_s is None else coverage_ttl_s
+        )
+        self._clock = clock
+        # Anonymous requests: a fresh draw per request, so no user is pinned by accident.
+        self._draw = draw or random.Random().randrange
+        self._cache: dict[ModelKey, tuple[float, Readiness]] = {}
+        self._refresh_lock = threading.Lock()
+
+    # -- choosing ------------------------------------------------------------------------
+    def select(self, user_id: str | None) -> tuple[ModelKey, int, str]:
+        """(model, bucket, rule) from flags and bucket alone."""
+        bucket = user_bucket(user_id) if user_id is not None else self._draw(BUCKETS)
+        if self.use_siglip:
+            return CANDIDATE, bucket, "USE_SIGLIP=true"
+        if bucket < self.percentage:
+            return (
+                CANDIDATE,
+                bucket,
+                f"bucket {bucket} < SIGLIP_ROLLOUT_PERCENTAGE={self.percentage}",
+            )
+        return BASELINE, bucket, f"bucket {bucket} >= SIGLIP_ROLLOUT_PERCENTAGE={self.percentage}"
+
+    def route(self, user_id: str | None) -> RouteDecision:
+        return self._decide(user_id, self.readiness)
+
+    def _decide(
+        self, user_id: str | None, readiness: Callable[[ModelKey], Readiness]
+    ) -> RouteDecision:
+        selected, bucket, rule = self.select(user_id)
+        decision = RouteDecision(
+            model=selected,
+            collection=self._ctx.spec(selected).collection,
+            selected=selected,
+            user_id=user_id,
+            bucket=bucket,
+            rule=rule,
+        )
+        if selected == BASELINE:
+            return decision  # the baseline is what we fall back to: nothing to guard
+        state = readiness(selected)
+        if state.ready:
+            return decision
+        return RouteDecision(
+            model=BASELINE,
+            collection=self._ctx.spec(BASELINE).collection,
+            selected=selected,
+            user_id=user_id,
+            bucket=bucket,
+            rule=rule,
+            fallback_code=state.reason_code,
+            fallback_reason=f"{state.reason}; answered by {BASELINE}",
+        )
+
+    def models_in_use(self) -> list[ModelKey]:
+        """The models the flags can send traffic to (what ``PRELOAD_MODELS`` loads)."""
+        if self.use_siglip or self.percentage > 0:
+            return [BASELINE, CANDIDATE]
+        return [BASELINE]
+
+    # -- coverage guard ------------------------------------------------------------------
+    def readiness(self, key: ModelKey) -> Readiness:
+        """Cached :meth:`check_readiness`."""
+        cached = self._cache.get(key)
+        if cached is not None and self._clock() < cached[0]:
+            return cached[1]
+        if not self._refresh_lock.acquire(blocking=cached is None):
+            assert cached is not None
+            return cached[1]  # another thread is refreshing: a seconds-old answer will do
+        try:
+            cached = self._cache.get(key)
+            if cached is not None and self._clock() < cached[0]:
+                return cached[1]
+            state = self.check_readiness(key)
+            self._cache[key] = (self._clock() + self.coverage_ttl_s, state)
+            return state
+        finally:
+            self._refresh_lock.release()
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+    def check_readiness(self, key: ModelKey) -> Readiness:
+        """Can ``key``'s collection serve now? Always true for the baseline."""
+        ctx = self._ctx
+        spec = ctx.spec(key)
+        info = ctx.store.collection_info(spec.collection)
+        with ctx.session_factory() as session:
+            counts = repo.embedding_counts(session, spec)
+            library = repo.library_counts(session)
+            missing = (
+                0
+                if key == BASELINE
+                else repo.count_covered_but_not_by(session, ctx.spec(BASELINE), spec)
+            )
+        state = Readiness(
+            model=key,
+            collection=spec.collection,
+            ready=True,
+            exists=info is not None,
+            points=info.points if info is not None else 0,
+            embedded=counts.done,
+            active=library.active,
+            missing=missing,
+            coverage=counts.done / library.active if library.active else 1.0,
+        )
+        if key == BASELINE:
+            return state
+        code, reason = self._guard(state, info)
+        if code is None:
+            return state
+        return replace(state, ready=False, reason_code=code, reason=reason)
+
+    def _guard(
+        self, state: Readiness, info: CollectionInfo | None
+    ) -> tuple[str | None, str | None]:
+        key, collection = state.model, state.collection
+        if info is None:
+            return "collection_missing", f"{key} collection {collection!r} does not exist yet"
+        expected = self._ctx.spec(key).identity
+        if info.identity != expected:
+            found = info.identity.describe() if info.identity else "no model stamp"
+            return (
+                "model_mismatch",
+                f"{key} collection {collection!r} was filled by {found}, not the configured "
+                f"{expected.describe()}",
+            )
+        if self.min_coverage is not None:
+            if state.coverage < self.min_coverage:
+                return (
+                    "coverage_below_minimum",
+                    f"{key} covers {state.embedded} of {state.active} assets "
+                    f"({state.coverage:.1%}), below MIN_ROLLOUT_COVERAGE={self.min_coverage}",
+                )
+        elif state.missing:
+            return (
+                "coverage_incomplete",
+                f"{key} has not embedded {state.missing} of the assets {BASELINE} covers "
+                f"({state.embedded} of {state.active} assets embedded)",
+            )
+        if state.points < state.embedded:
+            # The DB says embedded but the points are gone (collection dropped and re-made).
+            return (
+                "points_missing",
+                f"{key} collection {collection!r} holds {state.points} points but "
+                f"{state.embedded} assets are recorded as embedded",
+            )
+        return None, None
+
+    # -- operators -----------------------------------------------------------------------
+    def rollout_status(self, user_id: str | None = None) -> dict[str, Any]:
+        """Flags, each model's collection and readiness (checked now, not cached), and,
+        given ``user_id``, that user's bucket and model."""
+        states = {key: self.check_readiness(key) for key in MODEL_KEYS}
+        result: dict[str, Any] = {
+            "use_siglip": self.use_siglip,
+            "siglip_rollout_percentage": self.percentage,
+            "min_rollout_coverage": self.min_coverage,
+            "coverage_cache_ttl_s": self.coverage_ttl_s,
+            "baseline": BASELINE,
+            "candidate": CANDIDATE,
+            "models": {key: state.as_dict() for key, state in states.items()},
+            "user": None,
+        }
+        if user_id is not None:
+            result["user"] = self._decide(user_id, states.__getitem__).as_dict()
+        return result

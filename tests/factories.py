@@ -1,0 +1,122 @@
+"""Small builders for test data: tiny open_clip models and real image files."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from open_clip.model import CLIP, CustomTextCLIP
+from PIL import Image, ImageDraw
+from safetensors.torch import save_file
+
+OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def write_tiny_model(directory: Path, *, embed_dim: int, sigmoid: bool, seed: int = 0) -> Path:
+    """A random-weight open_clip model in the ``local-dir:`` layout.
+
+    ``sigmoid`` makes it SigLIP-style (custom text tower, logit bias, mean=std=0.5,
+    squash resize). Names avoid "siglip" so open_clip keeps its bundled tokenizer.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    model_cfg: dict[str, Any] = {
+        "embed_dim": embed_dim,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    if sigmoid:
+        model_cfg["init_logit_bias"] = -10.0
+        preprocess: dict[str, Any] = {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"}
+    else:
+        preprocess = {"mean": OPENAI_MEAN, "std": OPENAI_STD, "resize_mode": "shortest"}
+    preprocess["interpolation"] = "bicubic"
+    preprocess["size"] = 32
+    torch.manual_seed(seed)
+    model = CustomTextCLIP(**model_cfg) if sigmoid else CLIP(**model_cfg)
+    if sigmoid:
+        model_cfg["custom_text"] = True
+    (directory / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess})
+    )
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "open_clip_model.safetensors"))
+    return directory
+
+
+def jpeg_bytes(
+    size: tuple[int, int] = (64, 48),
+    colour: tuple[int, int, int] = (200, 30, 30),
+    *,
+    seed: int = 0,
+    quality: int = 90,
+    exif: Image.Exif | None = None,
+) -> bytes:
+    """A real JPEG with a little structure (a random rectangle) so files differ."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", size, colour)
+    draw = ImageDraw.Draw(image)
+    x0, y0 = rng.randrange(size[0] // 2), rng.randrange(size[1] // 2)
+    fill = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    draw.rectangle([x0, y0, x0 + size[0] // 3, y0 + size[1] // 3], fill=fill)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality, exif=exif or Image.Exif())
+    return buf.getvalue()
+
+
+def write_jpeg(path: Path, **kwargs: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(jpeg_bytes(**kwargs))
+    return path
+
+
+def png_bytes(size: tuple[int, int] = (40, 40), mode: str = "RGBA") -> bytes:
+    image = Image.new(mode, size)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def broken_files(directory: Path) -> dict[str, Path]:
+    """One of every kind of unreadable file an index run must survive."""
+    directory.mkdir(parents=True, exist_ok=True)
+    good = jpeg_bytes((80, 60), seed=99)
+    files = {
+        "zero_byte": directory / "empty.jpg",
+        "not_image": directory / "notes.jpg",
+        "truncated": directory / "truncated.jpg",
+        "corrupt": directory / "corrupt.jpeg",
+        "bomb": directory / "bomb.png",
+    }
+    files["zero_byte"].write_bytes(b"")
+    files["not_image"].write_bytes(b"these are my holiday notes, not a picture\n" * 10)
+    files["truncated"].write_bytes(good[: len(good) // 2])
+    corrupt = bytearray(good)
+    corrupt[20 : len(corrupt) - 10] = bytes(len(corrupt) - 30)  # header kept, data zeroed
+    files["corrupt"].write_bytes(bytes(corrupt))
+    files["bomb"].write_bytes(bomb_png_bytes())
+    return files
+
+
+def bomb_png_bytes(side: int = 20_000) -> bytes:
+    """A tiny PNG that claims side x side pixels (a decompression bomb)."""
+    image = Image.new("1", (side, side))
+    buf = io.BytesIO()
+    image.save(buf, "PNG", optimize=True)
+    return buf.getvalue()

@@ -1,0 +1,197 @@
+"""Folder indexing through the real pipeline: files -> DB -> Qdrant (Edge / in-process)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image_search_service.core.errors import ModelMismatch
+from image_search_service.db import repository as repo
+from image_search_service.db.models import Asset, AssetStatus
+from image_search_service.services.context import ServiceContext, open_context
+from image_search_service.services.embedding import EncoderRegistry
+from image_search_service.services.indexing import index_paths, models_to_index
+from image_search_service.services.search import SearchOptions, SearchService
+from image_search_service.services.status import library_status
+from tests.factories import broken_files, write_jpeg
+
+COLOURS = [(220, 20, 20), (20, 200, 40), (30, 40, 220), (240, 220, 30), (250, 250, 250)]
+
+
+def make_library(root: Path, n: int = 10) -> list[Path]:
+    return [
+        write_jpeg(
+            root / f"sub{i % 2}" / f"photo_{i:02d}.jpg",
+            colour=COLOURS[i % 5],
+            seed=i,
+            size=(64 + i, 48),
+        )
+        for i in range(n)
+    ]
+
+
+def _assets(ctx: ServiceContext) -> dict[str, Asset]:
+    with ctx.session_factory() as s:
+        return {a.path: a for a in s.query(Asset).all()}
+
+
+def test_index_then_search(ctx: ServiceContext, tmp_path: Path) -> None:
+    files = make_library(tmp_path / "lib")
+    report = index_paths(ctx, [tmp_path / "lib"], model_keys=["clip"])
+    assert (report.indexed, report.failed, report.skipped) == (10, 0, 0)
+    assert ctx.store.count(ctx.spec("clip").collection) == 10
+    # Point id = asset UUID, and the example image finds itself first.
+    outcome = SearchService(ctx).search_image(
+        files[3], model="clip", options=SearchOptions(limit=3)
+    )
+    assert outcome.results[0].path == str(files[3].resolve())
+    assert outcome.results[0].score == pytest.approx(1.0, abs=1e-3)
+    text = SearchService(ctx).search_text("a red photo", model="clip", options=SearchOptions())
+    assert len(text.results) == 10
+    assert text.collection == "image_assets"
+
+
+def test_rerun_skips_unchanged_and_dedupes(ctx: ServiceContext, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    files = make_library(lib, 6)
+    shutil.copy(files[0], lib / "copy_of_first.jpg")
+    first = index_paths(ctx, [lib], model_keys=["clip"])
+    assert (first.indexed, first.duplicates) == (6, 1)
+    second = index_paths(ctx, [lib], model_keys=["clip"])
+    assert (second.indexed, second.skipped, second.failed) == (0, 7, 0)
+    assert len(_assets(ctx)) == 6
+
+
+def test_changed_moved_and_deleted_files(ctx: ServiceContext, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    files = make_library(lib, 6)
+    index_paths(ctx, [lib], model_keys=["clip"])
+    before = _assets(ctx)
+    moved_id = before[str(files[1].resolve())].id
+    changed_id = before[str(files[2].resolve())].id
+
+    files[0].unlink()  # deleted
+    files[1].rename(lib / "renamed.jpg")  # moved: same content, new path
+    write_jpeg(files[2], colour=(5, 5, 5), seed=1234)  # same path, new content
+    os.utime(files[2], ns=(1, 1))
+    report = index_paths(ctx, [lib], model_keys=["clip"])
+    assert report.missing == 1
+    assert report.indexed == 1  # only the changed file is re-embedded
+
+    after = _assets(ctx)
+    assert after[str(files[0].resolve())].status == AssetStatus.MISSING
+    assert after[str((lib / "renamed.jpg").resolve())].id == moved_id
+    assert after[str(files[2].resolve())].id == changed_id
+    points = ctx.store.point_ids(ctx.spec("clip").collection)
+    assert before[str(files[0].resolve())].id not in points
+    assert moved_id in points
+    assert len(points) == 5
+    status = library_status(ctx)
+    assert status["assets"] == 5
+    assert status["missing"] == 1
+    assert status["models"]["clip"]["coverage"] == 1.0
+
+
+def test_every_kind_of_broken_file_fails_alone(ctx: ServiceContext, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, 4)
+    bad = broken_files(lib / "bad")
+    report = index_paths(ctx, [lib], model_keys=["clip", "siglip"])
+    assert report.indexed == 4
+    assert report.failed == len(bad)
+    reasons = {Path(f["path"]).name: f["error"] for f in report.failures}
+    assert "empty" in reasons["empty.jpg"]
+    assert "not an image" in reasons["notes.jpg"]
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "decompression bomb" in reasons["bomb.png"] or "exceeds" in reasons["bomb.png"]
+    assert ctx.store.count("image_assets") == ctx.store.count("image_assets_siglip") == 4
+    with ctx.session_factory() as s:
+        failed = s.query(Asset).filter(Asset.status == AssetStatus.FAILED).all()
+        assert {a.error is not None for a in failed} == {True}
+        assert len(failed) == len(bad)
+        counts = repo.embedding_counts(s, ctx.spec("siglip"))
+        assert (counts.done, counts.failed) == (4, len(bad))
+    # Unchanged broken files are not retried on every run.
+    again = index_paths(ctx, [lib], model_keys=["clip"])
+    assert (again.indexed, again.failed) == (0, 0)
+
+
+def test_changing_the_model_under_a_collection_is_refused(
+    make_settings: Any, encoders: EncoderRegistry, tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    make_library(tmp_path / "lib", 2)
+    first = open_context(make_settings(), encoders=encoders)
+    index_paths(first, [tmp_path / "lib"], model_keys=["clip"])
+    first.close()
+    # Same collection name, another model (same dimension): must not mix vectors.
+    other = make_settings(clip_model_name=f"local-dir:{tiny_models['clip']}/../tiny-clip")
+    second = open_context(other, encoders=encoders)
+    try:
+        with pytest.raises(ModelMismatch, match="image_assets"):
+            index_paths(second, [tmp_path / "lib"], model_keys=["clip"])
+        with pytest.raises(ModelMismatch):
+            SearchService(second).search_text("x", model="clip", options=SearchOptions())
+    finally:
+        second.close()
+
+
+def test_auto_models_follow_existing_collections(ctx: ServiceContext, tmp_path: Path) -> None:
+    assert models_to_index(ctx, "auto") == ["clip"]
+    ctx.store.ensure_collection(ctx.collection_spec("siglip"))
+    assert models_to_index(ctx, "auto") == ["clip", "siglip"]
+    assert models_to_index(ctx, "siglip") == ["siglip"]
+
+
+def test_results_do_not_depend_on_batching_or_threads(
+    make_settings: Any, encoders: EncoderRegistry, tmp_path: Path
+) -> None:
+    files = make_library(tmp_path / "lib", 7)
+    rankings = []
+    for batch_size, workers in [(1, 1), (3, 2), (16, 4)]:
+        data_dir = tmp_path / f"data-{batch_size}-{workers}"
+        ctx = open_context(
+            make_settings(data_dir=data_dir, batch_size=batch_size, decode_workers=workers),
+            encoders=encoders,
+        )
+        try:
+            index_paths(ctx, [tmp_path / "lib"], model_keys=["clip"])
+            outcome = SearchService(ctx).search_image(
+                files[2], model="clip", options=SearchOptions(limit=7)
+            )
+            rankings.append([(Path(h.path).name, round(h.score, 4)) for h in outcome.results])
+        finally:
+            ctx.close()
+    assert len(rankings[0]) == 7
+    assert rankings[0] == rankings[1] == rankings[2]
+
+
+@pytest.mark.postgres
+def test_postgres_and_qdrant_client_adapter(
+    make_settings: Any, encoders: EncoderRegistry, postgres_url: str, tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    files = make_library(lib, 5)
+    shutil.copy(files[0], lib / "dup.jpg")
+    broken_files(lib / "bad")
+    ctx = open_context(
+        make_settings(database_url=postgres_url, qdrant_url=":memory:"), encoders=encoders
+    )
+    try:
+        report = index_paths(ctx, [lib], model_keys=["clip", "siglip"])
+        assert (report.indexed, report.duplicates, report.failed) == (5, 1, 5)
+        files[4].unlink()
+        again = index_paths(ctx, [lib], model_keys=["clip", "siglip"])
+        assert (again.indexed, again.missing) == (0, 1)
+        assert ctx.store.count("image_assets_siglip") == 4
+        status = library_status(ctx)
+        assert status["database"] == "postgresql"
+        assert status["vector_store"] == "qdrant"
+        assert status["models"]["siglip"]["coverage"] == 1.0
+        hit = SearchService(ctx).search_image(files[1], model="siglip", options=SearchOptions())
+        assert hit.results[0].path == str(files[1].resolve())
+    finally:
+        ctx.close()

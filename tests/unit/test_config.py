@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from image_search_service.core.config import Settings, load_settings
+from image_search_service.core.errors import ConfigError
+from image_search_service.core.specs import DEMO_MODELS_DIR, model_spec
+
+
+class TestDefaults:
+    def test_phase_plan_names_and_defaults(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for var in ("DATA_DIR", "DATABASE_URL", "QDRANT_URL", "REDIS_URL", "CLIP_MODEL_NAME"):
+            monkeypatch.delenv(var, raising=False)
+        s = Settings(_env_file=None)
+        assert (s.clip_model_name, s.clip_pretrained, s.clip_embedding_dim) == (
+            "ViT-B-32",
+            "openai",
+            512,
+        )
+        assert (s.siglip_model_name, s.siglip_pretrained, s.siglip_embedding_dim) == (
+            "ViT-B-16-SigLIP",
+            "webli",
+            768,
+        )
+        assert (s.qdrant_collection, s.siglip_collection) == ("image_assets", "image_assets_siglip")
+        assert s.use_siglip is False
+        assert s.siglip_rollout_percentage == 0
+        assert s.data_dir == Path("./data")
+        assert s.device == "auto"
+        assert s.qdrant_url is None
+        assert s.redis_url is None
+        assert s.resolved_database_url.startswith("sqlite:///")
+        assert s.resolved_database_url.endswith("data/metadata.sqlite3")
+
+    def test_blank_urls_mean_embedded(self) -> None:
+        s = Settings(_env_file=None, qdrant_url="  ", database_url="")
+        assert s.qdrant_url is None
+        assert s.database_url is None
+
+
+class TestValidation:
+    @pytest.mark.parametrize(
+        ("var", "value"),
+        [
+            ("SIGLIP_ROLLOUT_PERCENTAGE", "101"),
+            ("SIGLIP_ROLLOUT_PERCENTAGE", "-1"),
+            ("SIGLIP_ROLLOUT_PERCENTAGE", "half"),
+            ("USE_SIGLIP", "maybe"),
+            ("CLIP_EMBEDDING_DIM", "0"),
+            ("BATCH_SIZE", "0"),
+            ("DEVICE", "tpu"),
+            ("CLIP_MODEL_NAME", "   "),
+        ],
+    )
+    def test_bad_value_names_the_variable(
+        self, monkeypatch: pytest.MonkeyPatch, var: str, value: str
+    ) -> None:
+        monkeypatch.setenv(var, value)
+        with pytest.raises(ConfigError) as err:
+            load_settings(_env_file=None)
+        assert var in err.value.detail
+
+    def test_collections_must_differ(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SIGLIP_COLLECTION", "image_assets")
+        with pytest.raises(ConfigError, match="different collections"):
+            load_settings(_env_file=None)
+
+
+def test_demo_model_names_resolve_to_shipped_dirs() -> None:
+    s = Settings(_env_file=None, clip_model_name="demo-clip", clip_pretrained="")
+    spec = model_spec(s, "clip")
+    assert spec.open_clip_name == f"local-dir:{DEMO_MODELS_DIR / 'demo-clip'}"
+    assert spec.identity.model_name == "demo-clip"
