@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -120,6 +121,8 @@ def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
 @click.option("--min-score", type=click.FloatRange(-1, 1), default=None)
 @click.option("--model", type=MODEL_CHOICE, default="clip", show_default=True)
 @click.option("--format", "image_format", type=click.Choice(["JPEG", "PNG", "WEBP"]))
+@click.option("--taken-after", type=click.DateTime(), help="EXIF capture time on or after")
+@click.option("--taken-before", type=click.DateTime(), help="EXIF capture time before")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def search(
     text: str | None,
@@ -130,6 +133,8 @@ def search(
     min_score: float | None,
     model: ModelKey,
     image_format: str | None,
+    taken_after: datetime | None,
+    taken_before: datetime | None,
     as_json: bool,
 ) -> None:
     """Search by TEXT, by an example --image, or --similar to an indexed asset."""
@@ -142,7 +147,9 @@ def search(
         limit=limit,
         offset=offset,
         min_score=min_score,
-        search_filter=SearchFilter(format=image_format) if image_format else None,
+        search_filter=SearchFilter(
+            format=image_format, taken_after=taken_after, taken_before=taken_before
+        ),
     )
     with _context() as ctx:
         service = SearchService(ctx)
@@ -198,6 +205,44 @@ def status(as_json: bool) -> None:
             f"({ident.get('pretrained') or '-'}, {ident.get('dim')}-d)"
             + ("" if entry["identity_matches"] else "  MISMATCH with settings")
         )
+
+
+@main.command()
+@click.option("--count", type=click.IntRange(20, 5000), default=240, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def demo(count: int, as_json: bool) -> None:
+    """Offline demo: generate a picture library, index it with the shipped tiny
+    models, and run example searches."""
+    from image_search_service.demo.run import run_demo
+
+    settings = load_settings()
+    if not as_json:
+        click.echo(f"Generating and indexing {count} demo pictures under {settings.data_dir}/demo")
+    report = run_demo(settings, count=count, progress=_progress_factory("indexing"))
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    click.echo(
+        f"Indexed {report.indexed} new pictures in {report.index_seconds:.1f}s "
+        f"with demo-clip and demo-siglip (library: {report.library})\n"
+    )
+    for q in report.queries:
+        click.echo(
+            f"[{q.model}] {q.query!r}: {len(q.hits)} results in {q.took_ms:.0f} ms, "
+            f"{q.precision:.0%} match the query"
+        )
+        for hit in q.hits:
+            calibrated = hit["calibrated_score"]
+            extra = f"  p(match)={calibrated:.2f}" if calibrated is not None else ""
+            click.echo(f"    {hit['score']:.3f}{extra}  {Path(hit['path']).name}")
+    click.echo(
+        "\nThe demo models only know coloured shapes. To search your own photos with the real "
+        "models:\n"
+        "  image-search index ~/Pictures          # CLIP ViT-B-32 (downloads weights once)\n"
+        '  image-search search "beach sunset with people"\n'
+        "Offline, point CLIP_MODEL_NAME / CLIP_PRETRAINED at weights you have "
+        "(see docs/configuration.md)."
+    )
 
 
 @main.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
 
 from image_search_service.db.models import Base
 
@@ -20,7 +19,11 @@ def run_migrations() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+    # Run by hand (`alembic upgrade head`): the same database the service would use.
+    from image_search_service.core.config import load_settings
+    from image_search_service.db.session import make_engine
+
+    engine = make_engine(load_settings().resolved_database_url)
     with engine.begin() as conn:
         context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -1,0 +1,125 @@
+"""`image-search demo`: a generated library, indexed with the shipped tiny models.
+
+Runs offline on a fresh machine: the demo lives in its own folder under DATA_DIR
+(so its collections never meet the user's real ones) and always uses the shipped
+`demo-clip` / `demo-siglip` models, whatever the model settings say.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from image_search_service.core.config import MODEL_KEYS, Settings
+from image_search_service.demo.synthetic import write_library
+from image_search_service.services.context import open_context
+from image_search_service.services.embedding import EncoderRegistry
+from image_search_service.services.indexing import ProgressFactory, index_paths
+from image_search_service.services.search import SearchOptions, SearchService
+
+EXAMPLE_QUERIES = ("a red circle", "a blue star", "a yellow triangle", "a white cross")
+DEMO_SEED = 20261123
+
+
+@dataclass
+class DemoQuery:
+    model: str
+    query: str
+    took_ms: float
+    hits: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def precision(self) -> float:
+        """Share of hits whose file name (which lists the shapes drawn) has the query's label."""
+        label = self.query.removeprefix("a ").replace(" ", "-")
+        if not self.hits:
+            return 0.0
+        return sum(label in Path(h["path"]).name for h in self.hits) / len(self.hits)
+
+
+@dataclass
+class DemoReport:
+    data_dir: Path
+    library: Path
+    indexed: int
+    index_seconds: float
+    queries: list[DemoQuery]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "data_dir": str(self.data_dir),
+            "library": str(self.library),
+            "indexed": self.indexed,
+            "index_seconds": round(self.index_seconds, 2),
+            "queries": [
+                {
+                    "model": q.model,
+                    "query": q.query,
+                    "took_ms": round(q.took_ms, 1),
+                    "precision": round(q.precision, 3),
+                    "results": q.hits,
+                }
+                for q in self.queries
+            ],
+        }
+
+
+def demo_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "data_dir": settings.data_dir / "demo",
+            "database_url": None,
+            "qdrant_url": None,
+            "redis_url": None,
+            "clip_model_name": "demo-clip",
+            "clip_pretrained": "",
+            "clip_embedding_dim": 512,
+            "siglip_model_name": "demo-siglip",
+            "siglip_pretrained": "",
+            "siglip_embedding_dim": 768,
+            "qdrant_collection": "image_assets",
+            "siglip_collection": "image_assets_siglip",
+        }
+    )
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    count: int = 240,
+    limit: int = 5,
+    progress: ProgressFactory | None = None,
+) -> DemoReport:
+    demo = demo_settings(settings)
+    library = demo.data_dir / "library"
+    if not library.exists():
+        write_library(library, count, seed=DEMO_SEED)
+    ctx = open_context(demo, encoders=EncoderRegistry(device=demo.device))
+    try:
+        started = time.perf_counter()
+        report = index_paths(ctx, [library], model_keys=list(MODEL_KEYS), progress=progress)
+        index_seconds = time.perf_counter() - started
+        service = SearchService(ctx)
+        queries = []
+        for key in MODEL_KEYS:
+            for text in EXAMPLE_QUERIES:
+                outcome = service.search_text(text, model=key, options=SearchOptions(limit=limit))
+                queries.append(
+                    DemoQuery(
+                        model=key,
+                        query=text,
+                        took_ms=outcome.took_ms,
+                        hits=[h.as_dict() for h in outcome.results],
+                    )
+                )
+    finally:
+        ctx.close()
+    return DemoReport(
+        data_dir=demo.data_dir,
+        library=library,
+        indexed=report.indexed,
+        index_seconds=index_seconds,
+        queries=queries,
+    )
