@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import ColumnElement, Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from image_search_service.core.specs import ModelSpec
@@ -137,6 +137,17 @@ def library_counts(session: Session) -> LibraryCounts:
     )
 
 
+def _done_by(spec: ModelSpec) -> tuple[ColumnElement[bool], ...]:
+    """Embedded by exactly this model (a row left by a previous model does not count)."""
+    return (
+        AssetEmbedding.model_key == spec.key,
+        AssetEmbedding.state == EmbeddingState.DONE,
+        AssetEmbedding.model_name == spec.model_name,
+        AssetEmbedding.pretrained == spec.pretrained,
+        AssetEmbedding.dim == spec.embedding_dim,
+    )
+
+
 @dataclass(frozen=True)
 class EmbeddingCounts:
     done: int
@@ -150,14 +161,7 @@ def embedding_counts(session: Session, spec: ModelSpec) -> EmbeddingCounts:
         select(func.count())
         .select_from(AssetEmbedding)
         .join(Asset)
-        .where(
-            Asset.status == AssetStatus.ACTIVE,
-            AssetEmbedding.model_key == spec.key,
-            AssetEmbedding.state == EmbeddingState.DONE,
-            AssetEmbedding.model_name == spec.model_name,
-            AssetEmbedding.pretrained == spec.pretrained,
-            AssetEmbedding.dim == spec.embedding_dim,
-        )
+        .where(Asset.status == AssetStatus.ACTIVE, *_done_by(spec))
     )
     failed = session.scalar(
         select(func.count())
@@ -179,13 +183,7 @@ def embedding_counts(session: Session, spec: ModelSpec) -> EmbeddingCounts:
 def assets_needing(session: Session, spec: ModelSpec, *, include_failed: bool) -> list[Asset]:
     """Active (or failed-to-decode, if asked) assets this model has not embedded."""
     statuses = [AssetStatus.ACTIVE] + ([AssetStatus.FAILED] if include_failed else [])
-    done_ids = select(AssetEmbedding.asset_id).where(
-        AssetEmbedding.model_key == spec.key,
-        AssetEmbedding.state == EmbeddingState.DONE,
-        AssetEmbedding.model_name == spec.model_name,
-        AssetEmbedding.pretrained == spec.pretrained,
-        AssetEmbedding.dim == spec.embedding_dim,
-    )
+    done_ids = select(AssetEmbedding.asset_id).where(*_done_by(spec))
     query = (
         select(Asset)
         .where(Asset.status.in_(statuses), Asset.id.not_in(done_ids))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import redis
@@ -28,17 +29,30 @@ class QueueUnavailable(ServiceError):
     status_code = 503
 
 
-def connect(redis_url: str) -> redis.Redis:
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(redis_url: str) -> redis.Redis[bytes]:
     connection = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
     try:
         connection.ping()
     except redis.exceptions.RedisError as exc:
         connection.close()
-        raise QueueUnavailable(f"cannot reach Redis at REDIS_URL={redis_url}: {exc}") from exc
+        raise QueueUnavailable(
+            f"cannot reach Redis at REDIS_URL={redact(redis_url)}: {exc}"
+        ) from exc
     return connection
 
 
-def reembed_queue(connection: redis.Redis) -> Queue:
+def reembed_queue(connection: redis.Redis[bytes]) -> Queue:
     return Queue(QUEUE_NAME, connection=connection, default_timeout=JOB_TIMEOUT_S)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 from rq import get_current_job
@@ -51,7 +51,7 @@ def reembed_batch(model_key: str, asset_ids: list[str], force: bool = False) -> 
     RQ's ``Retry`` runs the job again; any other error fails it at once."""
     if model_key not in MODEL_KEYS:
         raise ValueError(f"unknown model key {model_key!r}")
-    key = cast(ModelKey, model_key)
+    key: ModelKey = model_key
     job = get_current_job()
     final_attempt = job is None or not job.retries_left
     try:

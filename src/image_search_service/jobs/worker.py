@@ -4,11 +4,17 @@ RQ's default ``Worker`` forks a work horse per job, which would either reload th
 per job or carry the parent's DB connections across the fork. ``SimpleWorker`` runs
 jobs in the worker process itself, so the context opened here serves every job. For
 more throughput, run more worker processes (each loads the model once).
+
+Retries RQ schedules (``Retry(interval=...)``) are moved back onto the queue by a thread
+here, not by RQ's scheduler process: that one is forked from the worker, would inherit
+the DB engine, the model and any store lock, and outlives a worker killed with SIGKILL.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +22,7 @@ from typing import Any
 import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
+from rq.scheduler import RQScheduler
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
 from image_search_service.core.errors import ConfigError
@@ -45,7 +52,7 @@ class ReembedWorker(SimpleWorker):
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         self.stop_seen = True
-        super().request_stop(signum, frame)
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
 
 def check_worker_settings(settings: Settings) -> None:
@@ -72,6 +79,50 @@ def preload(ctx: ServiceContext, keys: list[ModelKey] | None = None) -> list[Mod
     return chosen
 
 
+class RetryPromoter(threading.Thread):
+    """Every ``interval`` seconds, put retries that are due back on the queue (one
+    promoter per queue at a time, through RQ's scheduler lock)."""
+
+    def __init__(self, queue: Queue, *, interval: float = 1.0) -> None:
+        super().__init__(name="rq-retry-promoter", daemon=True)
+        self.scheduler = RQScheduler([queue], connection=queue.connection, interval=1)
+        self.interval = interval
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            try:
+                self.scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+                if self.scheduler.acquired_locks:
+                    self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+            except redis.exceptions.RedisError as exc:  # Redis restarting: try again soon
+                logger.debug("retry promoter: %s", exc)
+        try:
+            self.scheduler.release_locks()  # type: ignore[no-untyped-call]
+        except redis.exceptions.RedisError:
+            pass
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=10)
+
+
+def _interrupted_during(seconds: float, main_thread: bool) -> bool:
+    """Sleep between burst passes; SIGTERM/SIGINT meanwhile end the worker quietly (RQ's
+    handlers, still installed, would raise from inside the sleep)."""
+    if not main_thread:
+        time.sleep(seconds)
+        return False
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous_int = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        return stop.wait(seconds)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
 @dataclass
 class WorkerReport:
     jobs: int = 0
@@ -80,7 +131,7 @@ class WorkerReport:
 
 def run_worker(
     ctx: ServiceContext,
-    connection: redis.Redis,
+    connection: redis.Redis[bytes],
     *,
     burst: bool,
     max_jobs: int | None = None,
@@ -95,12 +146,19 @@ def run_worker(
     bind_context(ctx)
     report = WorkerReport()
     queue = reembed_queue(connection)
+    promoter = RetryPromoter(queue)
+    promoter.start()
+    # RQ installs its own SIGINT/SIGTERM handlers; give the caller's back afterwards.
+    main_thread = threading.current_thread() is threading.main_thread()
+    handlers = (
+        (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) if main_thread else None
+    )
     try:
         while True:
             worker = ReembedWorker([queue], connection=connection, name=name)
             worker.work(
                 burst=burst,
-                with_scheduler=True,
+                with_scheduler=False,
                 max_jobs=None if max_jobs is None else max_jobs - report.jobs,
                 logging_level=logging_level,
             )
@@ -112,13 +170,19 @@ def run_worker(
                 # work() returns unasked only after an error it has logged, such as Redis
                 # going away mid-job: start over (RQ reconnects while it waits for jobs).
                 logger.warning("worker loop ended unexpectedly; restarting in %ds", 5)
-                time.sleep(5)
+                if _interrupted_during(5, main_thread):
+                    return report
                 continue
             due = next_retry_at(queue)
             if due is None and queue.count == 0:
                 return report
             wait = min(max(0.0, (due or time.time()) - time.time()), _MAX_RETRY_WAIT_S)
             logger.info("waiting %.0fs for scheduled retries", wait)
-            time.sleep(wait + 0.5)
+            if _interrupted_during(wait + 0.5, main_thread):
+                return report
     finally:
+        promoter.stop()
         bind_context(None)
+        if handlers is not None:
+            signal.signal(signal.SIGINT, handlers[0])
+            signal.signal(signal.SIGTERM, handlers[1])

@@ -260,6 +260,14 @@ class OpenClipEncoder:
         logit = cosine * self._logit_scale + self._logit_bias
         return 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
 
+    def cosine_at(self, probability: float) -> float | None:
+        """The cosine whose calibrated score is ``probability`` (a min-score for SigLIP)."""
+        self.load()
+        if self._logit_bias is None or not 0.0 < probability < 1.0:
+            return None
+        logit = math.log(probability / (1.0 - probability))
+        return (logit - self._logit_bias) / self._logit_scale
+
 
 def _as_float32(features: torch.Tensor) -> FloatArray:
     array: FloatArray = features.detach().to("cpu", torch.float32).numpy()

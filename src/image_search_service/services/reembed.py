@@ -127,14 +127,14 @@ def run_batch(
     started = time.perf_counter()
     spec = ctx.spec(key)
     result = BatchResult(model=key, requested=len(asset_ids))
-    # Fail the whole batch before any work if the collection is gone or holds another model.
-    ctx.store.verify_collection(ctx.collection_spec(key))
-    with ctx.session_factory() as session:
-        refs = _refs_to_embed(session, spec, asset_ids, force=force)
-    result.skipped = len(asset_ids) - len(refs)
-    if on_progress and result.skipped:
-        on_progress(result.skipped)
     try:
+        # Fail the batch before any work if the collection is gone or holds another model.
+        ctx.store.verify_collection(ctx.collection_spec(key))
+        with ctx.session_factory() as session:
+            refs = _refs_to_embed(session, spec, asset_ids, force=force)
+        result.skipped = len(asset_ids) - len(refs)
+        if on_progress and result.skipped:
+            on_progress(result.skipped)
         outcome = embed_assets(
             refs,
             encoders=[ctx.encoder(key)],
@@ -147,7 +147,7 @@ def run_batch(
         )
     except TRANSIENT_ERRORS as exc:
         if final_attempt:
-            _record_gave_up(ctx.session_factory, spec, [r.id for r in refs], exc)
+            _record_gave_up(ctx.session_factory, spec, asset_ids, exc)
         raise
     result.done, result.failed = outcome.done, outcome.failed
     paths = {r.id: str(r.path) for r in refs}
@@ -232,14 +232,32 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # SQLite drops tz
 
 
+def coverage_of(session: Session, spec: ModelSpec) -> float:
+    counts = repo.embedding_counts(session, spec)
+    active = repo.library_counts(session).active
+    return counts.done / active if active else 1.0
+
+
 def model_progress(
     session: Session, spec: ModelSpec, *, now: datetime | None = None
 ) -> dict[str, Any]:
     """Counts for one model, and its rate over the last few minutes from row timestamps."""
     now = now or datetime.now(UTC)
-    counts = repo.embedding_counts(session, spec)
-    library = repo.library_counts(session)
-    total = library.active + library.failed
+    # The same partition as plan_asset_ids: every present asset is done, failed or
+    # pending for each model, so pending reaches 0 exactly when a run has nothing left.
+    present = Asset.status != AssetStatus.MISSING
+    total = int(session.scalar(select(func.count()).select_from(Asset).where(present)) or 0)
+
+    def rows(*where: Any) -> int:
+        query = select(func.count()).select_from(AssetEmbedding).join(Asset)
+        return int(
+            session.scalar(query.where(present, AssetEmbedding.model_key == spec.key, *where)) or 0
+        )
+
+    done = rows(_done_by(spec))
+    failed = rows(AssetEmbedding.state == EmbeddingState.FAILED)
+    # Coverage is the router's measure: searchable assets this exact model has embedded.
+    ratio = coverage_of(session, spec)
     window_start = now - RATE_WINDOW
     recent, oldest, newest = session.execute(
         select(
@@ -259,7 +277,7 @@ def model_progress(
         # is not diluted by four idle minutes before it, and a stalled one decays to 0.
         span = max((now - oldest_utc).total_seconds(), 1.0)
         rate = recent / span
-    pending = max(0, total - counts.done - counts.failed)
+    pending = max(0, total - done - failed)
     eta: float | None
     if pending == 0:
         eta = 0.0
@@ -272,10 +290,10 @@ def model_progress(
         "collection": spec.collection,
         "model_name": spec.model_name,
         "total": total,
-        "done": counts.done,
-        "failed": counts.failed,
+        "done": done,
+        "failed": failed,
         "pending": pending,
-        "coverage": round(counts.done / library.active, 4) if library.active else 1.0,
+        "coverage": round(ratio, 4),
         "rate": round(rate, 3),
         "eta_seconds": eta,
         "last_activity": newest_utc.isoformat() if newest_utc else None,
@@ -297,9 +315,17 @@ def collect_progress(
     """
     with session_factory() as session:
         models = {key: model_progress(session, specs[key]) for key in MODEL_KEYS}
+    store_error = None
     for key, entry in models.items():
-        info = store.collection_info(specs[key].collection) if store is not None else None
-        entry["collection_exists"] = None if store is None else info is not None
+        entry["collection_exists"], entry["points"] = None, None
+        if store is None or store_error is not None:
+            continue
+        try:
+            info = store.collection_info(specs[key].collection)
+        except VectorStoreUnavailable as exc:  # progress is DB-derived; report, go on
+            store_error = exc.detail
+            continue
+        entry["collection_exists"] = info is not None
         entry["points"] = info.points if info is not None else None
     chosen = target or _default_target(models)
     headline = models[chosen]
@@ -311,6 +337,7 @@ def collect_progress(
         "models": models,
         "runner": "rq" if redis_url else "in-process",
         "queue": queue_snapshot(redis_url) if redis_url else None,
+        "vector_store_error": store_error,
     }
     return data
 
