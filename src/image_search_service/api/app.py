@@ -20,7 +20,7 @@ from image_search_service.api.body_limit import BodySizeLimitMiddleware
 from image_search_service.api.deps import AppServices
 from image_search_service.api.errors import install_error_handlers
 from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
-from image_search_service.api.routes import admin, assets, health, search
+from image_search_service.api.routes import API_PREFIX, admin, assets, health, search
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
 from image_search_service.services.assets import AssetService
@@ -31,9 +31,9 @@ from image_search_service.services.search import SearchService, TextEmbeddingCac
 
 logger = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
-# Concurrent forward passes: torch already spreads one over every core.
-ENCODE_CONCURRENCY = 2
+# Concurrent forward passes. One: torch already spreads a forward over every core, and
+# two at once on a small CPU box oversubscribe it (each slower than both in a row).
+ENCODE_CONCURRENCY = 1
 TEXT_CACHE_SIZE = 1024
 
 
@@ -69,9 +69,8 @@ def create_app(
         max_upload_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    app.include_router(health.router)
-    for module in (search, assets, admin):
-        app.include_router(module.router, prefix=API_PREFIX)
+    for module in (health, search, assets, admin):
+        app.include_router(module.router)
     return app
 
 
@@ -108,7 +107,11 @@ def _open_services(
 
 
 def _log_rollout(router: EmbeddingRouter) -> None:
-    status = router.rollout_status()
+    try:
+        status = router.rollout_status()
+    except ServiceError as exc:  # a store that is down now may be up for the first request
+        logger.warning("cannot check rollout coverage at start: %s", exc.detail)
+        return
     logger.info(
         "rollout: USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d",
         status["use_siglip"],

@@ -28,8 +28,11 @@ class BodySizeLimitMiddleware:
         self.upload_limit = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
 
     def limit_for(self, scope: Scope) -> int:
+        # endswith: behind a proxy the path may carry a root_path prefix.
         path = str(scope.get("path", "")).rstrip("/")
-        return self.upload_limit if path in self.upload_paths else SMALL_BODY_BYTES
+        if any(path.endswith(upload) for upload in self.upload_paths):
+            return self.upload_limit
+        return SMALL_BODY_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -4,7 +4,7 @@ caller's user id, API-key checks and asset lookups."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 from uuid import UUID
@@ -42,7 +42,9 @@ class AppServices:
     encode_limiter: anyio.CapacityLimiter
 
 
-def get_services(request: Request) -> AppServices:
+# Dependencies that only read memory are `async def`: FastAPI runs sync ones in the
+# thread pool, a hop per dependency per request.
+async def get_services(request: Request) -> AppServices:
     services: AppServices = request.app.state.services
     return services
 
@@ -50,19 +52,14 @@ def get_services(request: Request) -> AppServices:
 ServicesDep = Annotated[AppServices, Depends(get_services)]
 
 
-def get_search_service(services: ServicesDep) -> SearchService:
-    return services.search
-
-
-def get_router(services: ServicesDep) -> EmbeddingRouter:
+async def get_router(services: ServicesDep) -> EmbeddingRouter:
     return services.router
 
 
-def get_asset_service(services: ServicesDep) -> AssetService:
+async def get_asset_service(services: ServicesDep) -> AssetService:
     return services.assets
 
 
-SearchServiceDep = Annotated[SearchService, Depends(get_search_service)]
 RouterDep = Annotated[EmbeddingRouter, Depends(get_router)]
 AssetServiceDep = Annotated[AssetService, Depends(get_asset_service)]
 
@@ -83,7 +80,7 @@ def get_asset_or_404(asset_id: UUID, session: DbSession, assets: AssetServiceDep
 AssetOr404 = Annotated[AssetView, Depends(get_asset_or_404)]
 
 
-def get_user_id(
+async def get_user_id(
     x_user_id: Annotated[
         str | None,
         Header(
@@ -105,7 +102,7 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def require_api_key(
+async def require_api_key(
     services: ServicesDep, provided: Annotated[str | None, Security(_api_key_header)]
 ) -> None:
     expected = services.ctx.settings.api_key
@@ -119,10 +116,12 @@ def require_api_key(
 RequireApiKey = Depends(require_api_key)
 
 
-def require_content_type(*accepted: str) -> Callable[..., None]:
+def require_content_type(*accepted: str) -> Callable[..., Awaitable[None]]:
     """A dependency refusing requests whose Content-Type is not one of ``accepted``."""
 
-    def check(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+    async def check(
+        content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> None:
         media_type = (content_type or "").split(";", 1)[0].strip().lower()
         if media_type not in accepted:
             raise UnsupportedMediaType(

@@ -77,6 +77,10 @@ def describe_validation_errors(errors: Iterable[Any]) -> str:
     """``field: message`` per problem; the rejected input is not echoed back."""
     parts = []
     for err in errors:
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+            parts.append(f"request body is not valid JSON: {reason}")
+            continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path", "header")]
         where = ".".join(loc)
         msg = str(err.get("msg", "invalid value"))

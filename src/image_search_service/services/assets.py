@@ -184,15 +184,20 @@ class AssetService:
         with self._write_lock:
             with self.ctx.session_factory() as session:
                 known = repo.asset_by_hash(session, digest)
-                if (
-                    known is not None
-                    and known.status == AssetStatus.ACTIVE
-                    and Path(known.path).is_file()
-                ):
-                    return UploadResult(self.get(session, known.id), created=False)
-            target = settings.uploads_dir / digest[:2] / f"{digest}{_SUFFIXES[meta.format]}"
-            if not target.is_file():
-                _write_atomically(target, lambda fh: fh.write(data))
+                known_path = (
+                    Path(known.path)
+                    if known is not None and known.status == AssetStatus.ACTIVE
+                    else None
+                )
+            if known_path is not None and known_path.is_file():
+                target, created = known_path, False
+            else:
+                target = settings.uploads_dir / digest[:2] / f"{digest}{_SUFFIXES[meta.format]}"
+                created = True
+                if not target.is_file():
+                    _write_atomically(target, lambda fh: fh.write(data))
+            # Known content too: indexing is incremental, so this embeds only what an
+            # interrupted earlier upload (or a collection made since) still lacks.
             report = index_paths(self.ctx, [target], model_keys=models_to_index(self.ctx, "auto"))
             with self.ctx.session_factory() as session:
                 asset = repo.asset_by_path(session, str(target.resolve()))
@@ -200,8 +205,9 @@ class AssetService:
                     raise UnsupportedImage(f"upload could not be indexed: {report.failures}")
                 if asset.status == AssetStatus.FAILED:
                     raise UnsupportedImage(f"upload could not be decoded: {asset.error}")
-                logger.info("uploaded asset %s (%s, %d bytes)", asset.id, meta.format, len(data))
-                return UploadResult(self.get(session, asset.id), created=True)
+                if created:
+                    logger.info("uploaded %s (%s, %d bytes)", asset.id, meta.format, len(data))
+                return UploadResult(self.get(session, asset.id), created=created)
 
     def delete(self, asset_id: UUID) -> None:
         """Remove the asset from the DB and its points from every collection; an uploaded

@@ -15,13 +15,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.core.errors import InvalidRequest
 from image_search_service.db import repository as repo
-from image_search_service.services.context import ServiceContext
-from image_search_service.vector.base import CollectionInfo
+
+if TYPE_CHECKING:  # the bucket function stays importable without torch and the stores
+    from image_search_service.services.context import ServiceContext
+    from image_search_service.vector.base import CollectionInfo
 
 BASELINE: ModelKey = "clip"
 CANDIDATE: ModelKey = "siglip"
@@ -151,13 +153,10 @@ class EmbeddingRouter:
         state = readiness(selected)
         if state.ready:
             return decision
-        return RouteDecision(
+        return replace(
+            decision,
             model=BASELINE,
             collection=self._ctx.spec(BASELINE).collection,
-            selected=selected,
-            user_id=user_id,
-            bucket=bucket,
-            rule=rule,
             fallback_code=state.reason_code,
             fallback_reason=f"{state.reason}; answered by {BASELINE}",
         )

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from image_search_service.api.deps import RequireApiKey, RouterDep
 from image_search_service.api.errors import error_responses
+from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import RolloutOut
 from image_search_service.core.errors import (
     DatabaseUnavailable,
@@ -17,7 +18,7 @@ from image_search_service.core.errors import (
 )
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, clean_user_id
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[RequireApiKey])
+router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireApiKey])
 
 
 @router.get(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 from uuid import UUID
 
 import anyio
@@ -18,6 +18,7 @@ from image_search_service.api.deps import (
     ServicesDep,
 )
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
+from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import AssetOut, AssetPageOut
 from image_search_service.api.uploads import read_upload
 from image_search_service.core.errors import (
@@ -38,7 +39,7 @@ from image_search_service.services.assets import (
     AssetUnreadable,
 )
 
-router = APIRouter(prefix="/assets", tags=["assets"])
+router = APIRouter(prefix=f"{API_PREFIX}/assets", tags=["assets"])
 
 _LOOKUP_ERRORS = (InvalidRequest, AssetNotFound, DatabaseUnavailable)
 
@@ -80,7 +81,7 @@ def get_asset_file(asset: AssetOr404, assets: AssetServiceDep) -> FileResponse:
 def get_asset_thumbnail(
     asset: AssetOr404,
     assets: AssetServiceDep,
-    size: Annotated[Literal[128, 256, 512], Query()] = 256,
+    size: Annotated[int, Query(description="128, 256 or 512")] = 256,
 ) -> FileResponse:
     return FileResponse(
         assets.thumbnail(asset, size=size),

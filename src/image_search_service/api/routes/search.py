@@ -18,6 +18,7 @@ from image_search_service.api.deps import (
     UserIdHeader,
 )
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
+from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import (
     SearchParams,
     SearchResponse,
@@ -40,7 +41,7 @@ from image_search_service.core.errors import (
 from image_search_service.services.embedding_router import RouteDecision, clean_user_id
 from image_search_service.services.search import SearchOutcome
 
-router = APIRouter(prefix="/search", tags=["search"])
+router = APIRouter(prefix=f"{API_PREFIX}/search", tags=["search"])
 
 _COMMON_ERRORS = (
     InvalidRequest,

@@ -1,0 +1,226 @@
+"""End to end: the real `image-search serve` process (uvicorn) on a free port, configured
+by environment as an operator would, spoken to over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+import pytest
+
+from image_search_service.core.config import Settings
+from image_search_service.db import repository as repo
+from image_search_service.services.context import open_context
+from image_search_service.services.embedding import EncoderRegistry
+from image_search_service.services.indexing import index_paths
+from tests.factories import jpeg_bytes
+from tests.integration.api_support import write_library
+
+pytestmark = pytest.mark.slow
+
+MAX_UPLOAD = 200_000
+START_TIMEOUT_S = 180
+
+
+@dataclass
+class Server:
+    client: httpx.Client
+    process: subprocess.Popen[bytes]
+    log: Path
+    library: list[Path]
+    settings: Settings
+
+    def stop(self) -> int:
+        """SIGTERM, as an orchestrator stops it; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def server(
+    tmp_path: Path, tiny_models: dict[str, Path], encoders: EncoderRegistry
+) -> Iterator[Server]:
+    data_dir = tmp_path / "data"
+    models = {
+        "CLIP_MODEL_NAME": f"local-dir:{tiny_models['clip']}",
+        "SIGLIP_MODEL_NAME": f"local-dir:{tiny_models['siglip']}",
+    }
+    settings = Settings(
+        data_dir=data_dir,
+        clip_model_name=models["CLIP_MODEL_NAME"],
+        clip_pretrained="",
+        siglip_model_name=models["SIGLIP_MODEL_NAME"],
+        siglip_pretrained="",
+        _env_file=None,
+    )
+    library = write_library(tmp_path / "photos")
+    ctx = open_context(settings, encoders=encoders)
+    try:
+        index_paths(ctx, [tmp_path / "photos"], model_keys=["clip"])
+    finally:
+        ctx.close()  # the server needs the embedded store to itself
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "DATABASE_"))}
+    env.update(
+        {
+            **models,
+            "DATA_DIR": str(data_dir),
+            "CLIP_PRETRAINED": "",
+            "SIGLIP_PRETRAINED": "",
+            "SIGLIP_ROLLOUT_PERCENTAGE": "50",
+            "MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+            "PRELOAD_MODELS": "true",
+            "API_KEY": "",
+            "DEVICE": "cpu",
+        }
+    )
+    port = _free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "image_search_service.cli", "serve", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,  # no stray .env file from the checkout
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    running = Server(client, process, log, library, settings)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if client.get("/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not start:\n" + log.read_text()
+            time.sleep(0.2)
+        yield running
+    finally:
+        client.close()
+        running.stop()
+
+
+def test_real_server_over_http(server: Server) -> None:
+    client = server.client
+    assert "binds to 127.0.0.1" in server.log.read_text()
+    assert client.get("/ready").json()["status"] == "ready"
+
+    by_get = client.get("/api/v1/search", params={"q": "a red photo", "limit": 3})
+    assert by_get.status_code == 200, by_get.text
+    body = by_get.json()
+    assert (body["model"], body["limit"], len(body["results"])) == ("clip", 3, 3)
+    by_post = client.post("/api/v1/search", json={"q": "a red photo", "limit": 3})
+    assert by_post.json()["results"] == body["results"]
+
+    # "alice" is in the 50% rollout, but SigLIP has no collection: CLIP answers, and says so.
+    routed = client.get("/api/v1/search", params={"q": "x"}, headers={"X-User-Id": "alice"})
+    assert routed.json()["model"] == "clip"
+    assert "does not exist yet" in routed.json()["fallback_reason"]
+
+    data = jpeg_bytes((70, 50), colour=(5, 90, 200), seed=123)
+    upload = client.post("/api/v1/assets", files={"file": ("mine.jpg", data, "image/jpeg")})
+    assert upload.status_code == 201, upload.text
+    asset_id = upload.json()["id"]
+    found = client.post("/api/v1/search/image", files={"file": ("q.jpg", data, "image/jpeg")})
+    assert found.json()["results"][0]["asset_id"] == asset_id
+    similar = client.get(f"/api/v1/search/similar/{asset_id}").json()
+    assert len(similar["results"]) == len(server.library)
+
+    def chunks() -> Iterator[bytes]:
+        yield b'--bb\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
+        for _ in range(30):
+            yield bytes(100_000)
+        yield b"\r\n--bb--\r\n"
+
+    # Streamed without Content-Length: cut off once past the cap, before it is all read.
+    streamed = client.post(
+        "/api/v1/assets",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=bb"},
+    )
+    assert streamed.status_code == 413
+    assert streamed.json()["error"] == "RequestTooLarge"
+
+    metrics = client.get("/metrics").text
+    assert 'route="/api/v1/search",status="200"' in metrics
+    assert 'image_search_encoder_duration_seconds_count{kind="text",model="clip"}' in metrics
+    assert client.get("/docs").status_code == 200
+
+
+def test_stops_cleanly_and_keeps_the_upload(server: Server, encoders: EncoderRegistry) -> None:
+    upload = server.client.post(
+        "/api/v1/assets", files={"file": ("k.jpg", jpeg_bytes(seed=9), "image/jpeg")}
+    )
+    assert upload.status_code == 201
+    # uvicorn shuts down gracefully, then re-raises the signal it caught.
+    assert server.stop() in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log.read_text()
+    # The store is free again (the lifespan closed it) and holds the upload.
+    ctx = open_context(server.settings, encoders=encoders)
+    try:
+        asset_id = UUID(upload.json()["id"])
+        with ctx.session_factory() as session:
+            assert repo.get_asset(session, asset_id) is not None
+        assert ctx.store.retrieve_vectors("image_assets", [asset_id])
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "host", "says"),
+    [
+        ({}, [], "127.0.0.1", "binds to 127.0.0.1 only"),
+        ({}, ["--host", "0.0.0.0"], "0.0.0.0", "warning: --host 0.0.0.0 without API_KEY"),
+        ({"API_KEY": "k"}, [], "0.0.0.0", "serving on http://0.0.0.0:8123"),
+        ({"API_KEY": "k"}, ["--host", "10.0.0.5"], "10.0.0.5", "serving on http://10.0.0.5"),
+    ],
+)
+def test_serve_chooses_the_bind_address_by_api_key(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    env: dict[str, str],
+    args: list[str],
+    host: str,
+    says: str,
+) -> None:
+    # Only the bind decision is under test here: uvicorn itself is exercised above.
+    import uvicorn
+    from click.testing import CliRunner
+
+    from image_search_service.cli import main
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    result = CliRunner().invoke(
+        main,
+        ["serve", "--port", "8123", *args],
+        env={"DATA_DIR": str(tmp_path / "data"), "API_KEY": "", **env},
+    )
+    assert result.exit_code == 0, result.output
+    assert calls == [{"host": host, "port": 8123}]
+    assert says in result.output
