@@ -361,6 +361,15 @@ class TestRollout:
         no_user = rollout_client.get("/api/v1/admin/rollout").json()
         assert no_user["user"] is None
 
+    def test_admin_reembed_reports_migration_progress(self, rollout_client: TestClient) -> None:
+        body = rollout_client.get("/api/v1/admin/reembed", params={"target": "siglip"}).json()
+        assert body["target"] == "siglip"
+        assert (body["total"], body["done"], body["pending"]) == (12, 6, 6)
+        assert body["models"]["clip"]["done"] == 12
+        assert body["queue"] is None  # embedded mode: Redis is never contacted
+        bad = rollout_client.get("/api/v1/admin/reembed", params={"target": "dall-e"})
+        assert_error(bad, 422, "InvalidRequest")
+
 
 class TestApiKey:
     KEY = "s3cret-key"
@@ -389,6 +398,7 @@ class TestApiKey:
         delete = keyed_client.delete(f"/api/v1/assets/{asset_id}", headers=headers)
         assert_error(delete, 401, "Unauthorized")
         assert_error(keyed_client.get("/api/v1/admin/rollout", headers=headers), 401)
+        assert_error(keyed_client.get("/api/v1/admin/reembed", headers=headers), 401)
         assert keyed_client.get(f"/api/v1/assets/{asset_id}").status_code == 200
 
     def test_the_right_key_is_accepted_and_search_needs_none(

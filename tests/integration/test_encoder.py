@@ -126,3 +126,20 @@ def test_registry_loads_once_per_spec_even_under_concurrency(tiny_models: dict[s
         t.join()
     assert len({id(e) for e in encoders}) == 1
     assert encoders[0].loaded
+
+
+def test_a_failed_load_is_remembered_not_retried_per_request(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "late"
+    shutil.copytree(tiny_models["clip"], model_dir)
+    weights = model_dir / "open_clip_model.safetensors"
+    weights.rename(tmp_path / "weights.safetensors")
+    enc = OpenClipEncoder(_spec(model_dir), device="cpu")
+    with pytest.raises(ModelLoadError) as first:
+        enc.load()
+    (tmp_path / "weights.safetensors").rename(weights)  # fixed, but within the cool-down
+    with pytest.raises(ModelLoadError) as second:
+        enc.load()
+    assert second.value is first.value
+    assert not enc.loaded

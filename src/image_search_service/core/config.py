@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     hnsw_ef_construct: int = Field(100, ge=4, le=1000)
     embedded_lock_timeout_s: float = Field(10.0, ge=0)
     preload_models: bool = False
+    # 0 = torch's default (all cores); 1 gives steadier latency on a busy shared box.
+    torch_threads: int = Field(0, ge=0, le=256)
 
     # HTTP API: without API_KEY, data-changing and admin endpoints are open and `serve`
     # binds to 127.0.0.1 unless told otherwise.

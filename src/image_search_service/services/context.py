@@ -47,6 +47,10 @@ def open_context(
     migrate: bool = True,
     encoders: EncoderRegistry | None = None,
 ) -> ServiceContext:
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     engine = make_engine(settings.resolved_database_url)
     if migrate:
         upgrade_database(engine)

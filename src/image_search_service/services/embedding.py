@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
 # Told after each forward pass: (model key, "text" | "image", batch size, seconds).
 EncodeObserver = Callable[[str, str, int, float], None]
-RANDOM_WEIGHTS = "random"  # explicit opt-in, for benchmarks only
+RANDOM_WEIGHTS = "random"
+LOAD_RETRY_COOLDOWN_S = 60.0  # explicit opt-in, for benchmarks only
 
 _HOW_TO_PROVIDE = (
     "Provide weights one of these ways: (1) run once with network access so open_clip can "
@@ -90,6 +91,7 @@ class OpenClipEncoder:
         self._tokenizer_lock = threading.Lock()
         self._logit_scale = 1.0
         self._logit_bias: float | None = None
+        self._failed: tuple[float, ModelLoadError] | None = None
         self.device = resolve_device(device)
 
     # -- loading -----------------------------------------------------------------------
@@ -101,8 +103,18 @@ class OpenClipEncoder:
         if self._model is not None:
             return
         with self._lock:
-            if self._model is None:
+            if self._model is not None:
+                return
+            # A failed load (offline hub retries take ~45 s) is not retried on every
+            # request: the same error comes back at once until the cool-down passes.
+            if self._failed and time.monotonic() - self._failed[0] < LOAD_RETRY_COOLDOWN_S:
+                raise self._failed[1]
+            try:
                 self._load_locked()
+            except ModelLoadError as exc:
+                self._failed = (time.monotonic(), exc)
+                raise
+            self._failed = None
 
     def _load_locked(self) -> None:
         spec = self.spec

@@ -133,6 +133,8 @@ class SearchService:
             raise InvalidRequest(f"query is longer than {MAX_QUERY_CHARS} characters")
         options.validate()
         started = time.perf_counter()
+        # A missing or mismatched collection is reported before paying for a model load.
+        self.ctx.store.verify_collection(self.ctx.collection_spec(model))
         encoder = self.ctx.encoder(model)
         vector = self.text_cache.get(encoder, text)
         return self._search(vector, model=model, options=options, started=started, text=True)

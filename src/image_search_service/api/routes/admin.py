@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from image_search_service.api.deps import RequireApiKey, RouterDep
+from image_search_service.api.deps import RequireApiKey, RouterDep, ServicesDep
 from image_search_service.api.errors import error_responses
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import RolloutOut
@@ -17,6 +17,7 @@ from image_search_service.core.errors import (
     VectorStoreUnavailable,
 )
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, clean_user_id
+from image_search_service.services.reembed import reembed_progress
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireApiKey])
 
@@ -36,3 +37,18 @@ def rollout(
     ] = None,
 ) -> RolloutOut:
     return RolloutOut.model_validate(embedding_router.rollout_status(clean_user_id(user_id)))
+
+
+@router.get(
+    "/reembed",
+    summary="Re-embedding progress: total, done, failed, rate and ETA per model",
+    responses=error_responses(Unauthorized, DatabaseUnavailable, VectorStoreUnavailable),
+)
+def reembed(
+    services: ServicesDep,
+    target: Annotated[
+        Literal["clip", "siglip"] | None,
+        Query(description="the model being migrated to (default: the one with most left)"),
+    ] = None,
+) -> dict[str, Any]:
+    return reembed_progress(services.ctx, target=target)
