@@ -228,8 +228,9 @@ def demo(count: int, as_json: bool) -> None:
     )
     for q in report.queries:
         click.echo(
-            f"[{q.model}] {q.query!r}: {len(q.hits)} results in {q.took_ms:.0f} ms, "
-            f"{q.precision:.0%} match the query"
+            f"[{q.model}] {q.query!r}: {len(q.hits)} results in {q.took_ms:.0f} ms; "
+            f"precision@{min(len(q.hits), q.relevant)} {q.precision:.0%} "
+            f"({q.relevant} such pictures in the library)"
         )
         for hit in q.hits:
             calibrated = hit["calibrated_score"]

@@ -28,15 +28,21 @@ class DemoQuery:
     model: str
     query: str
     took_ms: float
+    relevant: int  # pictures in the library that show the queried shape
     hits: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def precision(self) -> float:
-        """Share of hits whose file name (which lists the shapes drawn) has the query's label."""
-        label = self.query.removeprefix("a ").replace(" ", "-")
-        if not self.hits:
+        """Precision@k, k = min(hits, relevant): file names list the shapes drawn."""
+        label = _label(self.query)
+        k = min(len(self.hits), self.relevant)
+        if k == 0:
             return 0.0
-        return sum(label in Path(h["path"]).name for h in self.hits) / len(self.hits)
+        return sum(label in Path(h["path"]).name for h in self.hits[:k]) / k
+
+
+def _label(query: str) -> str:
+    return query.removeprefix("an ").removeprefix("a ").replace(" ", "-")
 
 
 @dataclass
@@ -58,7 +64,8 @@ class DemoReport:
                     "model": q.model,
                     "query": q.query,
                     "took_ms": round(q.took_ms, 1),
-                    "precision": round(q.precision, 3),
+                    "relevant": q.relevant,
+                    "precision_at_k": round(q.precision, 3),
                     "results": q.hits,
                 }
                 for q in self.queries
@@ -102,6 +109,7 @@ def run_demo(
         report = index_paths(ctx, [library], model_keys=list(MODEL_KEYS), progress=progress)
         index_seconds = time.perf_counter() - started
         service = SearchService(ctx)
+        names = [p.name for p in library.rglob("*.jpg")]
         queries = []
         for key in MODEL_KEYS:
             for text in EXAMPLE_QUERIES:
@@ -111,6 +119,7 @@ def run_demo(
                         model=key,
                         query=text,
                         took_ms=outcome.took_ms,
+                        relevant=sum(_label(text) in name for name in names),
                         hits=[h.as_dict() for h in outcome.results],
                     )
                 )

@@ -51,9 +51,12 @@ _PALETTE: dict[str, RGB] = {
     "black": (15, 15, 15),
 }
 _COLOUR_JITTER = 15
-# Minimum RGB distance between the background and every shape colour, so that a
-# shape never melts into its background.
+# Minimum RGB distance and brightness (luma) difference between the background
+# and every shape colour, so that a shape never melts into its background. Luma
+# matters on its own: JPEG keeps colour at half resolution, so a blue shape on a
+# grey of equal brightness would lose its outline.
 _MIN_BACKGROUND_DISTANCE = 120.0
+_MIN_LUMA_DIFFERENCE = 45.0
 _MAX_ROTATION_DEGREES = 25.0
 _SUBFOLDERS: tuple[str, ...] = ("album-1", "album-2", "album-2/more")
 
@@ -104,8 +107,17 @@ def caption_for(shapes: Sequence[ShapeSpec]) -> str:
     return " and ".join(f"{_article(s.colour)} {s.colour} {s.shape}" for s in shapes)
 
 
-def _distance(a: RGB, b: RGB) -> float:
-    return math.dist(a, b)
+def _luma(colour: RGB) -> float:
+    r, g, b = colour
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def _contrast(a: RGB, b: RGB) -> float:
+    """How clearly ``a`` stands out from ``b``; at least 1.0 is clear enough."""
+    return min(
+        math.dist(a, b) / _MIN_BACKGROUND_DISTANCE,
+        abs(_luma(a) - _luma(b)) / _MIN_LUMA_DIFFERENCE,
+    )
 
 
 def _jitter(rng: random.Random, colour: RGB) -> RGB:
@@ -117,23 +129,23 @@ def _jitter(rng: random.Random, colour: RGB) -> RGB:
 
 
 def _background_colour(rng: random.Random, avoid: Sequence[RGB]) -> RGB:
-    """A muted colour far from every shape colour.
+    """A muted colour that contrasts with every shape colour.
 
     Saturation stays low so that a background is not itself read as one of the
-    vocabulary colours; of a few candidates the one farthest from the shapes is
-    kept if none clears the threshold (rare, but keeps this total and deterministic).
+    vocabulary colours. If no candidate is clear enough (rare), the best of them
+    is kept, which keeps this total and deterministic.
     """
     best: RGB = (128, 128, 128)
-    best_distance = -1.0
-    for _ in range(50):
-        hue, sat, val = rng.random(), rng.uniform(0.0, 0.4), rng.uniform(0.1, 0.98)
+    best_contrast = -1.0
+    for _ in range(60):
+        hue, sat, val = rng.random(), rng.uniform(0.0, 0.4), rng.uniform(0.05, 0.98)
         r, g, b = (round(channel * 255) for channel in colorsys.hsv_to_rgb(hue, sat, val))
         candidate = (r, g, b)
-        nearest = min(_distance(candidate, colour) for colour in avoid)
-        if nearest >= _MIN_BACKGROUND_DISTANCE:
+        contrast = min(_contrast(candidate, colour) for colour in avoid)
+        if contrast >= 1.0:
             return candidate
-        if nearest > best_distance:
-            best, best_distance = candidate, nearest
+        if contrast > best_contrast:
+            best, best_contrast = candidate, contrast
     return best
 
 
@@ -148,7 +160,7 @@ def _background(rng: random.Random, width: int, height: int, avoid: Sequence[RGB
     else:
         ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
     pixels = np.broadcast_to(start * (1.0 - ramp) + second * ramp, (height, width, 3))
-    return Image.fromarray((pixels + 0.5).astype(np.uint8), mode="RGB")
+    return Image.fromarray((pixels + 0.5).astype(np.uint8))
 
 
 def _outline(shape: str, radius: float) -> list[tuple[float, float]]:
@@ -158,7 +170,8 @@ def _outline(shape: str, radius: float) -> list[tuple[float, float]]:
         return [(-half, -half), (half, -half), (half, half), (-half, half)]
     if shape == "triangle":
         angles = (-90.0, 30.0, 150.0)
-        # Shift down so the visual centre, not the circumcentre, sits at the origin.
+        # Shifted down a little: the flat base would otherwise leave the lower part of
+        # the circle empty and the triangle would look off-centre.
         return [
             (radius * math.cos(math.radians(a)), radius * math.sin(math.radians(a)) + radius * 0.15)
             for a in angles
@@ -214,7 +227,7 @@ def _layout(
     placements = []
     horizontal = rng.random() < 0.5
     for half in range(2):
-        radius = side * rng.uniform(0.13, 0.2)
+        radius = side * rng.uniform(0.15, 0.21)
         along_low = half * side / 2.0 + margin + radius
         along_high = (half + 1) * side / 2.0 - margin - radius
         along = rng.uniform(along_low, along_high)
@@ -257,7 +270,7 @@ def render_picture(
         noisy += np.asarray(image)
         noisy += 0.5  # round, not truncate, in the cast below
         np.clip(noisy, 0.0, 255.0, out=noisy)
-        image = Image.fromarray(noisy.astype(np.uint8), mode="RGB")
+        image = Image.fromarray(noisy.astype(np.uint8))
 
     specs = tuple(shapes)
     return SyntheticPicture(image=image, shapes=specs, caption=caption_for(specs))
