@@ -240,7 +240,7 @@ class TrainConfig:
 class CompactVocab:
     """Maps SimpleTokenizer ids onto the few ids the training texts use.
 
-    Training a 49408-row embedding where ~40 rows ever get a gradient would spend
+    Training a 49408-row embedding where 22 rows ever get a gradient would spend
     most optimiser time on untouched rows; the compact table is scattered back
     into the full table (unused rows zero) when the model is saved. Order is
     kept, so the end-of-text token stays the largest id (argmax pooling).
@@ -442,7 +442,13 @@ def export(
     full = torch.zeros((VOCAB_SIZE, compact.shape[1]), dtype=compact.dtype)
     full[vocab.full_ids] = compact
     state[key] = full
-    tensors = {name: value.detach().to(torch.float16).contiguous() for name, value in state.items()}
+    # fp16 halves the files; integer buffers (BatchNorm's batch counters) stay integers.
+    tensors = {
+        name: (value.to(torch.float16) if value.is_floating_point() else value)
+        .detach()
+        .contiguous()
+        for name, value in state.items()
+    }
 
     target = out_dir / spec.name
     target.mkdir(parents=True, exist_ok=True)
@@ -644,7 +650,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--siglip-steps",
         type=int,
         default=None,
-        help="demo-siglip steps (default: --steps)",
+        help="demo-siglip steps (default: 80%% of --steps from demo-clip, else --steps)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", choices=list(MODEL_SPECS), default=list(MODEL_SPECS))
@@ -659,6 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     failures = []
+    clip_state: dict[str, torch.Tensor] | None = None
     with tempfile.TemporaryDirectory(prefix="tiny-models-eval-") as tmp:
         # Held out: independent seed, other picture sizes and JPEG qualities.
         held_out = write_library(
@@ -680,21 +687,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # picture only gets a high "a red circle" probability if it is often
                 # captioned that way.
                 config.partial_caption_probability = 0.7
-                # Always from the written (fp16) file, so that training demo-siglip on
-                # its own later gives the same weights as training both in one run.
+                # From demo-clip as just trained (fp32); on its own, from the written
+                # fp16 file, which gives nearly but not exactly the same weights.
+                init_state = clip_state
                 clip_file = args.out / "demo-clip" / "open_clip_model.safetensors"
-                if clip_file.is_file():
+                if init_state is None and clip_file.is_file():
                     vocab = CompactVocab(make_tokenizer(), all_training_texts())
                     init_state = compact_state_from_file(clip_file, vocab)
+                if init_state is not None:
                     # The towers already know shapes and colours: no singles-only phase.
                     config.singles_only_fraction = 0.0
-                    config.steps = args.siglip_steps or args.steps
+                    config.steps = args.siglip_steps or args.steps * 4 // 5
                 else:
                     print("  no demo-clip weights to start from: training from scratch")
                     config.steps = args.siglip_steps or args.steps
             origin = " from demo-clip" if init_state is not None else ""
             print(f"training {name}{origin} ({config.steps} steps, seed {config.seed})", flush=True)
             model, vocab, elapsed = train(spec, config, held_out, init_state)
+            if not spec.sigmoid_loss:
+                clip_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             target = export(spec, model, vocab, args.out, args.seed, config.steps)
             loaded, preprocess, tokenizer = check_and_load(spec, target)
             result = evaluate(loaded, preprocess, tokenizer, held_out, spec.sigmoid_loss)
