@@ -11,34 +11,18 @@ images, and their ratio (target >= 0.9 on a 2-core machine).
 from __future__ import annotations
 
 import argparse
-import random
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from benchmark_photos import make_photo
 
 from image_search_service.core.config import Settings
 from image_search_service.images.loading import load_image
 from image_search_service.services.context import open_context
 from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.indexing import index_paths
-
-
-def make_photo(path: Path, seed: int, size: tuple[int, int]) -> None:
-    """A 12 MP JPEG with photo-like detail (gradients, shapes, noise) so decoding is real."""
-    rng = random.Random(seed)
-    small = Image.new("RGB", (size[0] // 8, size[1] // 8))
-    draw = ImageDraw.Draw(small)
-    for _ in range(40):
-        x, y = rng.randrange(small.width), rng.randrange(small.height)
-        r = rng.randrange(10, 120)
-        fill = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
-    big = small.resize(size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(2))
-    noise = Image.effect_noise(size, 24).convert("RGB")
-    Image.blend(big, noise, 0.15).save(path, "JPEG", quality=90)
 
 
 def forward_only(

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from benchmark_photos import make_photo
+from PIL import Image
 
 from image_search_service.core.config import Settings
 from image_search_service.images.loading import load_image
@@ -30,22 +31,6 @@ from image_search_service.services.context import open_context
 from image_search_service.services.embedding import OpenClipEncoder
 from image_search_service.services.indexing import index_paths
 from image_search_service.services.reembed import plan_asset_ids
-
-
-def make_photo(path: Path, seed: int) -> None:
-    """A 1-2 MP JPEG with photo-like detail (shapes, blur, noise), so decoding is real."""
-    rng = random.Random(seed)
-    size = (rng.randrange(1200, 1700), rng.randrange(900, 1150))
-    small = Image.new("RGB", (size[0] // 8, size[1] // 8))
-    draw = ImageDraw.Draw(small)
-    for _ in range(30):
-        x, y = rng.randrange(small.width), rng.randrange(small.height)
-        r = rng.randrange(4, 40)
-        fill = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
-    big = small.resize(size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(2))
-    noise = Image.effect_noise(size, 24).convert("RGB")
-    Image.blend(big, noise, 0.15).save(path, "JPEG", quality=90)
 
 
 def forward_only(encoder: OpenClipEncoder, tensors: list[torch.Tensor], batch: int) -> float:
@@ -72,7 +57,8 @@ def main() -> None:
         print(f"generating {args.images} JPEGs of 1-2 MP ...")
         files = [lib / f"photo_{i:03d}.jpg" for i in range(args.images)]
         for i, path in enumerate(files):
-            make_photo(path, i)
+            rng = random.Random(i)
+            make_photo(path, i, (rng.randrange(1200, 1700), rng.randrange(900, 1150)))
         megapixels = [w * h / 1e6 for w, h in (Image.open(f).size for f in files)]
         mb = sum(f.stat().st_size for f in files) / 1e6
         settings = Settings(
