@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,12 +118,20 @@ def _reconcile(
 ) -> list[tuple[AssetRef, tuple[ModelKey, ...]]]:
     to_embed: list[tuple[AssetRef, tuple[ModelKey, ...]]] = []
     seen: set[str] = set()
-    for path in scan_images(roots):
-        report.scanned += 1
-        key = str(path)
-        seen.add(key)
-        try:
-            stat = path.stat()
+    # Hashing new or changed files (a few ms per MB) runs in threads ahead of the
+    # DB work instead of serially before the model can start.
+    with ThreadPoolExecutor(max_workers=ctx.settings.decode_workers) as pool:
+        probes: list[tuple[Path, Asset | None, Future[str] | None, int, int]] = []
+        for path in scan_images(roots):
+            report.scanned += 1
+            key = str(path)
+            seen.add(key)
+            try:
+                stat = path.stat()
+            except OSError as exc:
+                report.failed += 1
+                report.failures.append({"path": key, "error": f"cannot read: {exc}"})
+                continue
             asset = repo.asset_by_path(session, key)
             unchanged = (
                 asset is not None
@@ -130,34 +139,46 @@ def _reconcile(
                 and asset.mtime_ns == stat.st_mtime_ns
                 and asset.status != AssetStatus.MISSING
             )
-            if not unchanged:
-                asset = _upsert_file(ctx, session, path, stat.st_size, stat.st_mtime_ns, report)
-        except OSError as exc:
-            report.failed += 1
-            report.failures.append({"path": key, "error": f"cannot read: {exc}"})
-            continue
-        if asset is None:  # a duplicate of another asset
-            continue
-        if asset.status == AssetStatus.FAILED and unchanged:
-            report.skipped += 1  # unreadable and unchanged: its reason is already recorded
-            continue
-        rows = repo.embedded_keys(session, asset.id)
-        needed = tuple(s.key for s in specs if not repo.is_done_for(rows.get(s.key), s))
-        if needed:
-            to_embed.append((AssetRef(asset.id, path), needed))
-        else:
-            report.skipped += 1
+            digest = None if unchanged else pool.submit(content_hash, path)
+            probes.append((path, asset, digest, stat.st_size, stat.st_mtime_ns))
+        for path, asset, digest, size, mtime_ns in probes:
+            unchanged = digest is None
+            if digest is not None:
+                try:
+                    asset = _upsert_file(
+                        ctx, session, path, digest.result(), size, mtime_ns, report
+                    )
+                except OSError as exc:
+                    report.failed += 1
+                    report.failures.append({"path": str(path), "error": f"cannot read: {exc}"})
+                    continue
+            if asset is None:  # a duplicate of another asset
+                continue
+            if asset.status == AssetStatus.FAILED and unchanged:
+                report.skipped += 1  # unreadable and unchanged: its reason is already recorded
+                continue
+            rows = repo.embedded_keys(session, asset.id)
+            needed = tuple(s.key for s in specs if not repo.is_done_for(rows.get(s.key), s))
+            if needed:
+                to_embed.append((AssetRef(asset.id, path), needed))
+            else:
+                report.skipped += 1
     session.flush()
     _mark_missing(ctx, session, roots, seen, report)
     return to_embed
 
 
 def _upsert_file(
-    ctx: ServiceContext, session: Session, path: Path, size: int, mtime_ns: int, report: IndexReport
+    ctx: ServiceContext,
+    session: Session,
+    path: Path,
+    digest: str,
+    size: int,
+    mtime_ns: int,
+    report: IndexReport,
 ) -> Asset | None:
     """New or changed file: returns its asset, or None when it duplicates another file."""
     key = str(path)
-    digest = content_hash(path)
     by_path = repo.asset_by_path(session, key)
     by_hash = repo.asset_by_hash(session, digest)
     if by_hash is not None and by_hash is not by_path:
