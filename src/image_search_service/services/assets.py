@@ -22,7 +22,6 @@ from uuid import UUID
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from image_search_service.core.config import MODEL_KEYS
 from image_search_service.core.errors import (
     AssetNotFound,
     ImageTooLarge,
@@ -221,9 +220,7 @@ class AssetService:
                 session.delete(asset)
             # After the commit: a point left behind by a failure here is never shown
             # (search drops hits without an asset row); a row without points would be.
-            for key in MODEL_KEYS:
-                if self.ctx.has_collection(key):
-                    self.ctx.store.delete(self.ctx.spec(key).collection, [asset_id])
+            self.ctx.delete_points([asset_id])
             if path.resolve().is_relative_to(self.ctx.settings.uploads_dir.resolve()):
                 path.unlink(missing_ok=True)
             for thumb in (self.thumbnails_dir / digest[:2]).glob(f"{digest}-*.jpg"):

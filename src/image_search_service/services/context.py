@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from uuid import UUID
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,7 +36,14 @@ class ServiceContext:
         return self.encoders.get(self.specs[key])
 
     def has_collection(self, key: ModelKey) -> bool:
-        return self.store.collection_info(self.specs[key].collection) is not None
+        return self.store.has_collection(self.specs[key].collection)
+
+    def delete_points(self, asset_ids: Sequence[UUID]) -> None:
+        """Remove assets from every collection that exists (invariant: one asset, at
+        most one point per model; deleting it leaves none)."""
+        for key in self.specs:
+            if self.has_collection(key):
+                self.store.delete(self.specs[key].collection, asset_ids)
 
     def close(self) -> None:
         self.store.close()

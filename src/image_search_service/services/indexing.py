@@ -14,7 +14,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 from sqlalchemy.orm import Session
 
@@ -200,7 +199,7 @@ def _upsert_file(
         changed = by_path.content_hash != digest or by_path.status == AssetStatus.MISSING
         by_path.size_bytes, by_path.mtime_ns, by_path.content_hash = size, mtime_ns, digest
         if changed:  # new content under the old name: old vectors are wrong now
-            _delete_points(ctx, by_path.id)
+            ctx.delete_points([by_path.id])
             repo.clear_embeddings(session, by_path.id)
             by_path.status, by_path.error = AssetStatus.ACTIVE, None
         return by_path
@@ -217,16 +216,9 @@ def _upsert_file(
 
 
 def _forget(ctx: ServiceContext, session: Session, asset: Asset) -> None:
-    _delete_points(ctx, asset.id)
+    ctx.delete_points([asset.id])
     session.delete(asset)
     session.flush()
-
-
-def _delete_points(ctx: ServiceContext, asset_id: UUID) -> None:
-    for key in MODEL_KEYS:
-        collection = ctx.spec(key).collection
-        if ctx.store.collection_info(collection) is not None:
-            ctx.store.delete(collection, [asset_id])
 
 
 def _mark_missing(
@@ -245,7 +237,7 @@ def _mark_missing(
         if a.path not in seen and not Path(a.path).exists()
     ]
     for asset in gone:
-        _delete_points(ctx, asset.id)
+        ctx.delete_points([asset.id])
         repo.clear_embeddings(session, asset.id)
         asset.status = AssetStatus.MISSING
         report.missing += 1

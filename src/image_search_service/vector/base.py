@@ -119,6 +119,10 @@ class VectorStore(Protocol):
         """Create the collection if missing (returns True) or verify its model stamp."""
         ...
 
+    def has_collection(self, name: str) -> bool:
+        """Cheap existence check (no point count)."""
+        ...
+
     def collection_info(self, name: str) -> CollectionInfo | None: ...
 
     def verify_collection(self, spec: CollectionSpec) -> None:

@@ -115,6 +115,9 @@ class EdgeVectorStore:
             os.replace(tmp, directory / _META_FILE)  # the stamp appears atomically, last
             return True
 
+    def has_collection(self, name: str) -> bool:
+        return self._meta(name) is not None
+
     def collection_info(self, name: str) -> CollectionInfo | None:
         meta = self._meta(name)
         if meta is None:

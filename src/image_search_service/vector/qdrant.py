@@ -115,6 +115,9 @@ class QdrantServerStore:
             )
         return True
 
+    def has_collection(self, name: str) -> bool:
+        return self._exists(name)
+
     def collection_info(self, name: str) -> CollectionInfo | None:
         if not self._exists(name):
             return None
