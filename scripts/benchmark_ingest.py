@@ -19,9 +19,9 @@ import torch
 from benchmark_photos import make_photo
 
 from image_search_service.core.config import Settings
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.images.loading import load_image
 from image_search_service.services.context import open_context
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.indexing import index_paths
 
 

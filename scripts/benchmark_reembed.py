@@ -25,10 +25,10 @@ from benchmark_photos import make_photo
 from PIL import Image
 
 from image_search_service.core.config import Settings
+from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.images.loading import load_image
 from image_search_service.jobs.runner import run_in_process
 from image_search_service.services.context import open_context
-from image_search_service.services.embedding import OpenClipEncoder
 from image_search_service.services.indexing import index_paths
 from image_search_service.services.reembed import plan_asset_ids
 

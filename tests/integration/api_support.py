@@ -17,8 +17,8 @@ from image_search_service.api.app import create_app
 from image_search_service.api.deps import AppServices
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
 from image_search_service.db.models import Asset
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import ServiceContext
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.indexing import IndexReport, index_paths
 from tests.factories import png_bytes, write_jpeg
 

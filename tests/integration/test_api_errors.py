@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from image_search_service.core.config import Settings
-from image_search_service.services.embedding import EncoderRegistry
+from image_search_service.encoders.registry import EncoderRegistry
 from tests.factories import broken_files, jpeg_bytes
 from tests.integration.api_support import (
     api_client,

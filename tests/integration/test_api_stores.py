@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from image_search_service.core.config import Settings
-from image_search_service.services.embedding import EncoderRegistry
+from image_search_service.encoders.registry import EncoderRegistry
 from tests.conftest import POSTGRES_URL
 from tests.factories import jpeg_bytes
 from tests.integration.api_support import api_client, assert_error, index, write_library

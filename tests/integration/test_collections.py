@@ -12,8 +12,8 @@ import pytest
 
 from image_search_service.core.config import Settings
 from image_search_service.core.specs import ModelIdentity
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import open_context
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.reembed import plan_asset_ids
 from image_search_service.vector.base import CollectionSpec
 from tests.integration.reembed_support import (

@@ -13,11 +13,8 @@ from PIL import Image
 
 from image_search_service.core.errors import ModelLoadError
 from image_search_service.core.specs import ModelSpec
-from image_search_service.services.embedding import (
-    EncoderRegistry,
-    OpenClipEncoder,
-    _registered_preprocess,
-)
+from image_search_service.encoders.openclip import OpenClipEncoder, _registered_preprocess
+from image_search_service.encoders.registry import EncoderRegistry
 
 
 def _spec(path: Path, key: str = "clip", dim: int = 512) -> ModelSpec:

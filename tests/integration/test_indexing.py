@@ -12,8 +12,8 @@ import pytest
 from image_search_service.core.errors import ModelMismatch
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.indexing import index_paths, models_to_index
 from image_search_service.services.search import SearchOptions, SearchService
 from image_search_service.services.status import library_status

@@ -26,8 +26,8 @@ from image_search_service.demo.synthetic import (
     render_picture,
     write_library,
 )
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.indexing import index_paths
 from image_search_service.services.search import SearchOptions, SearchService
 

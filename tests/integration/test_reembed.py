@@ -14,10 +14,10 @@ from sqlalchemy import select
 
 from image_search_service.core.config import Settings
 from image_search_service.db.models import AssetEmbedding
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.jobs.retry import RetryPolicy
 from image_search_service.jobs.runner import run_in_process, start_in_background
 from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.indexing import index_paths, models_to_index
 from image_search_service.services.reembed import plan_asset_ids, reembed_progress
 from image_search_service.services.status import coverage

@@ -19,8 +19,8 @@ import pytest
 
 from image_search_service.core.config import Settings
 from image_search_service.db import repository as repo
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import open_context
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.indexing import index_paths
 from tests.factories import jpeg_bytes
 from tests.integration.api_support import write_library

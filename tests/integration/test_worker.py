@@ -21,12 +21,12 @@ from sqlalchemy import select
 from image_search_service.core.config import Settings
 from image_search_service.db.models import AssetEmbedding, EmbeddingState
 from image_search_service.db.session import make_engine, make_session_factory
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.jobs.queue import enqueue_reembed, reembed_queue
 from image_search_service.jobs.retry import RetryPolicy
 from image_search_service.jobs.tasks import bind_context
 from image_search_service.jobs.worker import run_worker
 from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.reembed import model_progress, plan_asset_ids, reembed_progress
 from image_search_service.services.status import coverage
 from tests.integration.reembed_support import (

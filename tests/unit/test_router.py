@@ -18,8 +18,8 @@ from image_search_service.cli import main
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ConfigError, InvalidRequest
 from image_search_service.core.specs import ModelIdentity
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.embedding_router import (
     BUCKETS,
     EmbeddingRouter,

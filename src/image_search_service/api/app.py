@@ -23,9 +23,9 @@ from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
 from image_search_service.api.routes import API_PREFIX, admin, assets, health, search
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.assets import AssetService
 from image_search_service.services.context import open_context
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.embedding_router import EmbeddingRouter
 from image_search_service.services.search import SearchService, TextEmbeddingCache
 

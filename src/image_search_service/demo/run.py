@@ -14,8 +14,8 @@ from typing import Any
 
 from image_search_service.core.config import MODEL_KEYS, Settings
 from image_search_service.demo.synthetic import write_library
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import open_context
-from image_search_service.services.embedding import EncoderRegistry
 from image_search_service.services.indexing import ProgressFactory, index_paths
 from image_search_service.services.search import SearchOptions, SearchService
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from sqlalchemy import Engine
@@ -12,9 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
 from image_search_service.core.specs import ModelSpec, model_spec
 from image_search_service.db.session import make_engine, make_session_factory, upgrade_database
-from image_search_service.services.embedding import EncoderRegistry, OpenClipEncoder
+from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.vector.base import CollectionSpec, VectorStore
 from image_search_service.vector.factory import collection_spec, open_vector_store
+
+if TYPE_CHECKING:
+    from image_search_service.encoders.openclip import OpenClipEncoder
 
 
 @dataclass

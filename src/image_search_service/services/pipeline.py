@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import ImageTooLarge, UnsupportedImage
 from image_search_service.db import repository as repo
+from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.images.loading import ImageMeta, load_image
-from image_search_service.services.embedding import OpenClipEncoder
 from image_search_service.vector.base import VectorPoint, VectorStore, payload_timestamp
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,10 @@ from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import AssetNotFound, InvalidRequest
 from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetStatus
+from image_search_service.encoders.base import FloatArray
+from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.images.loading import load_image
 from image_search_service.services.context import ServiceContext
-from image_search_service.services.embedding import FloatArray, OpenClipEncoder
 from image_search_service.vector.base import SearchFilter
 
 MAX_QUERY_CHARS = 1000

@@ -1,6 +1,6 @@
 """One open_clip encoder class for every model (CLIP, SigLIP, shipped demo models).
 
-Loaded lazily, once per spec per process (see :class:`EncoderRegistry`), in eval
+Loaded lazily, once per spec per process (see :class:`~.registry.EncoderRegistry`), in eval
 and inference mode. Outputs are L2-normalised float32 rows whose width must
 equal the configured dimension.
 """
@@ -17,21 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import open_clip
 import torch
 from PIL import Image
 
 from image_search_service.core.errors import ModelLoadError
 from image_search_service.core.specs import ModelSpec
+from image_search_service.encoders.base import EncodeObserver, FloatArray
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float32]
-# Told after each forward pass: (model key, "text" | "image", batch size, seconds).
-EncodeObserver = Callable[[str, str, int, float], None]
-RANDOM_WEIGHTS = "random"
-LOAD_RETRY_COOLDOWN_S = 60.0  # explicit opt-in, for benchmarks only
+RANDOM_WEIGHTS = "random"  # explicit opt-in, for benchmarks only
+LOAD_RETRY_COOLDOWN_S = 60.0
 
 _HOW_TO_PROVIDE = (
     "Provide weights one of these ways: (1) run once with network access so open_clip can "
@@ -286,30 +283,3 @@ def _as_float32(features: torch.Tensor) -> FloatArray:
     # Renormalise in float32: half-precision models can drift off the unit sphere.
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return np.asarray(array / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-class EncoderRegistry:
-    """One encoder per spec per process; created at start-up and handed down."""
-
-    def __init__(
-        self,
-        *,
-        device: str = "auto",
-        cache_dir: Path | None = None,
-        observer: EncodeObserver | None = None,
-    ) -> None:
-        self._device = device
-        self._cache_dir = cache_dir
-        self._observer = observer
-        self._encoders: dict[ModelSpec, OpenClipEncoder] = {}
-        self._lock = threading.Lock()
-
-    def get(self, spec: ModelSpec) -> OpenClipEncoder:
-        with self._lock:
-            encoder = self._encoders.get(spec)
-            if encoder is None:
-                encoder = OpenClipEncoder(
-                    spec, device=self._device, cache_dir=self._cache_dir, observer=self._observer
-                )
-                self._encoders[spec] = encoder
-            return encoder
