@@ -46,7 +46,8 @@ from image_search_service.core.specs import model_spec
 from image_search_service.db.models import Asset, AssetEmbedding, AssetStatus, EmbeddingState
 from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.services.context import open_context
-from image_search_service.vector.base import VectorPoint, payload_timestamp
+from image_search_service.vector.base import VectorPoint
+from image_search_service.vector.schema import payload_timestamp
 
 ENCODER_TARGET = 1.5  # end-to-end p95 / encoder-only p95
 SIMILAR_TARGET_MS = 20.0

@@ -92,3 +92,40 @@ def test_errors_are_one_line_not_tracebacks(cli_env: dict[str, str], tmp_path: P
     assert config.returncode == 1
     assert "SIGLIP_ROLLOUT_PERCENTAGE" in config.stderr
     assert "Traceback" not in config.stderr
+
+
+def test_status_and_reembed_status_agree_on_pending(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """One definition of done / failed / pending: both views of the same library say the
+    same, with unreadable files and a half-finished migration in it."""
+    lib = tmp_path / "photos"
+    for i in range(6):
+        write_jpeg(lib / f"p{i}.jpg", seed=i, colour=(30 * i, 80, 160))
+    broken_files(lib / "broken")
+    run(cli_env, "index", str(lib), "--json")  # CLIP only: SigLIP has no collection yet
+    run(cli_env, "create-collection", "--model", "siglip", "--json")
+    status = json.loads(run(cli_env, "status", "--json").stdout)
+    progress = json.loads(run(cli_env, "reembed", "status", "--json").stdout)
+    for key in ("clip", "siglip"):
+        model = status["models"][key]
+        other = progress["models"][key]
+        assert (model["embedded"], model["failed"], model["pending"]) == (
+            other["done"],
+            other["failed"],
+            other["pending"],
+        )
+    assert status["models"]["siglip"]["pending"] == progress["pending"] > 0
+    assert status["models"]["clip"]["pending"] == 0
+
+
+def test_importing_the_cli_loads_no_model_runtime_or_store() -> None:
+    code = (
+        "import sys, image_search_service.cli; "
+        "print(sorted(m for m in ('torch', 'open_clip', 'qdrant_edge', 'qdrant_client', "
+        "'onnxruntime', 'fastapi') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ from image_search_service.core.specs import ModelIdentity
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import open_context
 from image_search_service.services.reembed import plan_asset_ids
-from image_search_service.vector.base import CollectionSpec
+from image_search_service.vector.schema import CollectionSpec
 from tests.integration.reembed_support import (
     index_clip_only,
     invoke,

@@ -90,7 +90,7 @@ def test_changed_moved_and_deleted_files(ctx: ServiceContext, tmp_path: Path) ->
     assert before[str(files[0].resolve())].id not in points
     assert moved_id in points
     assert len(points) == 5
-    status = library_status(ctx)
+    status = library_status(ctx).as_dict()
     assert status["assets"] == 5
     assert status["missing"] == 1
     assert status["models"]["clip"]["coverage"] == 1.0
@@ -113,7 +113,7 @@ def test_every_kind_of_broken_file_fails_alone(ctx: ServiceContext, tmp_path: Pa
         failed = s.query(Asset).filter(Asset.status == AssetStatus.FAILED).all()
         assert {a.error is not None for a in failed} == {True}
         assert len(failed) == len(bad)
-        counts = repo.embedding_counts(s, ctx.spec("siglip"))
+        counts = repo.coverage(s, ctx.spec("siglip"))
         assert (counts.done, counts.failed) == (4, len(bad))
     # Unchanged broken files are not retried on every run.
     again = index_paths(ctx, [lib], model_keys=["clip"])
@@ -187,7 +187,7 @@ def test_postgres_and_qdrant_client_adapter(
         again = index_paths(ctx, [lib], model_keys=["clip", "siglip"])
         assert (again.indexed, again.missing) == (0, 1)
         assert ctx.store.count("image_assets_siglip") == 4
-        status = library_status(ctx)
+        status = library_status(ctx).as_dict()
         assert status["database"] == "postgresql"
         assert status["vector_store"] == "qdrant"
         assert status["models"]["siglip"]["coverage"] == 1.0

@@ -20,7 +20,7 @@ from image_search_service.jobs.runner import run_in_process, start_in_background
 from image_search_service.services.context import ServiceContext, open_context
 from image_search_service.services.indexing import index_paths, models_to_index
 from image_search_service.services.reembed import plan_asset_ids, reembed_progress
-from image_search_service.services.status import coverage
+from image_search_service.services.status import model_coverage
 from tests.factories import broken_files, write_jpeg
 from tests.integration.reembed_support import (
     index_clip_only,
@@ -77,9 +77,9 @@ def test_cli_reembeds_every_asset_once_and_reruns_do_nothing(
     ctx = open_context(db_settings, encoders=EncoderRegistry(device="cpu"))
     try:
         assert ctx.store.count("image_assets_siglip") == 10  # one point per asset, always
-        assert coverage(ctx, "siglip")[0] == 1.0
+        assert model_coverage(ctx, "siglip").ratio == 1.0
         assert _attempts(ctx) == [2] * 10
-        progress = reembed_progress(ctx)
+        progress = reembed_progress(ctx).as_dict()
     finally:
         ctx.close()
     assert progress["target"] == "siglip"
@@ -94,7 +94,7 @@ def test_cli_reembeds_every_asset_once_and_reruns_do_nothing(
 
 def test_progress_counts_rate_and_eta_as_the_run_goes(library_ctx: ServiceContext) -> None:
     ctx = library_ctx
-    before = reembed_progress(ctx)
+    before = reembed_progress(ctx).as_dict()
     assert (before["total"], before["done"], before["pending"]) == (10, 0, 10)
     assert before["eta_seconds"] is None  # nothing has moved yet
     assert before["models"]["clip"]["done"] == 10
@@ -103,7 +103,7 @@ def test_progress_counts_rate_and_eta_as_the_run_goes(library_ctx: ServiceContex
         ids = plan_asset_ids(session, ctx.spec("siglip"))
     run_in_process(ctx, "siglip", ids[:6], job_size=4)
 
-    halfway = reembed_progress(ctx)
+    halfway = reembed_progress(ctx).as_dict()
     assert (halfway["done"], halfway["failed"], halfway["pending"]) == (6, 0, 4)
     assert halfway["rate"] > 0
     assert halfway["eta_seconds"] is not None
@@ -112,7 +112,7 @@ def test_progress_counts_rate_and_eta_as_the_run_goes(library_ctx: ServiceContex
     assert halfway["coverage"] == 0.6
 
     run_in_process(ctx, "siglip", ids[6:], job_size=4)
-    done = reembed_progress(ctx)
+    done = reembed_progress(ctx).as_dict()
     assert (done["done"], done["pending"], done["eta_seconds"], done["complete"]) == (
         10,
         0,
@@ -163,7 +163,7 @@ def test_a_corrupt_file_among_many_fails_alone(
     ctx = open_context(settings, encoders=encoders)
     try:
         assert ctx.store.count("image_assets_siglip") == 200
-        assert coverage(ctx, "siglip")[0] == 1.0
+        assert model_coverage(ctx, "siglip").ratio == 1.0
     finally:
         ctx.close()
 
@@ -187,7 +187,8 @@ def test_new_photos_during_a_migration_land_in_both_collections(
     assert remaining == planned[4:]  # the new photos were embedded by both already
     run_in_process(ctx, "siglip", remaining)
     for key in keys:
-        assert coverage(ctx, key) == (1.0, 15, 15)
+        cov = model_coverage(ctx, key)
+        assert (cov.ratio, cov.done, cov.searchable) == (1.0, 15, 15)
         assert ctx.store.count(ctx.spec(key).collection) == 15
 
     # Deleting photos removes them from every collection.
@@ -196,7 +197,7 @@ def test_new_photos_during_a_migration_land_in_both_collections(
     assert index_paths(ctx, [tmp_path / "new"], model_keys=keys).missing == 2
     for key in keys:
         assert ctx.store.count(ctx.spec(key).collection) == 13
-        assert coverage(ctx, key)[0] == 1.0
+        assert model_coverage(ctx, key).ratio == 1.0
 
 
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # nothing listens
@@ -227,7 +228,7 @@ def test_transient_failures_retry_then_give_up_and_record_why(
             rows = session.scalars(
                 select(AssetEmbedding).where(AssetEmbedding.model_key == "siglip")
             ).all()
-            progress = reembed_progress(ctx)
+            progress = reembed_progress(ctx).as_dict()
     finally:
         ctx.close()
     assert (progress["failed"], progress["pending"]) == (4, 6)
@@ -261,5 +262,5 @@ def test_background_run_for_the_api(library_ctx: ServiceContext) -> None:
     assert run.error is None
     assert run.report is not None
     assert run.report.done == 10
-    assert reembed_progress(ctx)["complete"] is True
+    assert reembed_progress(ctx).as_dict()["complete"] is True
     assert {UUID(str(i)) for i in ids} == ctx.store.point_ids("image_assets_siglip")

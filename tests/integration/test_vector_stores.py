@@ -13,14 +13,14 @@ import pytest
 from image_search_service.core.errors import CollectionMissing, ModelMismatch, VectorStoreLocked
 from image_search_service.core.specs import ModelIdentity
 from image_search_service.vector.base import (
-    CollectionSpec,
     SearchFilter,
     VectorPoint,
     VectorStore,
-    payload_timestamp,
+    verify_collection,
 )
 from image_search_service.vector.edge import EdgeVectorStore
 from image_search_service.vector.qdrant import QdrantServerStore
+from image_search_service.vector.schema import CollectionSpec, payload_timestamp
 
 SPEC = CollectionSpec("photos", ModelIdentity("tiny", "", 16))
 
@@ -73,9 +73,9 @@ def test_opening_with_another_model_is_a_clear_error(store: VectorStore) -> None
     with pytest.raises(ModelMismatch, match="other-model"):
         store.ensure_collection(other)
     with pytest.raises(ModelMismatch):
-        store.verify_collection(other)
+        verify_collection(store, other)
     with pytest.raises(CollectionMissing):
-        store.verify_collection(CollectionSpec("absent", SPEC.identity))
+        verify_collection(store, CollectionSpec("absent", SPEC.identity))
 
 
 def test_upsert_search_filter_and_delete(store: VectorStore) -> None:

@@ -28,7 +28,7 @@ from image_search_service.jobs.tasks import bind_context
 from image_search_service.jobs.worker import run_worker
 from image_search_service.services.context import ServiceContext, open_context
 from image_search_service.services.reembed import model_progress, plan_asset_ids, reembed_progress
-from image_search_service.services.status import coverage
+from image_search_service.services.status import model_coverage
 from tests.integration.reembed_support import (
     RedisServer,
     cli_command,
@@ -68,7 +68,7 @@ def _plan(ctx: ServiceContext) -> list[Any]:
 def _assert_migrated(ctx: ServiceContext, count: int) -> None:
     """Exactly one point per asset, every asset done, nothing failed."""
     with ctx.session_factory() as session:
-        progress = model_progress(session, ctx.spec("siglip"))
+        progress = model_progress(session, ctx.spec("siglip")).as_dict()
         asset_ids = set(
             session.scalars(
                 select(AssetEmbedding.asset_id).where(
@@ -80,7 +80,7 @@ def _assert_migrated(ctx: ServiceContext, count: int) -> None:
     assert (progress["done"], progress["failed"], progress["pending"]) == (count, 0, 0)
     assert ctx.store.count("image_assets_siglip") == count
     assert ctx.store.point_ids("image_assets_siglip") == asset_ids
-    assert coverage(ctx, "siglip")[0] == 1.0
+    assert model_coverage(ctx, "siglip").ratio == 1.0
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -105,7 +105,7 @@ def test_simple_worker_runs_queued_jobs_in_process(
         again = enqueue_reembed(queue, "siglip", _plan(ctx), job_size=4)
         assert (first.jobs, first.enqueued_assets) == (3, 10)
         assert (again.jobs, again.already_queued) == (0, 10)  # nothing queued twice
-        waiting = reembed_progress(ctx)
+        waiting = reembed_progress(ctx).as_dict()
         assert waiting["runner"] == "rq"
         assert waiting["queue"]["queued"] == 3
         assert waiting["pending"] == 10
@@ -124,7 +124,7 @@ def test_simple_worker_runs_queued_jobs_in_process(
             assert job is not None
             results.append(job.return_value())
         assert sorted(r["done"] for r in results) == [2, 4, 4]
-        done = reembed_progress(ctx)
+        done = reembed_progress(ctx).as_dict()
         assert done["complete"] is True
         assert done["queue"]["queued"] == 0
     finally:

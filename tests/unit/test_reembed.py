@@ -21,6 +21,7 @@ from image_search_service.core.errors import (
     VectorStoreLocked,
     VectorStoreUnavailable,
 )
+from image_search_service.db.repository import Coverage
 from image_search_service.jobs.queue import redact
 from image_search_service.jobs.retry import RetryPolicy
 from image_search_service.jobs.runner import run_in_process
@@ -28,6 +29,7 @@ from image_search_service.jobs.worker import check_worker_settings
 from image_search_service.services.context import ServiceContext
 from image_search_service.services.reembed import (
     BatchResult,
+    ModelProgress,
     _default_target,
     chunked,
     is_transient,
@@ -161,11 +163,24 @@ class TestInProcessRunner:
 
 
 def test_default_target_is_the_collection_with_work_left() -> None:
-    def models(clip: tuple[bool | None, int], siglip: tuple[bool | None, int]) -> Any:
-        return {
-            "clip": {"collection_exists": clip[0], "pending": clip[1]},
-            "siglip": {"collection_exists": siglip[0], "pending": siglip[1]},
-        }
+    def progress(key: ModelKey, exists: bool | None, pending: int) -> ModelProgress:
+        cov = Coverage(
+            model=key, present=pending, searchable=pending, done=0, failed=0, done_searchable=0
+        )
+        return ModelProgress(
+            model=key,
+            collection=key,
+            model_name="m",
+            coverage=cov,
+            rate=0.0,
+            last_activity=None,
+            collection_exists=exists,
+        )
+
+    def models(
+        clip: tuple[bool | None, int], siglip: tuple[bool | None, int]
+    ) -> dict[ModelKey, ModelProgress]:
+        return {"clip": progress("clip", *clip), "siglip": progress("siglip", *siglip)}
 
     assert _default_target(models((True, 0), (True, 40))) == "siglip"
     assert _default_target(models((True, 3), (False, 40))) == "clip"  # no SigLIP collection

@@ -27,7 +27,7 @@ from image_search_service.services.embedding_router import (
     user_bucket,
 )
 from image_search_service.services.indexing import index_paths
-from image_search_service.vector.base import CollectionSpec
+from image_search_service.vector.schema import CollectionSpec
 from tests.factories import write_jpeg
 
 USERS = [f"user-{i}" for i in range(10_000)]

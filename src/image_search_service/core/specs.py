@@ -1,7 +1,9 @@
-"""Model specs: which open_clip model fills which collection.
+"""Model specs: which open_clip model fills which collection, and the two roles.
 
-The spec is the only place that knows the two roles (``clip`` = baseline,
-``siglip`` = candidate); everything downstream takes a spec.
+This is the one module that knows the roles: ``clip`` is the baseline (it always
+serves, and indexing always fills it) and ``siglip`` the candidate (it serves only
+where the router sends traffic and its collection covers the library). Everything
+downstream takes a spec or :data:`BASELINE` / :data:`CANDIDATE`, never a literal key.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from image_search_service.core.config import ModelKey, Settings
+
+BASELINE: ModelKey = "clip"
+CANDIDATE: ModelKey = "siglip"
 
 DEMO_MODELS_DIR = Path(__file__).resolve().parent.parent / "demo_models"
 DEMO_MODEL_NAMES = ("demo-clip", "demo-siglip")
@@ -61,16 +66,16 @@ class ModelSpec:
 
 
 def model_spec(settings: Settings, key: ModelKey) -> ModelSpec:
-    if key == "clip":
+    if key == BASELINE:
         return ModelSpec(
-            key="clip",
+            key=BASELINE,
             model_name=settings.clip_model_name,
             pretrained=settings.clip_pretrained,
             embedding_dim=settings.clip_embedding_dim,
             collection=settings.qdrant_collection,
         )
     return ModelSpec(
-        key="siglip",
+        key=CANDIDATE,
         model_name=settings.siglip_model_name,
         pretrained=settings.siglip_pretrained,
         embedding_dim=settings.siglip_embedding_dim,

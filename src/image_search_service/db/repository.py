@@ -1,14 +1,19 @@
-"""Queries and updates on assets and embedding state. Callers own the transaction."""
+"""Every query and update on assets and embedding state: the one place SQL is built.
+
+Functions here flush at most; the caller owns the transaction (see docs/architecture.md).
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Select, delete, func, select
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from image_search_service.core.config import ModelKey
 from image_search_service.core.specs import ModelSpec
 from image_search_service.db.models import (
     Asset,
@@ -18,6 +23,9 @@ from image_search_service.db.models import (
     utcnow,
 )
 from image_search_service.images.loading import ImageMeta
+
+# Still in the library: searchable or unreadable, not gone from disk.
+_PRESENT = Asset.status != AssetStatus.MISSING
 
 
 def get_asset(session: Session, asset_id: uuid.UUID) -> Asset | None:
@@ -41,7 +49,7 @@ def asset_by_hash(session: Session, digest: str) -> Asset | None:
 
 def assets_under(session: Session, prefixes: Sequence[str]) -> list[Asset]:
     """Assets whose path lies below any of ``prefixes`` (folders, with trailing sep)."""
-    rows = session.scalars(select(Asset).where(Asset.status != AssetStatus.MISSING))
+    rows = session.scalars(select(Asset).where(_PRESENT))
     return [
         a for a in rows if any(a.path.startswith(p) or a.path == p.rstrip("/") for p in prefixes)
     ]
@@ -109,13 +117,41 @@ def embedded_keys(session: Session, asset_id: uuid.UUID) -> dict[str, AssetEmbed
     return {row.model_key: row for row in rows}
 
 
+def _identity(spec: ModelSpec) -> tuple[str, str, int]:
+    return (spec.model_name, spec.pretrained, spec.embedding_dim)
+
+
 def is_done_for(row: AssetEmbedding | None, spec: ModelSpec) -> bool:
+    """Python twin of :func:`_done_by`, for a row already loaded."""
     return (
         row is not None
+        and row.model_key == spec.key
         and row.state == EmbeddingState.DONE
-        and (row.model_name, row.pretrained, row.dim)
-        == (spec.model_name, spec.pretrained, spec.embedding_dim)
+        and (row.model_name, row.pretrained, row.dim) == _identity(spec)
     )
+
+
+def _done_by(spec: ModelSpec) -> tuple[ColumnElement[bool], ...]:
+    """Embedded by exactly this model (a row left by a previous model does not count)."""
+    model_name, pretrained, dim = _identity(spec)
+    return (
+        AssetEmbedding.model_key == spec.key,
+        AssetEmbedding.state == EmbeddingState.DONE,
+        AssetEmbedding.model_name == model_name,
+        AssetEmbedding.pretrained == pretrained,
+        AssetEmbedding.dim == dim,
+    )
+
+
+def _failed_for(spec: ModelSpec) -> tuple[ColumnElement[bool], ...]:
+    return (
+        AssetEmbedding.model_key == spec.key,
+        AssetEmbedding.state == EmbeddingState.FAILED,
+    )
+
+
+def _done_ids(spec: ModelSpec) -> Select[uuid.UUID]:
+    return select(AssetEmbedding.asset_id).where(*_done_by(spec))
 
 
 @dataclass(frozen=True)
@@ -137,95 +173,187 @@ def library_counts(session: Session) -> LibraryCounts:
     )
 
 
-def _done_by(spec: ModelSpec) -> tuple[ColumnElement[bool], ...]:
-    """Embedded by exactly this model (a row left by a previous model does not count)."""
-    return (
-        AssetEmbedding.model_key == spec.key,
-        AssetEmbedding.state == EmbeddingState.DONE,
-        AssetEmbedding.model_name == spec.model_name,
-        AssetEmbedding.pretrained == spec.pretrained,
-        AssetEmbedding.dim == spec.embedding_dim,
-    )
-
-
 @dataclass(frozen=True)
-class EmbeddingCounts:
+class Coverage:
+    """One model's standing over the library; the one definition every view uses.
+
+    Every present asset (searchable or unreadable) is exactly one of ``done`` (this
+    exact model's vector is stored), ``failed`` (it gave up, with a reason) or
+    ``pending`` (what a re-embed run plans); ``ratio`` is the share of searchable assets
+    whose vector is stored, what the router's coverage guard reads.
+    """
+
+    model: ModelKey
+    present: int  # assets in the library: searchable + unreadable
+    searchable: int  # decoded fine (status active)
     done: int
     failed: int
-    pending: int
+    done_searchable: int  # of ``done``, those still searchable
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.present - self.done - self.failed)
+
+    @property
+    def ratio(self) -> float:
+        return self.done_searchable / self.searchable if self.searchable else 1.0
 
 
-def embedding_counts(session: Session, spec: ModelSpec) -> EmbeddingCounts:
-    """Per-model state over active assets; 'done' only counts this exact model."""
-    done = session.scalar(
-        select(func.count())
-        .select_from(AssetEmbedding)
-        .join(Asset)
-        .where(Asset.status == AssetStatus.ACTIVE, *_done_by(spec))
-    )
-    failed = session.scalar(
-        select(func.count())
-        .select_from(AssetEmbedding)
-        .join(Asset)
-        .where(
-            Asset.status != AssetStatus.MISSING,
-            AssetEmbedding.model_key == spec.key,
-            AssetEmbedding.state == EmbeddingState.FAILED,
+def coverage(session: Session, spec: ModelSpec) -> Coverage:
+    done = and_(*_done_by(spec))
+    present, searchable, done_n, failed, done_searchable = session.execute(
+        select(
+            func.count(Asset.id),
+            func.count(Asset.id).filter(Asset.status == AssetStatus.ACTIVE),
+            func.count(AssetEmbedding.asset_id).filter(done),
+            func.count(AssetEmbedding.asset_id).filter(*_failed_for(spec)),
+            func.count(AssetEmbedding.asset_id).filter(done, Asset.status == AssetStatus.ACTIVE),
         )
+        .select_from(Asset)
+        .outerjoin(
+            AssetEmbedding,
+            and_(AssetEmbedding.asset_id == Asset.id, AssetEmbedding.model_key == spec.key),
+        )
+        .where(_PRESENT)
+    ).one()
+    return Coverage(
+        model=spec.key,
+        present=int(present),
+        searchable=int(searchable),
+        done=int(done_n),
+        failed=int(failed),
+        done_searchable=int(done_searchable),
     )
-    active = session.scalar(
-        select(func.count()).select_from(Asset).where(Asset.status == AssetStatus.ACTIVE)
-    )
-    done_n, failed_n = int(done or 0), int(failed or 0)
-    return EmbeddingCounts(done=done_n, failed=failed_n, pending=max(0, int(active or 0) - done_n))
-
-
-def assets_needing(session: Session, spec: ModelSpec, *, include_failed: bool) -> list[Asset]:
-    """Active (or failed-to-decode, if asked) assets this model has not embedded."""
-    statuses = [AssetStatus.ACTIVE] + ([AssetStatus.FAILED] if include_failed else [])
-    done_ids = select(AssetEmbedding.asset_id).where(*_done_by(spec))
-    query = (
-        select(Asset)
-        .where(Asset.status.in_(statuses), Asset.id.not_in(done_ids))
-        .order_by(Asset.created_at, Asset.id)
-    )
-    return list(session.scalars(query))
-
-
-def list_assets(session: Session, *, limit: int, offset: int) -> tuple[list[Asset], int]:
-    total = session.scalar(
-        select(func.count()).select_from(Asset).where(Asset.status != AssetStatus.MISSING)
-    )
-    rows = session.scalars(
-        select(Asset)
-        .where(Asset.status != AssetStatus.MISSING)
-        .order_by(Asset.created_at, Asset.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    return list(rows), int(total or 0)
 
 
 def count_covered_but_not_by(session: Session, covered: ModelSpec, lacking: ModelSpec) -> int:
     """Active assets ``covered`` has embedded that ``lacking`` has not (exact models):
     zero means a collection switch from one to the other loses no searchable photo."""
-
-    def done_by(spec: ModelSpec) -> Select[uuid.UUID]:
-        return select(AssetEmbedding.asset_id).where(
-            AssetEmbedding.model_key == spec.key,
-            AssetEmbedding.state == EmbeddingState.DONE,
-            AssetEmbedding.model_name == spec.model_name,
-            AssetEmbedding.pretrained == spec.pretrained,
-            AssetEmbedding.dim == spec.embedding_dim,
-        )
-
     count = session.scalar(
         select(func.count())
         .select_from(Asset)
         .where(
             Asset.status == AssetStatus.ACTIVE,
-            Asset.id.in_(done_by(covered)),
-            Asset.id.not_in(done_by(lacking)),
+            Asset.id.in_(_done_ids(covered)),
+            Asset.id.not_in(_done_ids(lacking)),
         )
     )
     return int(count or 0)
+
+
+def asset_ids_to_embed(
+    session: Session, spec: ModelSpec, *, force: bool = False, only_failed: bool = False
+) -> list[uuid.UUID]:
+    """The assets a run for ``spec`` should process, oldest first: by default the
+    ``pending`` ones of :class:`Coverage` (failures wait for an explicit retry)."""
+    query = select(Asset.id).where(_PRESENT)
+    if only_failed:
+        query = query.where(Asset.id.in_(select(AssetEmbedding.asset_id).where(*_failed_for(spec))))
+    elif not force:
+        settled = select(AssetEmbedding.asset_id).where(
+            AssetEmbedding.model_key == spec.key,
+            or_(and_(*_done_by(spec)), AssetEmbedding.state == EmbeddingState.FAILED),
+        )
+        query = query.where(Asset.id.not_in(settled))
+    return list(session.scalars(query.order_by(Asset.created_at, Asset.id)))
+
+
+def done_asset_ids(session: Session, spec: ModelSpec, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``ids`` this exact model has embedded."""
+    if not ids:
+        return set()
+    return set(
+        session.scalars(
+            select(AssetEmbedding.asset_id).where(
+                AssetEmbedding.asset_id.in_(list(ids)), *_done_by(spec)
+            )
+        )
+    )
+
+
+def reset_failed(session: Session, spec: ModelSpec, ids: Sequence[uuid.UUID]) -> int:
+    """Failed -> pending for ``ids``, so progress counts them as work again."""
+    if not ids:
+        return 0
+    result = session.execute(
+        update(AssetEmbedding)
+        .where(AssetEmbedding.asset_id.in_(list(ids)), *_failed_for(spec))
+        .values(state=EmbeddingState.PENDING)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def clear_model_states(session: Session, key: ModelKey) -> int:
+    """Forget one model's per-asset state (its collection is being dropped)."""
+    result = session.execute(delete(AssetEmbedding).where(AssetEmbedding.model_key == key))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """Embeddings this model finished (done or failed) since a moment."""
+
+    finished: int
+    oldest: datetime | None
+    newest: datetime | None
+
+
+def recent_activity(session: Session, spec: ModelSpec, *, since: datetime) -> Activity:
+    finished, oldest, newest = session.execute(
+        select(
+            func.count(),
+            func.min(AssetEmbedding.updated_at),
+            func.max(AssetEmbedding.updated_at),
+        ).where(
+            AssetEmbedding.model_key == spec.key,
+            AssetEmbedding.state.in_([EmbeddingState.DONE, EmbeddingState.FAILED]),
+            AssetEmbedding.updated_at >= since,
+        )
+    ).one()
+    return Activity(finished=int(finished), oldest=_as_utc(oldest), newest=_as_utc(newest))
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # SQLite drops tz
+
+
+@dataclass(frozen=True)
+class FailedEmbedding:
+    asset_id: uuid.UUID
+    path: str
+    error: str
+    attempts: int
+
+
+def failed_embeddings(
+    session: Session, spec: ModelSpec, *, limit: int
+) -> tuple[list[FailedEmbedding], int]:
+    """The assets this model gave up on, with their reasons (newest first), and how many."""
+    where = (*_failed_for(spec), _PRESENT)
+    total = session.scalar(
+        select(func.count()).select_from(AssetEmbedding).join(Asset).where(*where)
+    )
+    rows = session.execute(
+        select(Asset.id, Asset.path, AssetEmbedding.last_error, AssetEmbedding.attempts)
+        .join(Asset)
+        .where(*where)
+        .order_by(AssetEmbedding.updated_at.desc(), Asset.id)
+        .limit(limit)
+    ).all()
+    items = [FailedEmbedding(i, p, err or "", n) for i, p, err, n in rows]
+    return items, int(total or 0)
+
+
+def list_assets(session: Session, *, limit: int, offset: int) -> tuple[list[Asset], int]:
+    total = session.scalar(select(func.count()).select_from(Asset).where(_PRESENT))
+    rows = session.scalars(
+        select(Asset)
+        .where(_PRESENT)
+        .order_by(Asset.created_at, Asset.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows), int(total or 0)

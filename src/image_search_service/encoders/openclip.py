@@ -208,14 +208,15 @@ class OpenClipEncoder:
     def encode_images(self, images: Sequence[Image.Image]) -> FloatArray:
         if not images:
             return np.zeros((0, self.spec.embedding_dim), dtype=np.float32)
-        batch = torch.stack([self.preprocess(img) for img in images])
-        return self.encode_preprocessed(batch)
+        return self.encode_preprocessed([self.preprocess(img) for img in images])
 
-    def encode_preprocessed(self, batch: torch.Tensor) -> FloatArray:
+    def encode_preprocessed(self, batch: Sequence[torch.Tensor] | torch.Tensor) -> FloatArray:
+        """Encode what :meth:`preprocess` made: a list of tensors or a stacked batch."""
         self.load()
         started = time.perf_counter()
+        stacked = batch if isinstance(batch, torch.Tensor) else torch.stack(list(batch))
         with torch.inference_mode():
-            features = self._model.encode_image(batch.to(self.device), normalize=True)
+            features = self._model.encode_image(stacked.to(self.device), normalize=True)
         result = _as_float32(features)
         self._observe("image", len(result), started)
         return result

@@ -31,7 +31,6 @@ from image_search_service.core.errors import (
 )
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
-from image_search_service.db.session import session_scope
 from image_search_service.images.loading import load_image
 from image_search_service.images.scan import bytes_hash
 from image_search_service.services.context import ServiceContext
@@ -181,7 +180,7 @@ class AssetService:
         meta = load_image(data, max_pixels=settings.max_image_pixels).meta
         digest = bytes_hash(data)
         with self._write_lock:
-            with self.ctx.session_factory() as session:
+            with self.ctx.transaction() as session:
                 known = repo.asset_by_hash(session, digest)
                 known_path = (
                     Path(known.path)
@@ -198,7 +197,7 @@ class AssetService:
             # Known content too: indexing is incremental, so this embeds only what an
             # interrupted earlier upload (or a collection made since) still lacks.
             report = index_paths(self.ctx, [target], model_keys=models_to_index(self.ctx, "auto"))
-            with self.ctx.session_factory() as session:
+            with self.ctx.transaction() as session:
                 asset = repo.asset_by_path(session, str(target.resolve()))
                 if asset is None:  # pragma: no cover - index_paths records every new file
                     raise UnsupportedImage(f"upload could not be indexed: {report.failures}")
@@ -212,7 +211,7 @@ class AssetService:
         """Remove the asset from the DB and its points from every collection; an uploaded
         file is deleted too, a library file is left where it is."""
         with self._write_lock:
-            with session_scope(self.ctx.session_factory) as session:
+            with self.ctx.transaction() as session:
                 asset = repo.get_asset(session, asset_id)
                 if asset is None or asset.status == AssetStatus.MISSING:
                     raise AssetNotFound(f"asset {asset_id} not found")

@@ -10,14 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete
-
 from image_search_service.core.config import ModelKey, Settings
-from image_search_service.db.models import AssetEmbedding
+from image_search_service.core.specs import model_spec
+from image_search_service.db import repository as repo
 from image_search_service.services.context import ServiceContext
-from image_search_service.services.status import coverage
-from image_search_service.vector.base import QUANTIZATION_QUANTILE, CollectionSpec
-from image_search_service.vector.factory import collection_spec
+from image_search_service.vector.schema import collection_spec
 
 
 def _store_location(settings: Settings) -> dict[str, str]:
@@ -28,23 +25,8 @@ def _store_location(settings: Settings) -> dict[str, str]:
 
 def planned_collection(settings: Settings, key: ModelKey) -> dict[str, Any]:
     """What ``create`` would make, computed from the settings alone (opens nothing)."""
-    spec = collection_spec(settings, key)
-    return {
-        "model": key,
-        **_store_location(settings),
-        **_spec_dict(spec),
-    }
-
-
-def _spec_dict(spec: CollectionSpec) -> dict[str, Any]:
-    return {
-        "collection": spec.name,
-        "dim": spec.dim,
-        "distance": "cosine",
-        "quantization": {"type": "int8", "quantile": QUANTIZATION_QUANTILE, "always_ram": True},
-        "hnsw": {"m": spec.hnsw_m, "ef_construct": spec.hnsw_ef_construct},
-        "model_identity": spec.identity.as_dict(),
-    }
+    spec = collection_spec(settings, model_spec(settings, key))
+    return {"model": key, **_store_location(settings), **spec.describe()}
 
 
 @dataclass
@@ -74,33 +56,29 @@ def check_collection(ctx: ServiceContext, key: ModelKey) -> CollectionCheck:
     """Does the collection exist, match the settings, and cover the library?"""
     spec = ctx.collection_spec(key)
     info = ctx.store.collection_info(spec.name)
-    ratio, done, active = coverage(ctx, key)
+    with ctx.transaction() as session:
+        cov = repo.coverage(session, ctx.spec(key))
     check = CollectionCheck(model=key, collection=spec.name, exists=info is not None)
     check.details = {
         "vector_store": ctx.store.kind,
-        "expected": _spec_dict(spec),
-        "coverage": round(ratio, 4),
-        "embedded": done,
-        "assets": active,
+        "expected": spec.describe(),
+        "coverage": round(cov.ratio, 4),
+        "embedded": cov.done_searchable,
+        "assets": cov.searchable,
     }
     if info is None:
         check.problems.append(f"collection {spec.name!r} does not exist")
         return check
     check.details.update(info.as_dict())
-    problems = info.mismatches(spec)
-    if getattr(ctx.store, "local", False):
-        # qdrant-client's in-process mode (tests, `path:`) accepts but ignores quantization.
-        problems = [p for p in problems if not p.startswith("quantization")]
+    if not ctx.store.capabilities.applies_index_config:
         check.details["note"] = "qdrant-client local mode: quantization and HNSW not applied"
-    check.problems.extend(problems)
-    if info.distance != "cosine":
-        check.problems.append(f"distance {info.distance}, expected cosine")
+    check.problems.extend(info.mismatches(spec, ctx.store.capabilities))
     return check
 
 
 def create_collection(ctx: ServiceContext, key: ModelKey) -> dict[str, Any]:
     """Create it if missing (idempotent); an existing one must match the model stamp."""
-    created = ctx.store.ensure_collection(ctx.collection_spec(key))
+    created = ctx.ensure_collection(key)
     check = check_collection(ctx, key)
     return {"created": created, **check.as_dict()}
 
@@ -115,14 +93,14 @@ def drop_collection(ctx: ServiceContext, key: ModelKey) -> dict[str, Any]:
     info = ctx.store.collection_info(spec.name)
     # State first: a crash in between leaves points nobody counts (re-embedding overwrites
     # them), never "done" rows for a collection that is gone.
-    with ctx.session_factory() as session:
-        cleared = session.execute(delete(AssetEmbedding).where(AssetEmbedding.model_key == key))
-        session.commit()
+    with ctx.transaction() as session:
+        cleared = repo.clear_model_states(session, key)
+    ctx.forget_verified(key)
     dropped = ctx.store.drop_collection(spec.name) if info is not None else False
     return {
         "model": key,
         "collection": spec.name,
         "dropped": dropped,
         "points_removed": info.points if info is not None else 0,
-        "states_cleared": int(getattr(cleared, "rowcount", 0) or 0),
+        "states_cleared": cleared,
     }

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -12,13 +15,23 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
 from image_search_service.core.specs import ModelSpec, model_spec
-from image_search_service.db.session import make_engine, make_session_factory, upgrade_database
+from image_search_service.db.session import (
+    make_engine,
+    make_session_factory,
+    session_scope,
+    upgrade_database,
+)
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.vector.base import CollectionSpec, VectorStore
-from image_search_service.vector.factory import collection_spec, open_vector_store
+from image_search_service.vector.base import VectorStore, verify_collection
+from image_search_service.vector.factory import open_vector_store
+from image_search_service.vector.schema import CollectionSpec, collection_spec
 
 if TYPE_CHECKING:
     from image_search_service.encoders.openclip import OpenClipEncoder
+
+# A collection found to fit its spec is not asked again for this long: a search costs
+# no round trip for it (a collection dropped meanwhile still fails the search itself).
+COLLECTION_CHECK_TTL_S = 5.0
 
 
 @dataclass
@@ -28,19 +41,52 @@ class ServiceContext:
     session_factory: sessionmaker[Session]
     store: VectorStore
     encoders: EncoderRegistry
-    specs: dict[ModelKey, ModelSpec] = field(default_factory=dict)
+    specs: dict[ModelKey, ModelSpec]
+    collections: dict[ModelKey, CollectionSpec]
+    _verified_until: dict[ModelKey, float] = field(default_factory=dict)
+    _verified_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def spec(self, key: ModelKey) -> ModelSpec:
         return self.specs[key]
 
     def collection_spec(self, key: ModelKey) -> CollectionSpec:
-        return collection_spec(self.settings, key)
+        return self.collections[key]
 
     def encoder(self, key: ModelKey) -> OpenClipEncoder:
         return self.encoders.get(self.specs[key])
 
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: commit on success, roll back on error."""
+        with session_scope(self.session_factory) as session:
+            yield session
+
+    # -- collections -----------------------------------------------------------------
     def has_collection(self, key: ModelKey) -> bool:
         return self.store.has_collection(self.specs[key].collection)
+
+    def ensure_collection(self, key: ModelKey) -> bool:
+        """Create the model's collection if missing (True) or check its stamp."""
+        created = self.store.ensure_collection(self.collections[key])
+        self._mark_verified(key)
+        return created
+
+    def verify_collection(self, key: ModelKey) -> None:
+        """CollectionMissing / ModelMismatch unless the collection fits; a success is
+        remembered for :data:`COLLECTION_CHECK_TTL_S`."""
+        with self._verified_lock:
+            if time.monotonic() < self._verified_until.get(key, 0.0):
+                return
+        verify_collection(self.store, self.collections[key])
+        self._mark_verified(key)
+
+    def forget_verified(self, key: ModelKey) -> None:
+        with self._verified_lock:
+            self._verified_until.pop(key, None)
+
+    def _mark_verified(self, key: ModelKey) -> None:
+        with self._verified_lock:
+            self._verified_until[key] = time.monotonic() + COLLECTION_CHECK_TTL_S
 
     def delete_points(self, asset_ids: Sequence[UUID]) -> None:
         """Remove assets from every collection that exists (invariant: one asset, at
@@ -68,6 +114,7 @@ def open_context(
     if migrate:
         upgrade_database(engine)
     store = open_vector_store(settings)
+    specs = {key: model_spec(settings, key) for key in MODEL_KEYS}
     return ServiceContext(
         settings=settings,
         engine=engine,
@@ -75,5 +122,6 @@ def open_context(
         store=store,
         encoders=encoders
         or EncoderRegistry(device=settings.device, cache_dir=settings.model_cache_dir),
-        specs={key: model_spec(settings, key) for key in MODEL_KEYS},
+        specs=specs,
+        collections={key: collection_spec(settings, spec) for key, spec in specs.items()},
     )

@@ -2,9 +2,9 @@
 
 Flags (``USE_SIGLIP``, ``SIGLIP_ROLLOUT_PERCENTAGE``) and the user's bucket choose the
 model; a coverage guard then sends the request back to the baseline while the chosen
-model's collection does not cover the library yet (invariant 8), and says why. This is
-the only module that knows which model is the baseline and which the candidate: callers
-take ``RouteDecision.model`` and never branch on a model's name.
+model's collection does not cover the library yet (invariant 8), and says why. The roles
+themselves are defined in :mod:`core.specs`; callers take ``RouteDecision.model`` and
+never branch on a model's name.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.core.errors import InvalidRequest
+from image_search_service.core.specs import BASELINE, CANDIDATE
 from image_search_service.db import repository as repo
 
 if TYPE_CHECKING:  # the bucket function stays importable without torch and the stores
     from image_search_service.services.context import ServiceContext
     from image_search_service.vector.base import CollectionInfo
 
-BASELINE: ModelKey = "clip"
-CANDIDATE: ModelKey = "siglip"
 BUCKETS = 100
 MAX_USER_ID_CHARS = 256
 
@@ -194,9 +193,8 @@ class EmbeddingRouter:
         ctx = self._ctx
         spec = ctx.spec(key)
         info = ctx.store.collection_info(spec.collection)
-        with ctx.session_factory() as session:
-            counts = repo.embedding_counts(session, spec)
-            library = repo.library_counts(session)
+        with ctx.transaction() as session:
+            cov = repo.coverage(session, spec)
             missing = (
                 0
                 if key == BASELINE
@@ -208,10 +206,10 @@ class EmbeddingRouter:
             ready=True,
             exists=info is not None,
             points=info.points if info is not None else 0,
-            embedded=counts.done,
-            active=library.active,
+            embedded=cov.done_searchable,
+            active=cov.searchable,
             missing=missing,
-            coverage=counts.done / library.active if library.active else 1.0,
+            coverage=cov.ratio,
         )
         if key == BASELINE:
             return state

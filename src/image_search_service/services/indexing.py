@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey
-from image_search_service.core.specs import ModelSpec
+from image_search_service.core.specs import BASELINE, ModelSpec
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.images.scan import content_hash, scan_images
@@ -55,7 +55,7 @@ def models_to_index(ctx: ServiceContext, requested: str) -> list[ModelKey]:
         return list(MODEL_KEYS)
     if requested in MODEL_KEYS:
         return [requested]
-    return [k for k in MODEL_KEYS if k == "clip" or ctx.has_collection(k)]
+    return [k for k in MODEL_KEYS if k == BASELINE or ctx.has_collection(k)]
 
 
 def index_paths(
@@ -69,14 +69,13 @@ def index_paths(
     report = IndexReport(models=list(model_keys))
     specs = [ctx.spec(k) for k in model_keys]
     for key in model_keys:
-        ctx.store.ensure_collection(ctx.collection_spec(key))
+        ctx.ensure_collection(key)
     for root in roots:
         if not root.exists():
             raise FileNotFoundError(f"no such file or folder: {root}")
 
-    with ctx.session_factory() as session:
+    with ctx.transaction() as session:
         to_embed = _reconcile(ctx, session, roots, specs, report)
-        session.commit()
 
     # Group by the models each asset still needs, so nothing is encoded twice.
     groups: dict[tuple[ModelKey, ...], list[AssetRef]] = {}

@@ -14,17 +14,19 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import ImageTooLarge, UnsupportedImage
 from image_search_service.db import repository as repo
-from image_search_service.encoders.openclip import OpenClipEncoder
+from image_search_service.db.session import session_scope
+from image_search_service.encoders.base import Encoder
 from image_search_service.images.loading import ImageMeta, load_image
-from image_search_service.vector.base import VectorPoint, VectorStore, payload_timestamp
+from image_search_service.vector.base import VectorPoint, VectorStore
+from image_search_service.vector.schema import point_payload
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +49,14 @@ class PipelineResult:
 class _Decoded:
     ref: AssetRef
     meta: ImageMeta | None
-    tensors: dict[ModelKey, torch.Tensor] | None
+    tensors: dict[ModelKey, Any] | None  # each encoder's preprocessed input
     error: str | None
 
 
 ProgressFn = Callable[[int], None]
 
 
-def _decode(ref: AssetRef, encoders: Sequence[OpenClipEncoder], max_pixels: int) -> _Decoded:
+def _decode(ref: AssetRef, encoders: Sequence[Encoder], max_pixels: int) -> _Decoded:
     try:
         min_side = max(enc.image_size for enc in encoders)
         loaded = load_image(ref.path, max_pixels=max_pixels, min_side=min_side)
@@ -66,7 +68,7 @@ def _decode(ref: AssetRef, encoders: Sequence[OpenClipEncoder], max_pixels: int)
 
 def _decoded_in_order(
     refs: Sequence[AssetRef],
-    encoders: Sequence[OpenClipEncoder],
+    encoders: Sequence[Encoder],
     *,
     workers: int,
     max_pixels: int,
@@ -92,7 +94,7 @@ def _decoded_in_order(
 def embed_assets(
     refs: Sequence[AssetRef],
     *,
-    encoders: Sequence[OpenClipEncoder],
+    encoders: Sequence[Encoder],
     store: VectorStore,
     session_factory: sessionmaker[Session],
     batch_size: int,
@@ -130,7 +132,7 @@ def embed_assets(
 def _flush(
     batch: list[_Decoded],
     failed: list[_Decoded],
-    encoders: Sequence[OpenClipEncoder],
+    encoders: Sequence[Encoder],
     store: VectorStore,
     session_factory: sessionmaker[Session],
     result: PipelineResult,
@@ -142,19 +144,20 @@ def _flush(
     if batch:
         started = time.perf_counter()
         for enc in encoders:
-            stacked = torch.stack([d.tensors[enc.spec.key] for d in batch if d.tensors])
-            vectors = enc.encode_preprocessed(stacked)
+            vectors = enc.encode_preprocessed([d.tensors[enc.spec.key] for d in batch if d.tensors])
             vectors_by_key[enc.spec.key] = vectors
         result.encode_seconds += time.perf_counter() - started
         for enc in encoders:
             points = []
             for d, vec in zip(batch, vectors_by_key[enc.spec.key], strict=True):
                 assert d.meta is not None
-                points.append(VectorPoint(id=d.ref.id, vector=vec, payload=_payload(d)))
+                points.append(
+                    VectorPoint(id=d.ref.id, vector=vec, payload=point_payload(d.ref.id, d.meta))
+                )
             store.upsert(enc.spec.collection, points)
     # The vectors are stored before the DB says "done": a crash in between leaves
     # "pending", which the next run redoes (upserts are idempotent by asset id).
-    with session_factory() as session:
+    with session_scope(session_factory) as session:
         for d in batch:
             assert d.meta is not None
             repo.record_metadata(session, d.ref.id, d.meta)
@@ -165,20 +168,8 @@ def _flush(
             repo.record_unreadable(session, d.ref.id, d.error)
             for enc in encoders:
                 repo.mark_embedding_failed(session, d.ref.id, enc.spec, d.error)
-        session.commit()
     result.done += len(batch)
     result.failed += len(failed)
     result.failures.extend((d.ref.id, d.error or "") for d in failed)
     if on_progress:
         on_progress(len(batch) + len(failed))
-
-
-def _payload(d: _Decoded) -> dict[str, object]:
-    assert d.meta is not None
-    return {
-        "asset_id": str(d.ref.id),
-        "format": d.meta.format,
-        "taken_ts": payload_timestamp(d.meta.taken_at),
-        "width": d.meta.width,
-        "height": d.meta.height,
-    }

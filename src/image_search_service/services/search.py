@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -12,13 +11,14 @@ from typing import Any
 from uuid import UUID
 
 import numpy as np
+from cachetools import LRUCache
 
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import AssetNotFound, InvalidRequest
+from image_search_service.core.specs import ModelSpec
 from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetStatus
-from image_search_service.encoders.base import FloatArray
-from image_search_service.encoders.openclip import OpenClipEncoder
+from image_search_service.encoders.base import Encoder, FloatArray
 from image_search_service.images.loading import load_image
 from image_search_service.services.context import ServiceContext
 from image_search_service.vector.base import SearchFilter
@@ -97,27 +97,24 @@ class TextEmbeddingCache:
     """A small LRU of query embeddings per model: repeated queries skip the encoder."""
 
     def __init__(self, size: int = 512) -> None:
-        self._size = size
-        self._data: OrderedDict[tuple[str, str], FloatArray] = OrderedDict()
+        self._data: LRUCache[tuple[ModelSpec, str], FloatArray] = LRUCache(maxsize=size)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, encoder: OpenClipEncoder, text: str) -> FloatArray:
-        key = (repr(encoder.spec), text)
+    def get(self, encoder: Encoder, text: str) -> FloatArray:
+        key = (encoder.spec, text)
         with self._lock:
-            cached = self._data.get(key)
+            cached: FloatArray | None = self._data.get(key)
             if cached is not None:
-                self._data.move_to_end(key)
                 self.hits += 1
                 return cached
+        # Encoded outside the lock: a slow forward pass must not block cache hits.
         vector: FloatArray = encoder.encode_text([text])[0]
         vector.setflags(write=False)
         with self._lock:
             self.misses += 1
             self._data[key] = vector
-            while len(self._data) > self._size:
-                self._data.popitem(last=False)
         return vector
 
 
@@ -135,7 +132,7 @@ class SearchService:
         options.validate()
         started = time.perf_counter()
         # A missing or mismatched collection is reported before paying for a model load.
-        self.ctx.store.verify_collection(self.ctx.collection_spec(model))
+        self.ctx.verify_collection(model)
         encoder = self.ctx.encoder(model)
         vector = self.text_cache.get(encoder, text)
         return self._search(vector, model=model, options=options, started=started, text=True)
@@ -145,6 +142,7 @@ class SearchService:
     ) -> SearchOutcome:
         options.validate()
         started = time.perf_counter()
+        self.ctx.verify_collection(model)
         encoder = self.ctx.encoder(model)
         loaded = load_image(
             source, max_pixels=self.ctx.settings.max_image_pixels, min_side=encoder.image_size
@@ -158,11 +156,11 @@ class SearchService:
         options.validate()
         started = time.perf_counter()
         collection = self.ctx.spec(model).collection
-        with self.ctx.session_factory() as session:
+        with self.ctx.transaction() as session:
             asset = repo.get_asset(session, asset_id)
             if asset is None or asset.status == AssetStatus.MISSING:
                 raise AssetNotFound(f"asset {asset_id} not found")
-        self.ctx.store.verify_collection(self.ctx.collection_spec(model))
+        self.ctx.verify_collection(model)
         stored = self.ctx.store.retrieve_vectors(collection, [asset_id]).get(asset_id)
         if stored is None:
             raise AssetNotFound(
@@ -193,7 +191,6 @@ class SearchService:
         text: bool = False,
     ) -> SearchOutcome:
         spec = self.ctx.spec(model)
-        self.ctx.store.verify_collection(self.ctx.collection_spec(model))
         hits = self.ctx.store.search(
             spec.collection,
             vector.astype(np.float32),
@@ -203,7 +200,7 @@ class SearchService:
             min_score=options.min_score,
         )
         encoder = self.ctx.encoder(model) if text else None
-        with self.ctx.session_factory() as session:
+        with self.ctx.transaction() as session:
             assets = repo.get_assets(session, [h.id for h in hits])
         results = []
         for hit in hits:

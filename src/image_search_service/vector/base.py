@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -13,23 +13,25 @@ import numpy.typing as npt
 
 from image_search_service.core.errors import ModelMismatch
 from image_search_service.core.specs import ModelIdentity
+from image_search_service.vector.schema import DISTANCE, QUANTIZATION, CollectionSpec
 
 Vector = npt.NDArray[np.float32]
-QUANTIZATION_QUANTILE = 0.99
 
 
 @dataclass(frozen=True)
-class CollectionSpec:
-    """How a collection is made: cosine, HNSW, INT8 scalar quantization, model stamp."""
+class StoreCapabilities:
+    """What a store really does with the collection recipe, so callers ask instead of
+    checking which adapter they hold."""
 
-    name: str
-    identity: ModelIdentity
-    hnsw_m: int = 16
-    hnsw_ef_construct: int = 100
-
-    @property
-    def dim(self) -> int:
-        return self.identity.dim
+    # INT8 quantization and HNSW are applied, not just accepted (qdrant-client's
+    # in-process mode accepts both and searches by brute force).
+    applies_index_config: bool
+    # Payload filters run on server-side payload indexes.
+    payload_indexes: bool
+    # Several processes may open it at once (a server); embedded stores lock one process.
+    shared: bool
+    # The HNSW graph is built only when optimize() is called (Qdrant Edge).
+    indexes_on_optimize: bool
 
 
 @dataclass(frozen=True)
@@ -54,16 +56,21 @@ class CollectionInfo:
             "model_identity": self.identity.as_dict() if self.identity else None,
         }
 
-    def mismatches(self, spec: CollectionSpec) -> list[str]:
-        """What differs from the settings (empty when the collection matches)."""
+    def mismatches(self, spec: CollectionSpec, capabilities: StoreCapabilities) -> list[str]:
+        """What differs from the settings (empty when the collection matches); index
+        settings a store does not apply are not compared."""
         problems = []
         if self.identity != spec.identity:
             found = self.identity.describe() if self.identity else "no model stamp"
             problems.append(f"filled by {found}, configured {spec.identity.describe()}")
         if self.dim != spec.dim:
             problems.append(f"dimension {self.dim}, configured {spec.dim}")
-        if self.quantization != "int8":
-            problems.append(f"quantization {self.quantization}, expected int8")
+        if self.distance != DISTANCE:
+            problems.append(f"distance {self.distance}, expected {DISTANCE}")
+        if not capabilities.applies_index_config:
+            return problems
+        if self.quantization != QUANTIZATION:
+            problems.append(f"quantization {self.quantization}, expected {QUANTIZATION}")
         if (self.hnsw_m, self.hnsw_ef_construct) != (spec.hnsw_m, spec.hnsw_ef_construct):
             problems.append(
                 f"HNSW m={self.hnsw_m} ef_construct={self.hnsw_ef_construct}, "
@@ -115,6 +122,9 @@ class VectorStore(Protocol):
 
     kind: str
 
+    @property
+    def capabilities(self) -> StoreCapabilities: ...
+
     def ensure_collection(self, spec: CollectionSpec) -> bool:
         """Create the collection if missing (returns True) or verify its model stamp."""
         ...
@@ -123,10 +133,13 @@ class VectorStore(Protocol):
         """Cheap existence check (no point count)."""
         ...
 
-    def collection_info(self, name: str) -> CollectionInfo | None: ...
+    def collection_stamp(self, name: str) -> ModelIdentity | None:
+        """The model stamp (None: unstamped); CollectionMissing if there is no collection.
+        One round trip on a server: what a search checks before it runs."""
+        ...
 
-    def verify_collection(self, spec: CollectionSpec) -> None:
-        """Raise CollectionMissing or ModelMismatch unless the collection fits the spec."""
+    def collection_info(self, name: str) -> CollectionInfo | None:
+        """Everything status shows, point count included; None if there is no collection."""
         ...
 
     def drop_collection(self, name: str) -> bool: ...
@@ -153,16 +166,13 @@ class VectorStore(Protocol):
     def count(self, name: str) -> int: ...
 
     def optimize(self, name: str) -> None:
-        """Build indexes after bulk writes (Edge indexes only when asked)."""
+        """After bulk writes: build what the store builds only when asked (see
+        ``capabilities.indexes_on_optimize``); a no-op elsewhere."""
         ...
 
     def close(self) -> None: ...
 
 
-def payload_timestamp(value: datetime | None) -> float | None:
-    """Capture times are stored as epoch seconds; naive EXIF times are read as UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
+def verify_collection(store: VectorStore, spec: CollectionSpec) -> None:
+    """Raise CollectionMissing or ModelMismatch unless the collection fits the spec."""
+    check_identity(spec.name, store.collection_stamp(spec.name), spec.identity)

@@ -2,17 +2,16 @@
 
 Edge has no collection metadata, so the model stamp and creation settings live in
 ``collection.json`` beside the shard. A shard may be open in one process only, so
-the whole store holds an exclusive file lock while open.
+the whole store holds an exclusive file lock while open (its holder's pid is written
+beside it, for the message another process gets).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from uuid import UUID
 
 import numpy as np
 import qdrant_edge as qe
+from filelock import FileLock, Timeout
 
 from image_search_service.core.errors import (
     CollectionMissing,
@@ -28,14 +28,22 @@ from image_search_service.core.errors import (
 )
 from image_search_service.core.specs import ModelIdentity
 from image_search_service.vector.base import (
-    QUANTIZATION_QUANTILE,
     CollectionInfo,
-    CollectionSpec,
     SearchFilter,
+    StoreCapabilities,
     Vector,
     VectorHit,
     VectorPoint,
     check_identity,
+)
+from image_search_service.vector.schema import (
+    DISTANCE,
+    FULL_SCAN_THRESHOLD,
+    QUANTIZATION,
+    QUANTIZATION_ALWAYS_RAM,
+    QUANTIZATION_QUANTILE,
+    CollectionSpec,
+    PayloadField,
     payload_timestamp,
 )
 
@@ -47,12 +55,15 @@ _SCROLL_PAGE = 1024
 
 class EdgeVectorStore:
     kind = "embedded"
+    capabilities = StoreCapabilities(
+        applies_index_config=True, payload_indexes=False, shared=False, indexes_on_optimize=True
+    )
 
     def __init__(self, root: Path, *, oversampling: float = 2.0, lock_timeout_s: float = 10.0):
         self.root = root
         self.oversampling = oversampling
         root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _acquire_lock(root / _LOCK_FILE, lock_timeout_s)
+        self._lock: FileLock | None = _acquire_lock(root / _LOCK_FILE, lock_timeout_s)
         self._shards: dict[str, qe.EdgeShard] = {}
         self._mutex = threading.RLock()
 
@@ -95,18 +106,22 @@ class EdgeVectorStore:
             config = qe.EdgeConfig(
                 vectors=qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine),
                 hnsw_config=qe.HnswIndexConfig(
-                    m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct, full_scan_threshold=10_000
+                    m=spec.hnsw_m,
+                    ef_construct=spec.hnsw_ef_construct,
+                    full_scan_threshold=FULL_SCAN_THRESHOLD,
                 ),
                 quantization_config=qe.ScalarQuantizationConfig(
-                    type=qe.ScalarType.Int8, quantile=QUANTIZATION_QUANTILE, always_ram=True
+                    type=qe.ScalarType.Int8,
+                    quantile=QUANTIZATION_QUANTILE,
+                    always_ram=QUANTIZATION_ALWAYS_RAM,
                 ),
             )
             self._shards[spec.name] = qe.EdgeShard.create(str(shard_dir), config)
             meta = {
                 "model": spec.identity.as_dict(),
                 "dim": spec.dim,
-                "distance": "cosine",
-                "quantization": "int8",
+                "distance": DISTANCE,
+                "quantization": QUANTIZATION,
                 "quantile": QUANTIZATION_QUANTILE,
                 "hnsw": {"m": spec.hnsw_m, "ef_construct": spec.hnsw_ef_construct},
             }
@@ -128,17 +143,17 @@ class EdgeVectorStore:
             identity=ModelIdentity.from_dict(meta["model"]),
             points=self.count(name),
             dim=int(meta["dim"]),
-            distance=str(meta.get("distance", "cosine")),
+            distance=str(meta.get("distance", DISTANCE)),
             quantization=meta.get("quantization"),
             hnsw_m=hnsw.get("m"),
             hnsw_ef_construct=hnsw.get("ef_construct"),
         )
 
-    def verify_collection(self, spec: CollectionSpec) -> None:
-        meta = self._meta(spec.name)
+    def collection_stamp(self, name: str) -> ModelIdentity | None:
+        meta = self._meta(name)
         if meta is None:
-            raise CollectionMissing(f"collection {spec.name!r} does not exist")
-        check_identity(spec.name, ModelIdentity.from_dict(meta["model"]), spec.identity)
+            raise CollectionMissing(f"collection {name!r} does not exist")
+        return ModelIdentity.from_dict(meta["model"])
 
     def drop_collection(self, name: str) -> bool:
         with self._mutex:
@@ -248,31 +263,28 @@ class EdgeVectorStore:
             for shard in self._shards.values():
                 shard.close()
             self._shards.clear()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # closing releases the flock
-                self._lock_fd = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
 
-def _acquire_lock(path: Path, timeout_s: float) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout_s
-    while True:
+def _acquire_lock(path: Path, timeout_s: float) -> FileLock:
+    lock = FileLock(path, timeout=timeout_s, thread_local=False)
+    pid_file = path.with_name(path.name + ".pid")
+    try:
+        lock.acquire()
+    except Timeout:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise VectorStoreLocked(
-                    f"the embedded vector store at {path.parent} is in use by another process "
-                    f"(pid {holder}). Stop that process (or wait for it), or set QDRANT_URL to a "
-                    "Qdrant server so several processes can share the vectors."
-                ) from None
-            time.sleep(0.2)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
+            holder = pid_file.read_text().strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        raise VectorStoreLocked(
+            f"the embedded vector store at {path.parent} is in use by another process "
+            f"(pid {holder}). Stop that process (or wait for it), or set QDRANT_URL to a "
+            "Qdrant server so several processes can share the vectors."
+        ) from None
+    pid_file.write_text(str(os.getpid()))
+    return lock
 
 
 def _edge_filter(search_filter: SearchFilter | None) -> qe.Filter | None:
@@ -280,11 +292,13 @@ def _edge_filter(search_filter: SearchFilter | None) -> qe.Filter | None:
         return None
     must: list[Any] = []
     if search_filter.format:
-        must.append(qe.FieldCondition(key="format", match=qe.MatchValue(search_filter.format)))
+        must.append(
+            qe.FieldCondition(key=PayloadField.FORMAT, match=qe.MatchValue(search_filter.format))
+        )
     if search_filter.taken_after or search_filter.taken_before:
         must.append(
             qe.FieldCondition(
-                key="taken_ts",
+                key=PayloadField.TAKEN_TS,
                 range=qe.RangeFloat(
                     gte=payload_timestamp(search_filter.taken_after),
                     lt=payload_timestamp(search_filter.taken_before),

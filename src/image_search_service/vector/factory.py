@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from image_search_service.core.config import ModelKey, Settings
-from image_search_service.core.specs import model_spec
-from image_search_service.vector.base import CollectionSpec, VectorStore
+from image_search_service.core.config import Settings
+from image_search_service.vector.base import VectorStore
 
 
 def open_vector_store(settings: Settings) -> VectorStore:
@@ -23,14 +22,4 @@ def open_vector_store(settings: Settings) -> VectorStore:
         settings.qdrant_dir,
         oversampling=settings.search_oversampling,
         lock_timeout_s=settings.embedded_lock_timeout_s,
-    )
-
-
-def collection_spec(settings: Settings, key: ModelKey) -> CollectionSpec:
-    spec = model_spec(settings, key)
-    return CollectionSpec(
-        name=spec.collection,
-        identity=spec.identity,
-        hnsw_m=settings.hnsw_m,
-        hnsw_ef_construct=settings.hnsw_ef_construct,
     )

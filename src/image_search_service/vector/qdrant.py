@@ -25,14 +25,22 @@ from image_search_service.core.errors import (
 )
 from image_search_service.core.specs import ModelIdentity
 from image_search_service.vector.base import (
-    QUANTIZATION_QUANTILE,
     CollectionInfo,
-    CollectionSpec,
     SearchFilter,
+    StoreCapabilities,
     Vector,
     VectorHit,
     VectorPoint,
     check_identity,
+)
+from image_search_service.vector.schema import (
+    FLOAT_INDEXES,
+    KEYWORD_INDEXES,
+    QUANTIZATION,
+    QUANTIZATION_ALWAYS_RAM,
+    QUANTIZATION_QUANTILE,
+    CollectionSpec,
+    PayloadField,
     payload_timestamp,
 )
 
@@ -49,7 +57,12 @@ class QdrantServerStore:
         self.client = client
         self.oversampling = oversampling
         # In-process mode is brute force: payload indexes and search params do nothing there.
-        self.local = local
+        self.capabilities = StoreCapabilities(
+            applies_index_config=not local,
+            payload_indexes=not local,
+            shared=not local,
+            indexes_on_optimize=False,
+        )
 
     @classmethod
     def connect(
@@ -80,14 +93,21 @@ class QdrantServerStore:
     def _exists(self, name: str) -> bool:
         return self._call(lambda: self.client.collection_exists(name))
 
-    def _stamp(self, name: str) -> ModelIdentity | None:
-        info = self._call(lambda: self.client.get_collection(name))
-        model = (info.config.metadata or {}).get("model")
+    def _get(self, name: str) -> qm.CollectionInfo:
+        """One round trip; a missing collection is CollectionMissing (404 on a server,
+        ValueError in local mode)."""
+        try:
+            return self._call(lambda: self.client.get_collection(name))
+        except ValueError as exc:
+            raise CollectionMissing(f"collection {name!r} does not exist") from exc
+
+    def collection_stamp(self, name: str) -> ModelIdentity | None:
+        model = (self._get(name).config.metadata or {}).get("model")
         return ModelIdentity.from_dict(model) if isinstance(model, dict) else None
 
     def ensure_collection(self, spec: CollectionSpec) -> bool:
         if self._exists(spec.name):
-            check_identity(spec.name, self._stamp(spec.name), spec.identity)
+            check_identity(spec.name, self.collection_stamp(spec.name), spec.identity)
             return False
         self._call(
             lambda: self.client.create_collection(
@@ -96,18 +116,20 @@ class QdrantServerStore:
                 hnsw_config=qm.HnswConfigDiff(m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct),
                 quantization_config=qm.ScalarQuantization(
                     scalar=qm.ScalarQuantizationConfig(
-                        type=qm.ScalarType.INT8, quantile=QUANTIZATION_QUANTILE, always_ram=True
+                        type=qm.ScalarType.INT8,
+                        quantile=QUANTIZATION_QUANTILE,
+                        always_ram=QUANTIZATION_ALWAYS_RAM,
                     )
                 ),
                 metadata={"model": spec.identity.as_dict()},
             )
         )
-        if self.local:
+        if not self.capabilities.payload_indexes:
             return True
-        for field_name, schema in (
-            ("format", qm.PayloadSchemaType.KEYWORD),
-            ("taken_ts", qm.PayloadSchemaType.FLOAT),
-        ):
+        for field_name, schema in [
+            *((f, qm.PayloadSchemaType.KEYWORD) for f in KEYWORD_INDEXES),
+            *((f, qm.PayloadSchemaType.FLOAT) for f in FLOAT_INDEXES),
+        ]:
             self._call(
                 lambda f=field_name, s=schema: self.client.create_payload_index(  # type: ignore[misc]
                     spec.name, field_name=f, field_schema=s
@@ -119,14 +141,15 @@ class QdrantServerStore:
         return self._exists(name)
 
     def collection_info(self, name: str) -> CollectionInfo | None:
-        if not self._exists(name):
+        try:
+            info = self._get(name)
+        except CollectionMissing:
             return None
-        info = self._call(lambda: self.client.get_collection(name))
         vectors = info.config.params.vectors
         assert isinstance(vectors, qm.VectorParams)
         quant = info.config.quantization_config
         quant_name = (
-            "int8"
+            QUANTIZATION
             if isinstance(quant, qm.ScalarQuantization) and quant.scalar.type == qm.ScalarType.INT8
             else (type(quant).__name__ if quant is not None else None)
         )
@@ -141,11 +164,6 @@ class QdrantServerStore:
             hnsw_m=info.config.hnsw_config.m,
             hnsw_ef_construct=info.config.hnsw_config.ef_construct,
         )
-
-    def verify_collection(self, spec: CollectionSpec) -> None:
-        if not self._exists(spec.name):
-            raise CollectionMissing(f"collection {spec.name!r} does not exist")
-        check_identity(spec.name, self._stamp(spec.name), spec.identity)
 
     def drop_collection(self, name: str) -> bool:
         return bool(self._call(lambda: self.client.delete_collection(name)))
@@ -196,7 +214,9 @@ class QdrantServerStore:
                 query_filter=_qdrant_filter(search_filter),
                 score_threshold=min_score,
                 with_payload=False,
-                search_params=None if self.local else self._search_params,
+                search_params=(
+                    self._search_params if self.capabilities.applies_index_config else None
+                ),
             )
         )
         return [VectorHit(id=UUID(str(p.id)), score=float(p.score)) for p in response.points]
@@ -262,12 +282,14 @@ def _qdrant_filter(search_filter: SearchFilter | None) -> qm.Filter | None:
     must: list[qm.Condition] = []
     if search_filter.format:
         must.append(
-            qm.FieldCondition(key="format", match=qm.MatchValue(value=search_filter.format))
+            qm.FieldCondition(
+                key=PayloadField.FORMAT, match=qm.MatchValue(value=search_filter.format)
+            )
         )
     if search_filter.taken_after or search_filter.taken_before:
         must.append(
             qm.FieldCondition(
-                key="taken_ts",
+                key=PayloadField.TAKEN_TS,
                 range=qm.Range(
                     gte=payload_timestamp(search_filter.taken_after),
                     lt=payload_timestamp(search_filter.taken_before),

@@ -1,22 +1,31 @@
-"""``/api/v1/admin``: what operators look at while rolling a model out."""
+"""``/api/v1/admin``: what operators look at and start while rolling a model out."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from image_search_service.api.deps import RequireApiKey, RouterDep, ServicesDep
-from image_search_service.api.errors import error_responses
+from image_search_service.api.deps import RequireApiKey, RequireJson, RouterDep, ServicesDep
+from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
-from image_search_service.api.schemas import RolloutOut
+from image_search_service.api.schemas import (
+    ReembedProgressOut,
+    ReembedRequest,
+    ReembedSubmissionOut,
+    RolloutOut,
+)
+from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
     DatabaseUnavailable,
     InvalidRequest,
+    ModelMismatch,
     Unauthorized,
     VectorStoreUnavailable,
 )
+from image_search_service.jobs.queue import QueueUnavailable
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, clean_user_id
+from image_search_service.services.migration import submit_reembed
 from image_search_service.services.reembed import reembed_progress
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireApiKey])
@@ -47,8 +56,38 @@ def rollout(
 def reembed(
     services: ServicesDep,
     target: Annotated[
-        Literal["clip", "siglip"] | None,
+        ModelKey | None,
         Query(description="the model being migrated to (default: the one with most left)"),
     ] = None,
-) -> dict[str, Any]:
-    return reembed_progress(services.ctx, target=target)
+) -> ReembedProgressOut:
+    return ReembedProgressOut.model_validate(
+        reembed_progress(services.ctx, target=target).as_dict()
+    )
+
+
+@router.post(
+    "/reembed",
+    status_code=202,
+    summary="Start re-embedding the library with a model (RQ jobs, or a run in this server)",
+    dependencies=[RequireJson],
+    responses=error_responses(
+        Unauthorized,
+        InvalidRequest,
+        ModelMismatch,
+        UnsupportedMediaType,
+        DatabaseUnavailable,
+        VectorStoreUnavailable,
+        QueueUnavailable,
+    ),
+)
+def start_reembed(services: ServicesDep, body: ReembedRequest) -> ReembedSubmissionOut:
+    submission = submit_reembed(
+        services.ctx,
+        body.model,
+        force=body.force,
+        only_failed=body.only_failed,
+        job_size=body.job_size,
+        background=True,
+    )
+    services.router.invalidate()
+    return ReembedSubmissionOut.model_validate(submission.as_dict())

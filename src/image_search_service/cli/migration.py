@@ -1,8 +1,8 @@
-"""CLI commands for collections, re-embedding and workers (registered by cli.py).
+"""Commands for model collections and migration: create-collection, reembed, worker.
 
-``reembed`` picks its runner from the settings: RQ when ``REDIS_URL`` and ``QDRANT_URL``
-are set (workers elsewhere do the work), otherwise the in-process runner, here, with a
-progress bar. The job body is the same either way.
+``reembed`` picks its runner from the settings (see :mod:`services.migration`): RQ when
+``REDIS_URL`` and ``QDRANT_URL`` are set (workers elsewhere do the work), otherwise the
+in-process runner, here, with a progress bar. The job body is the same either way.
 """
 
 from __future__ import annotations
@@ -11,66 +11,42 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import redis
 
+from image_search_service.cli.common import (
+    FAILURES_SHOWN,
+    MODEL_CHOICE,
+    ProgressBar,
+    describe_eta,
+    echo_json,
+    opened_context,
+)
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings, load_settings
 from image_search_service.core.errors import VectorStoreLocked
 from image_search_service.core.specs import model_spec
-from image_search_service.db.session import make_engine, make_session_factory, upgrade_database
-from image_search_service.services.context import ServiceContext, open_context
 
-MODEL_CHOICE = click.Choice(list(MODEL_KEYS))
-_FAILURES_SHOWN = 20
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    from image_search_service.services.context import ServiceContext
+    from image_search_service.services.reembed import ReembedProgress
 
 
 @contextmanager
-def _opened(settings: Settings) -> Iterator[ServiceContext]:
-    ctx = open_context(settings)
-    try:
-        yield ctx
-    finally:
-        ctx.close()
+def redis_errors(redis_url: str | None) -> Iterator[None]:
+    """A Redis failure mid-command is one clear line naming REDIS_URL (no password)."""
+    import redis
 
-
-@contextmanager
-def _redis_errors() -> Iterator[None]:
     from image_search_service.jobs.queue import QueueUnavailable, redact
 
     try:
         yield
     except redis.exceptions.RedisError as exc:
-        url = redact(os.environ.get("REDIS_URL", ""))
-        raise QueueUnavailable(f"Redis error (REDIS_URL={url}): {exc}") from exc
-
-
-def _progress_bar(total: int, label: str) -> tuple[Callable[[int], None] | None, Any]:
-    if not sys.stderr.isatty() or total == 0:
-        return None, None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr)
-
-    def tick(n: int) -> None:
-        bar.update(n)
-
-    return tick, bar
-
-
-def _describe_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown (no recent progress)"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+        raise QueueUnavailable(f"Redis error (REDIS_URL={redact(redis_url or '')}): {exc}") from exc
 
 
 # -- create-collection ---------------------------------------------------------------
@@ -98,15 +74,15 @@ def create_collection(
     if dry_run:
         plan = svc.planned_collection(settings, key)
         if as_json:
-            _echo_json({"dry_run": True, **plan})
+            echo_json({"dry_run": True, **plan})
         else:
             _print_plan(plan)
         return
-    with _opened(settings) as ctx:
+    with opened_context(settings) as ctx:
         if drop:
             result = _drop(ctx, key, yes=yes)
             if as_json:
-                _echo_json(result)
+                echo_json(result)
             elif result["dropped"]:
                 click.echo(
                     f"dropped collection {result['collection']!r} ({result['points_removed']} "
@@ -120,7 +96,7 @@ def create_collection(
         else:
             data = svc.create_collection(ctx, key)
     if as_json:
-        _echo_json(data)
+        echo_json(data)
     else:
         _print_check(data)
     if not data["ok"]:
@@ -261,112 +237,56 @@ def _submit(
     in_process: bool,
     as_json: bool,
 ) -> None:
-    from image_search_service.services.reembed import plan_asset_ids, reset_failed
+    from image_search_service.services.migration import submit_reembed
 
     settings = load_settings()
-    use_rq = bool(settings.redis_url) and not in_process
-    if use_rq and not settings.qdrant_url:
-        click.echo(
-            "note: REDIS_URL is set but the vector store is embedded (QDRANT_URL unset); a "
-            "worker in another process could not open it, so the jobs run here.",
-            err=True,
+    with (
+        redis_errors(settings.redis_url),
+        opened_context(settings) as ctx,
+        ProgressBar(f"re-embedding with {key}") as bar,
+    ):
+        sub = submit_reembed(
+            ctx,
+            key,
+            force=force,
+            only_failed=only_failed,
+            job_size=job_size,
+            runner="in-process" if in_process else "auto",
+            progress=bar.start,
         )
-        use_rq = False
-    with _opened(settings) as ctx:
-        if ctx.store.ensure_collection(ctx.collection_spec(key)):
-            click.echo(f"created collection {ctx.spec(key).collection!r}", err=True)
-        spec = ctx.spec(key)
-        with ctx.session_factory() as session:
-            ids = plan_asset_ids(session, spec, force=force, only_failed=only_failed)
-            if only_failed:
-                reset_failed(session, spec, ids)  # counted as pending again, not failed
-                session.commit()
-        if use_rq:
-            _enqueue(
-                settings,
-                key,
-                ids,
-                job_size=job_size,
-                force=force,
-                only_failed=only_failed,
-                as_json=as_json,
+    if as_json:
+        echo_json(sub.as_dict())
+    if sub.created_collection and not as_json:
+        click.echo(f"created collection {ctx.spec(key).collection!r}", err=True)
+    if sub.note and not as_json:
+        click.echo(f"note: {sub.note}", err=True)
+    if sub.enqueued is not None:
+        if not as_json:
+            report = sub.enqueued
+            click.echo(
+                f"queued {report.enqueued_assets} assets in {report.jobs} jobs on RQ queue "
+                f"{report.queue!r} ({report.already_queued} were already queued) - run "
+                "`image-search worker`; watch with `image-search reembed status --watch`"
             )
-        else:
-            _run_here(ctx, key, ids, job_size=job_size, force=force, as_json=as_json)
-
-
-def _enqueue(
-    settings: Settings,
-    key: ModelKey,
-    ids: list[Any],
-    *,
-    job_size: int,
-    force: bool,
-    only_failed: bool,
-    as_json: bool,
-) -> None:
-    from image_search_service.jobs.queue import (
-        clear_failed_jobs,
-        connect,
-        enqueue_reembed,
-        reembed_queue,
-    )
-
-    assert settings.redis_url
-    with _redis_errors():
-        connection = connect(settings.redis_url)
-        try:
-            queue = reembed_queue(connection)
-            if only_failed:
-                clear_failed_jobs(queue, key)
-            report = enqueue_reembed(queue, key, ids, job_size=job_size, force=force)
-        finally:
-            connection.close()
-    if as_json:
-        _echo_json({"runner": "rq", **report.as_dict()})
         return
-    click.echo(
-        f"queued {report.enqueued_assets} assets in {report.jobs} jobs on RQ queue "
-        f"{report.queue!r} ({report.already_queued} were already queued) - run "
-        "`image-search worker`; watch with `image-search reembed status --watch`"
-    )
-
-
-def _run_here(
-    ctx: ServiceContext,
-    key: ModelKey,
-    ids: list[Any],
-    *,
-    job_size: int,
-    force: bool,
-    as_json: bool,
-) -> None:
-    from image_search_service.jobs.runner import run_in_process
-
-    tick, bar = _progress_bar(len(ids), f"re-embedding with {key}")
-    try:
-        report = run_in_process(ctx, key, ids, job_size=job_size, force=force, on_progress=tick)
-    finally:
-        if bar is not None:
-            bar.close()
-    if as_json:
-        _echo_json({"runner": "in-process", **report.as_dict()})
-    else:
+    run = sub.run
+    assert run is not None
+    if not as_json:
         click.echo(
-            f"re-embedded {report.done} assets with {key}, {report.failed} failed, "
-            f"{report.skipped} skipped, in {report.seconds:.1f}s "
-            f"({report.images_per_second:.1f} images/s)"
+            f"re-embedded {run.done} assets with {key}, {run.failed} failed, "
+            f"{run.skipped} skipped, in {run.seconds:.1f}s "
+            f"({run.images_per_second:.1f} images/s)"
         )
-        for failure in report.failures[:_FAILURES_SHOWN]:
+        for failure in run.failures[:FAILURES_SHOWN]:
             click.echo(f"  failed: {failure['path']}: {failure['error']}", err=True)
-        if report.failed:
+        if run.failed:
             click.echo(
                 f"  see `image-search reembed status`; retry with "
                 f"`image-search reembed retry-failed --to {key}`",
                 err=True,
             )
-    if report.aborted:
-        click.echo(f"error: stopped early: {report.aborted}; run it again to resume", err=True)
+    if run.aborted:
+        click.echo(f"error: stopped early: {run.aborted}; run it again to resume", err=True)
         sys.exit(1)
 
 
@@ -380,7 +300,13 @@ def status(
     cctx: click.Context, key: ModelKey | None, watch: bool, interval: float, as_json: bool
 ) -> None:
     """Progress - total, done, failed, rate, ETA - and the failed assets with reasons."""
-    from image_search_service.services.reembed import failed_assets
+    from image_search_service.db import repository as repo
+    from image_search_service.db.session import (
+        make_engine,
+        make_session_factory,
+        session_scope,
+        upgrade_database,
+    )
 
     settings = load_settings()
     key = key or (cctx.obj or {}).get("target")
@@ -388,25 +314,38 @@ def status(
     try:
         upgrade_database(engine)
         session_factory = make_session_factory(engine)
-        if not watch:
-            data = _read_progress(settings, session_factory, key)
-            spec = model_spec(settings, data["target"])
-            with session_factory() as session:
-                items, count = failed_assets(session, spec, limit=_FAILURES_SHOWN)
-            data["failures"] = {"model": data["target"], "count": count, "items": items}
-            if as_json:
-                _echo_json(data)
-            else:
-                _print_progress(data)
+        if watch:
+            _watch(settings, session_factory, key, interval=interval, as_json=as_json)
             return
-        _watch(settings, session_factory, key, interval=interval, as_json=as_json)
+        progress = _read_progress(settings, session_factory, key)
+        spec = model_spec(settings, progress.target)
+        with session_scope(session_factory) as session:
+            items, count = repo.failed_embeddings(session, spec, limit=FAILURES_SHOWN)
+        failures = {
+            "model": progress.target,
+            "count": count,
+            "items": [
+                {
+                    "asset_id": str(i.asset_id),
+                    "path": i.path,
+                    "error": i.error,
+                    "attempts": i.attempts,
+                }
+                for i in items
+            ],
+        }
+        if as_json:
+            echo_json({**progress.as_dict(), "failures": failures})
+        else:
+            _print_progress(progress)
+            _print_failures(failures)
     finally:
         engine.dispose()
 
 
 def _read_progress(
-    settings: Settings, session_factory: Any, key: ModelKey | None
-) -> dict[str, Any]:
+    settings: Settings, session_factory: sessionmaker[Session], key: ModelKey | None
+) -> ReembedProgress:
     """One reading. The vector store is opened only for the reading, and an embedded store
     in use by another process (the API, a running `reembed`) is skipped, not waited for:
     the counts come from the DB either way."""
@@ -420,103 +359,90 @@ def _read_progress(
     except VectorStoreLocked as exc:
         note = f"vector store not read: {exc.detail}"
     try:
-        data = collect_progress(
+        return collect_progress(
             session_factory=session_factory,
             specs={k: model_spec(settings, k) for k in MODEL_KEYS},
             store=store,
             redis_url=settings.redis_url,
             target=key,
+            note=note,
         )
     finally:
         if store is not None:
             store.close()
-    data["note"] = note
-    return data
 
 
-def _print_progress(data: dict[str, Any]) -> None:
-    eta = _describe_eta(data["eta_seconds"]) if data["pending"] else "-"
+def _print_progress(progress: ReembedProgress, *, per_model: bool = True) -> None:
+    head = progress.headline
+    eta = describe_eta(head.eta_seconds) if head.pending else "-"
     click.echo(
-        f"re-embedding with {data['target']}: {data['done']}/{data['total']} done, "
-        f"{data['failed']} failed, {data['pending']} pending - coverage {data['coverage']:.1%}, "
-        f"rate {data['rate']:.2f} assets/s, ETA {eta}"
-        + ("  (complete)" if data["complete"] else "")
+        f"re-embedding with {progress.target}: {head.done}/{head.total} done, "
+        f"{head.failed} failed, {head.pending} pending - coverage {head.coverage.ratio:.1%}, "
+        f"rate {head.rate:.2f} assets/s, ETA {eta}" + ("  (complete)" if progress.complete else "")
     )
-    for key, entry in data["models"].items():
-        points = "?" if entry["points"] is None else entry["points"]
-        exists = {True: "", False: " (no collection)", None: ""}[entry["collection_exists"]]
+    if not per_model:
+        return
+    for key, entry in progress.models.items():
+        points = "?" if entry.points is None else entry.points
+        exists = " (no collection)" if entry.collection_exists is False else ""
         click.echo(
-            f"  {key:7s} {entry['collection']}{exists}: {entry['done']} done, "
-            f"{entry['failed']} failed, {entry['pending']} pending, {points} points, "
-            f"{entry['rate']:.2f}/s"
+            f"  {key:7s} {entry.collection}{exists}: {entry.done} done, "
+            f"{entry.failed} failed, {entry.pending} pending, {points} points, "
+            f"{entry.rate:.2f}/s"
         )
-    queue = data.get("queue")
-    if queue:
-        if queue.get("error"):
-            click.echo(f"  queue {queue['name']}: {queue['error']}")
+    queue = progress.queue
+    if queue is not None:
+        if queue.error:
+            click.echo(f"  queue {queue.name}: {queue.error}")
         else:
             click.echo(
-                f"  queue {queue['name']}: {queue['queued']} queued, {queue['started']} running, "
-                f"{queue['scheduled_retries']} waiting to retry, {queue['failed_jobs']} failed "
-                f"jobs, {queue['workers']} workers"
+                f"  queue {queue.name}: {queue.queued} queued, {queue.started} running, "
+                f"{queue.scheduled_retries} waiting to retry, {queue.failed_jobs} failed "
+                f"jobs, {queue.workers} workers"
             )
-    if data.get("note"):
-        click.echo(f"  note: {data['note']}")
-    failures = data.get("failures") or {}
-    if failures.get("count"):
-        click.echo(f"failed assets ({failures['count']}, model {failures['model']}):")
-        for item in failures["items"]:
-            click.echo(f"  {item['path']}  [{item['asset_id']}]: {item['error']}")
-        if failures["count"] > len(failures["items"]):
-            click.echo(f"  ... and {failures['count'] - len(failures['items'])} more")
-        click.echo(f"retry them with `image-search reembed retry-failed --to {failures['model']}`")
+    if progress.note:
+        click.echo(f"  note: {progress.note}")
+
+
+def _print_failures(failures: dict[str, Any]) -> None:
+    if not failures["count"]:
+        return
+    click.echo(f"failed assets ({failures['count']}, model {failures['model']}):")
+    for item in failures["items"]:
+        click.echo(f"  {item['path']}  [{item['asset_id']}]: {item['error']}")
+    if failures["count"] > len(failures["items"]):
+        click.echo(f"  ... and {failures['count'] - len(failures['items'])} more")
+    click.echo(f"retry them with `image-search reembed retry-failed --to {failures['model']}`")
 
 
 def _watch(
     settings: Settings,
-    session_factory: Any,
+    session_factory: sessionmaker[Session],
     key: ModelKey | None,
     *,
     interval: float,
     as_json: bool,
 ) -> None:
-    bar = None
-    try:
+    with ProgressBar("re-embedding") as bar:
         while True:
-            data = _read_progress(settings, session_factory, key)
-            key = data["target"]
-            queue = data.get("queue") or {}
-            busy = bool(
-                queue.get("queued") or queue.get("started") or queue.get("scheduled_retries")
-            )
-            finished = data["complete"] and not busy
+            progress = _read_progress(settings, session_factory, key)
+            key = progress.target
+            head = progress.headline
             if as_json:
-                click.echo(json.dumps(data, default=str))
-            elif sys.stderr.isatty():
-                from tqdm import tqdm
-
-                if bar is None:
-                    bar = tqdm(
-                        total=data["total"],
-                        desc=f"re-embedding with {key}",
-                        unit="img",
-                        file=sys.stderr,
-                    )
-                bar.total = data["total"]
-                bar.n = data["done"] + data["failed"]
-                bar.set_postfix_str(
-                    f"{data['failed']} failed, {data['rate']:.2f}/s, "
-                    f"ETA {_describe_eta(data['eta_seconds']) if data['pending'] else '-'}"
+                click.echo(json.dumps(progress.as_dict(), default=str))
+            elif bar.enabled:
+                eta = describe_eta(head.eta_seconds) if head.pending else "-"
+                bar.label = f"re-embedding with {key}"
+                bar.show(
+                    head.done + head.failed,
+                    head.total,
+                    f"{head.failed} failed, {head.rate:.2f}/s, ETA {eta}",
                 )
-                bar.refresh()
             else:
-                _print_progress({**data, "models": {}, "failures": None})
-            if finished:
-                break
+                _print_progress(progress, per_model=False)
+            if progress.finished:
+                return
             time.sleep(interval)
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 # -- worker --------------------------------------------------------------------------
@@ -537,10 +463,10 @@ def worker(burst: bool, max_jobs: int | None, name: str | None) -> None:
     check_worker_settings(settings)
     assert settings.redis_url
     level = os.environ.get("LOG_LEVEL", "INFO").upper()
-    with _redis_errors():
+    with redis_errors(settings.redis_url):
         connection = connect(settings.redis_url)
         try:
-            with _opened(settings) as ctx:
+            with opened_context(settings) as ctx:
                 loaded = preload(ctx)
                 click.echo(
                     f"worker: queue {QUEUE_NAME!r} at {redact(settings.redis_url)}, "

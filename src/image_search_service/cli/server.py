@@ -1,4 +1,4 @@
-"""``image-search serve``: the HTTP API under uvicorn (registered by the CLI)."""
+"""``image-search serve``: the HTTP API under uvicorn."""
 
 from __future__ import annotations
 
@@ -46,3 +46,6 @@ def serve(host: str | None, port: int, preload: bool | None) -> None:
         host = host or "0.0.0.0"
     click.echo(f"serving on http://{host}:{port} (docs at /docs)", err=True)
     uvicorn.run(create_app(settings), host=host, port=port)
+
+
+COMMANDS: list[click.Command] = [serve]

@@ -1,81 +1,25 @@
-"""The ``image-search`` command."""
+"""Commands for the library: index, search, status, demo, migrate."""
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import click
 
-from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings, load_settings
-from image_search_service.core.errors import ServiceError
-from image_search_service.core.logging import configure_logging
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.vector.base import SearchFilter
-
-MODEL_CHOICE = click.Choice(list(MODEL_KEYS))
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+from image_search_service.cli.common import (
+    FAILURES_SHOWN,
+    MODEL_CHOICE,
+    ProgressBar,
+    echo_json,
+    opened_context,
+)
+from image_search_service.core.config import MODEL_KEYS, ModelKey, load_settings
+from image_search_service.core.specs import BASELINE
 
 
-@contextmanager
-def _context(settings: Settings | None = None) -> Iterator[ServiceContext]:
-    ctx = open_context(settings or load_settings())
-    try:
-        yield ctx
-    finally:
-        ctx.close()
-
-
-def _progress_factory(label: str) -> Callable[[int], Callable[[int], None]] | None:
-    if not sys.stderr.isatty():
-        return None
-
-    def factory(total: int) -> Callable[[int], None]:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=True)
-
-        def tick(n: int) -> None:
-            bar.update(n)
-            if bar.n >= total:
-                bar.close()
-
-        return tick
-
-    return factory
-
-
-class _Group(click.Group):
-    """Turns expected errors into one clear line and exit status 1, not a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ServiceError as exc:
-            click.echo(f"error: {exc.detail}", err=True)
-            sys.exit(1)
-        except FileNotFoundError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-
-
-@click.group(cls=_Group)
-@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default: LOG_LEVEL or INFO)")
-def main(log_level: str | None) -> None:
-    """Semantic search for your photo library (CLIP / SigLIP + Qdrant)."""
-    configure_logging(log_level)
-
-
-@main.command()
+@click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--model",
@@ -90,13 +34,11 @@ def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
     """Index image files (JPEG, PNG, WebP) below PATHS, incrementally."""
     from image_search_service.services.indexing import index_paths, models_to_index
 
-    with _context() as ctx:
+    with opened_context() as ctx, ProgressBar("indexing") as bar:
         keys = models_to_index(ctx, model)
-        report = index_paths(
-            ctx, list(paths), model_keys=keys, progress=_progress_factory("indexing")
-        )
+        report = index_paths(ctx, list(paths), model_keys=keys, progress=bar.start)
     if as_json:
-        _echo_json(report.as_dict())
+        echo_json(report.as_dict())
         return
     click.echo(
         f"indexed {report.indexed}, skipped {report.skipped} "
@@ -104,13 +46,14 @@ def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
         f"- {report.scanned} files scanned in {report.seconds:.1f}s "
         f"({report.images_per_second:.1f} images/s) with {', '.join(report.models)}"
     )
-    for failure in report.failures[:20]:
+    for failure in report.failures[:FAILURES_SHOWN]:
         click.echo(f"  failed: {failure['path']}: {failure['error']}", err=True)
-    if len(report.failures) > 20:
-        click.echo(f"  ... and {len(report.failures) - 20} more failures", err=True)
+    if len(report.failures) > FAILURES_SHOWN:
+        extra = len(report.failures) - FAILURES_SHOWN
+        click.echo(f"  ... and {extra} more failures", err=True)
 
 
-@main.command()
+@click.command()
 @click.argument("text", required=False)
 @click.option(
     "--image", "image", type=click.Path(path_type=Path, dir_okay=False), help="search by example"
@@ -119,7 +62,7 @@ def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(1, 100), default=10, show_default=True)
 @click.option("--offset", type=click.IntRange(0, 10_000), default=0)
 @click.option("--min-score", type=click.FloatRange(-1, 1), default=None)
-@click.option("--model", type=MODEL_CHOICE, default="clip", show_default=True)
+@click.option("--model", type=MODEL_CHOICE, default=BASELINE, show_default=True)
 @click.option("--format", "image_format", type=click.Choice(["JPEG", "PNG", "WEBP"]))
 @click.option("--taken-after", type=click.DateTime(), help="EXIF capture time on or after")
 @click.option("--taken-before", type=click.DateTime(), help="EXIF capture time before")
@@ -139,6 +82,7 @@ def search(
 ) -> None:
     """Search by TEXT, by an example --image, or --similar to an indexed asset."""
     from image_search_service.services.search import SearchOptions, SearchService
+    from image_search_service.vector.base import SearchFilter
 
     given = [x for x in (text, image, similar) if x]
     if len(given) != 1:
@@ -151,7 +95,7 @@ def search(
             format=image_format, taken_after=taken_after, taken_before=taken_before
         ),
     )
-    with _context() as ctx:
+    with opened_context() as ctx:
         service = SearchService(ctx)
         if text:
             outcome = service.search_text(text, model=model, options=options)
@@ -166,7 +110,7 @@ def search(
                 ) from None
             outcome = service.search_similar(asset_id, model=model, options=options)
     if as_json:
-        _echo_json(outcome.as_dict())
+        echo_json(outcome.as_dict())
         return
     click.echo(
         f"{len(outcome.results)} results from {outcome.collection} ({outcome.model}) "
@@ -177,16 +121,16 @@ def search(
         click.echo(f"{rank:3d}. {hit.score:.4f}{calibrated}  {hit.path}  [{hit.asset_id}]")
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def status(as_json: bool) -> None:
     """Asset counts and, per model, collection, points, coverage and settings."""
     from image_search_service.services.status import library_status
 
-    with _context() as ctx:
-        data = library_status(ctx)
+    with opened_context() as ctx:
+        data = library_status(ctx).as_dict()
     if as_json:
-        _echo_json(data)
+        echo_json(data)
         return
     click.echo(
         f"assets: {data['assets']} searchable, {data['failed']} unreadable, "
@@ -207,7 +151,7 @@ def status(as_json: bool) -> None:
         )
 
 
-@main.command()
+@click.command()
 @click.option("--count", type=click.IntRange(20, 5000), default=240, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def demo(count: int, as_json: bool) -> None:
@@ -218,9 +162,10 @@ def demo(count: int, as_json: bool) -> None:
     settings = load_settings()
     if not as_json:
         click.echo(f"Generating and indexing {count} demo pictures under {settings.data_dir}/demo")
-    report = run_demo(settings, count=count, progress=_progress_factory("indexing"))
+    with ProgressBar("indexing") as bar:
+        report = run_demo(settings, count=count, progress=bar.start)
     if as_json:
-        _echo_json(report.as_dict())
+        echo_json(report.as_dict())
         return
     click.echo(
         f"Indexed {report.indexed} new pictures in {report.index_seconds:.1f}s "
@@ -246,7 +191,7 @@ def demo(count: int, as_json: bool) -> None:
     )
 
 
-@main.command()
+@click.command()
 def migrate() -> None:
     """Apply database migrations (also done automatically at start)."""
     from image_search_service.db.session import make_engine, upgrade_database
@@ -258,16 +203,4 @@ def migrate() -> None:
     click.echo(f"database is at the latest schema ({engine.url.render_as_string()})")
 
 
-def _register_commands() -> None:
-    from image_search_service.api.commands import serve
-    from image_search_service.jobs.commands import COMMANDS
-
-    main.add_command(serve)
-    for command in COMMANDS:
-        main.add_command(command)
-
-
-_register_commands()
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+COMMANDS: list[click.Command] = [index, search, status, demo, migrate]

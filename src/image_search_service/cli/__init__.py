@@ -1,0 +1,16 @@
+"""The ``image-search`` command: one click group, a module per command family.
+
+Importing this package loads no model runtime, vector store or web framework:
+each command imports what it needs when it runs, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+from image_search_service.cli import library, migration, server
+from image_search_service.cli.common import main
+
+for _module in (library, migration, server):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)
+
+__all__ = ["main"]

@@ -1,0 +1,3 @@
+from image_search_service.cli import main
+
+main()

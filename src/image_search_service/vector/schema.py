@@ -1,0 +1,95 @@
+"""What every collection and every point looks like, whatever the store.
+
+The collection recipe (cosine distance, HNSW, INT8 scalar quantization kept in RAM,
+the model stamp) and the payload each point carries are defined here once; the
+adapters translate them into their own API, and nothing else spells a field name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from image_search_service.core.config import Settings
+from image_search_service.core.specs import ModelIdentity, ModelSpec
+from image_search_service.images.loading import ImageMeta
+
+DISTANCE = "cosine"
+QUANTIZATION = "int8"
+QUANTIZATION_QUANTILE = 0.99
+QUANTIZATION_ALWAYS_RAM = True
+# Below this many points a filtered search scans instead of walking the graph.
+FULL_SCAN_THRESHOLD = 10_000
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """How a collection is made: the recipe above, HNSW parameters, and the model stamp."""
+
+    name: str
+    identity: ModelIdentity
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+
+    @property
+    def dim(self) -> int:
+        return self.identity.dim
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "collection": self.name,
+            "dim": self.dim,
+            "distance": DISTANCE,
+            "quantization": {
+                "type": QUANTIZATION,
+                "quantile": QUANTIZATION_QUANTILE,
+                "always_ram": QUANTIZATION_ALWAYS_RAM,
+            },
+            "hnsw": {"m": self.hnsw_m, "ef_construct": self.hnsw_ef_construct},
+            "model_identity": self.identity.as_dict(),
+        }
+
+
+def collection_spec(settings: Settings, spec: ModelSpec) -> CollectionSpec:
+    return CollectionSpec(
+        name=spec.collection,
+        identity=spec.identity,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construct=settings.hnsw_ef_construct,
+    )
+
+
+class PayloadField:
+    """Names of the payload fields every point carries."""
+
+    ASSET_ID = "asset_id"
+    FORMAT = "format"  # keyword: JPEG, PNG, WEBP
+    TAKEN_TS = "taken_ts"  # float: capture time, epoch seconds (UTC)
+    WIDTH = "width"
+    HEIGHT = "height"
+
+
+# Fields a server-side payload index is made for, by type (filters run inside HNSW).
+KEYWORD_INDEXES = (PayloadField.FORMAT,)
+FLOAT_INDEXES = (PayloadField.TAKEN_TS,)
+
+
+def point_payload(asset_id: UUID, meta: ImageMeta) -> dict[str, Any]:
+    return {
+        PayloadField.ASSET_ID: str(asset_id),
+        PayloadField.FORMAT: meta.format,
+        PayloadField.TAKEN_TS: payload_timestamp(meta.taken_at),
+        PayloadField.WIDTH: meta.width,
+        PayloadField.HEIGHT: meta.height,
+    }
+
+
+def payload_timestamp(value: datetime | None) -> float | None:
+    """Capture times are stored as epoch seconds; naive EXIF times are read as UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
