@@ -1,1 +1,1 @@
-"""Business logic: encoders, routing, ingestion, search, re-embedding."""
+"""Use cases: indexing, search, routing, assets, status, re-embedding and its submission."""
