@@ -55,6 +55,28 @@ def assets_under(session: Session, prefixes: Sequence[str]) -> list[Asset]:
     ]
 
 
+def add_asset(
+    session: Session, *, path: str, content_hash: str, size_bytes: int, mtime_ns: int
+) -> Asset:
+    """A new, readable-until-proven-otherwise asset (its id is set on flush)."""
+    asset = Asset(
+        path=path,
+        content_hash=content_hash,
+        size_bytes=size_bytes,
+        mtime_ns=mtime_ns,
+        status=AssetStatus.ACTIVE,
+    )
+    session.add(asset)
+    session.flush()
+    return asset
+
+
+def delete_asset(session: Session, asset: Asset) -> None:
+    """Remove the row; its per-model states go with it (ON DELETE CASCADE)."""
+    session.delete(asset)
+    session.flush()
+
+
 def record_metadata(session: Session, asset_id: uuid.UUID, meta: ImageMeta) -> None:
     asset = session.get(Asset, asset_id)
     if asset is None:  # deleted while being embedded

@@ -216,7 +216,7 @@ class AssetService:
                 if asset is None or asset.status == AssetStatus.MISSING:
                     raise AssetNotFound(f"asset {asset_id} not found")
                 path, digest = Path(asset.path), asset.content_hash
-                session.delete(asset)
+                repo.delete_asset(session, asset)
             # After the commit: a point left behind by a failure here is never shown
             # (search drops hits without an asset row); a row without points would be.
             self.ctx.delete_points([asset_id])

@@ -202,22 +202,14 @@ def _upsert_file(
             repo.clear_embeddings(session, by_path.id)
             by_path.status, by_path.error = AssetStatus.ACTIVE, None
         return by_path
-    asset = Asset(
-        path=key,
-        content_hash=digest,
-        size_bytes=size,
-        mtime_ns=mtime_ns,
-        status=AssetStatus.ACTIVE,
+    return repo.add_asset(
+        session, path=key, content_hash=digest, size_bytes=size, mtime_ns=mtime_ns
     )
-    session.add(asset)
-    session.flush()
-    return asset
 
 
 def _forget(ctx: ServiceContext, session: Session, asset: Asset) -> None:
     ctx.delete_points([asset.id])
-    session.delete(asset)
-    session.flush()
+    repo.delete_asset(session, asset)
 
 
 def _mark_missing(
