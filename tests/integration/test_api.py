@@ -236,9 +236,9 @@ class TestAssets:
         assert truncated["error"]
         thumb = client.get(f"/api/v1/assets/{truncated['id']}/thumbnail")
         assert_error(thumb, 422, "AssetUnreadable")
-        # Its bytes are still served as they are.
+        # A failed asset is not an image of the library: its bytes are never served.
         raw = client.get(f"/api/v1/assets/{truncated['id']}/file")
-        assert raw.content == broken["truncated"].read_bytes()
+        assert_error(raw, 422, "AssetUnreadable")
 
         gone = by_path[str(library[1].resolve())]
         library[1].unlink()  # removed on disk, not re-indexed yet

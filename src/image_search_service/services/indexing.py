@@ -121,7 +121,14 @@ def _reconcile(
     # DB work instead of serially before the model can start.
     with ThreadPoolExecutor(max_workers=ctx.settings.decode_workers) as pool:
         probes: list[tuple[Path, Asset | None, Future[str] | None, int, int]] = []
-        for path in scan_images(roots):
+        refused: list[Path] = []
+
+        def refuse(path: Path, reason: str) -> None:
+            refused.append(path)
+            report.failed += 1
+            report.failures.append({"path": str(path), "error": reason})
+
+        for path in scan_images(roots, on_refused=refuse):
             report.scanned += 1
             key = str(path)
             seen.add(key)
@@ -162,6 +169,10 @@ def _reconcile(
                 to_embed.append((AssetRef(asset.id, path), needed))
             else:
                 report.skipped += 1
+    for path in refused:  # it was a library file once: it is not one now
+        known = repo.asset_by_path(session, str(path))
+        if known is not None:
+            _forget(ctx, session, known)
     session.flush()
     _mark_missing(ctx, session, roots, seen, report)
     return to_embed

@@ -21,7 +21,7 @@ from image_search_service.encoders.base import FloatArray
 from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.images.loading import load_image
 from image_search_service.services.context import ServiceContext
-from image_search_service.vector.base import SearchFilter
+from image_search_service.vector.base import SearchFilter, payload_timestamp
 
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 100
@@ -89,7 +89,10 @@ class SearchOptions:
         if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
             raise InvalidRequest("min_score must be between -1 and 1 (cosine similarity)")
         f = self.search_filter
-        if f and f.taken_after and f.taken_before and f.taken_after >= f.taken_before:
+        # Compared as instants: a naive time is UTC, so mixed forms never fail to compare.
+        after = payload_timestamp(f.taken_after) if f else None
+        before = payload_timestamp(f.taken_before) if f else None
+        if after is not None and before is not None and after >= before:
             raise InvalidRequest("taken_after must be earlier than taken_before")
 
 
