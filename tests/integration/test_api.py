@@ -416,6 +416,15 @@ class TestApiKey:
         delete = keyed_client.delete(f"/api/v1/assets/{upload.json()['id']}", headers=headers)
         assert delete.status_code == 204
 
+    @pytest.mark.parametrize("order", [(KEY, "wrong"), ("wrong", KEY), (KEY, KEY)])
+    def test_a_key_sent_twice_is_refused(
+        self, keyed_client: TestClient, order: tuple[str, str]
+    ) -> None:
+        headers = [("X-API-Key", order[0]), ("X-API-Key", order[1])]
+        response = keyed_client.get("/api/v1/admin/rollout", headers=headers)
+        assert_error(response, 401, "Unauthorized")
+        assert "more than once" in response.json()["detail"]
+
 
 class TestOperations:
     def test_health_and_ready(self, client: TestClient) -> None:

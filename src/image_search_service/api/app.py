@@ -21,6 +21,7 @@ from image_search_service.api.deps import AppServices
 from image_search_service.api.errors import install_error_handlers
 from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
 from image_search_service.api.routes import API_PREFIX, admin, assets, health, search
+from image_search_service.api.security import BrowserGuardMiddleware
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
 from image_search_service.encoders.registry import EncoderRegistry
@@ -67,6 +68,11 @@ def create_app(
         BodySizeLimitMiddleware,
         upload_paths=frozenset({f"{API_PREFIX}/assets", f"{API_PREFIX}/search/image"}),
         max_upload_bytes=settings.max_upload_bytes,
+    )
+    app.add_middleware(
+        BrowserGuardMiddleware,
+        allowed_hosts=settings.allowed_host_list,
+        trusted_origins=settings.trusted_origin_list,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
     for module in (health, search, assets, admin):

@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     # HTTP API: without API_KEY, data-changing and admin endpoints are open and `serve`
     # binds to 127.0.0.1 unless told otherwise.
     api_key: str | None = None
+    # Host names (Host header, port ignored) the API answers; `*.example.com` patterns,
+    # `*` for any. `serve --host ADDR` adds ADDR. Guards against DNS rebinding.
+    allowed_hosts: str = "localhost,127.0.0.1,::1"
+    # Origins of other web pages allowed to send writes (e.g. https://photos.example).
+    trusted_origins: str = ""
+    # uvicorn limits, set by `image-search serve`.
+    max_connections: int = Field(100, ge=1, le=100_000)
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    keep_alive_timeout_s: int = Field(5, ge=1, le=300)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     # Share of the library (0..1) the candidate model must cover before the router lets it
     # serve; unset means "every asset the baseline covers".
@@ -81,10 +90,38 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _no_space_key(cls, value: object) -> object:
+        # `API_KEY="  "` passes docker compose's `${API_KEY:?}` check; treating it as
+        # unset would serve every interface with no key. Empty stays "unset".
+        if isinstance(value, str) and value and not value.strip():
+            raise ValueError("is only whitespace; set a real key or leave it empty")
+        return value
+
     @field_validator("database_url", "qdrant_url", "redis_url", "qdrant_api_key", "api_key")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _some_host(cls, value: str) -> str:
+        if not cls._split(value):
+            raise ValueError("must name at least one host (or `*` for any)")
+        return value
+
+    @staticmethod
+    def _split(value: str) -> list[str]:
+        return [part.strip() for part in value.split(",") if part.strip()]
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return self._split(self.allowed_hosts)
+
+    @property
+    def trusted_origin_list(self) -> list[str]:
+        return self._split(self.trusted_origins)
 
     @model_validator(mode="after")
     def _distinct_collections(self) -> Settings:
