@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -100,8 +101,9 @@ class TestTextSearch:
             "/api/v1/search",
             json={"q": "photo", "taken_after": "2020-01-01", "taken_before": "2022-01-01T00:00"},
         ).json()
-        expected = {d.isoformat() for d in TAKEN if d and 2020 <= d.year <= 2021}
-        assert {h["taken_at"] for h in window["results"]} == expected
+        # EXIF times carry no zone: they leave the API as UTC, as the filters read them.
+        expected = {d.replace(tzinfo=UTC) for d in TAKEN if d and 2020 <= d.year <= 2021}
+        assert {datetime.fromisoformat(h["taken_at"]) for h in window["results"]} == expected
 
     def test_min_score_drops_weaker_hits(self, client: TestClient) -> None:
         hits = client.get("/api/v1/search", params={"q": "yellow"}).json()["results"]
@@ -180,7 +182,10 @@ class TestAssets:
         detail = client.get(f"/api/v1/assets/{asset['id']}").json()
         assert detail["embeddings"] == {"clip": "done"}
         assert (detail["width"], detail["height"], detail["format"]) == (96, 48, "JPEG")
-        assert detail["taken_at"] == TAKEN[4].isoformat()  # type: ignore[union-attr]
+        assert TAKEN[4] is not None
+        assert detail["taken_at"] == TAKEN[4].isoformat() + "Z"
+        for stamp in ("created_at", "updated_at"):  # every time says its zone
+            assert datetime.fromisoformat(detail[stamp]).tzinfo is not None
         original = client.get(f"/api/v1/assets/{asset['id']}/file")
         assert original.headers["content-type"] == "image/jpeg"
         assert original.content == library[4].read_bytes()

@@ -20,6 +20,7 @@ from image_search_service.db.models import AssetStatus
 from image_search_service.encoders.base import FloatArray
 from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.images.loading import load_image
+from image_search_service.services.assets import as_utc
 from image_search_service.services.context import ServiceContext
 from image_search_service.vector.base import SearchFilter, payload_timestamp
 
@@ -222,7 +223,7 @@ class SearchService:
                     width=asset.width,
                     height=asset.height,
                     format=asset.format,
-                    taken_at=asset.taken_at,
+                    taken_at=as_utc(asset.taken_at),
                 )
             )
         return SearchOutcome(
