@@ -119,7 +119,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(api_schema: Any)
             suppress_health_check=list(HealthCheck),
             database=None,
         )
-        def run(case: Case) -> None:
+        def run(case: Case[Any]) -> None:
             case.call_and_validate(checks=CHECKS)
 
         try:
