@@ -10,11 +10,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from platformdirs import user_data_dir
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from image_search_service.core.errors import ConfigError
 
+APP_NAME = "image-search"
 ModelKey = Literal["clip", "siglip"]
 MODEL_KEYS: tuple[ModelKey, ...] = ("clip", "siglip")
 
@@ -24,7 +26,9 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
-    data_dir: Path = Path("./data")
+    # The platform's per-user data folder (~/.local/share/image-search on Linux), so a
+    # search from any folder finds the same library; containers set DATA_DIR=/data.
+    data_dir: Path = Field(default_factory=lambda: Path(user_data_dir(APP_NAME, appauthor=False)))
     database_url: str | None = None
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey
+from image_search_service.core.errors import ModelMismatch
 from image_search_service.core.specs import ModelSpec
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
@@ -68,15 +69,23 @@ def index_paths(
     started = time.perf_counter()
     report = IndexReport(models=list(model_keys))
     specs = [ctx.spec(k) for k in model_keys]
-    for key in model_keys:
-        ctx.store.ensure_collection(ctx.collection_spec(key))
     for root in roots:
         if not root.exists():
-            raise FileNotFoundError(f"no such file or folder: {root}")
+            raise FileNotFoundError(f"no such file or folder: {root.absolute()}")
+    for key in model_keys:
+        # Before anything is written: a stamp mismatch stops the run with nothing changed.
+        _check_or_renew_collection(ctx, key)
 
     with ctx.session_factory() as session:
         to_embed = _reconcile(ctx, session, roots, specs, report)
         session.commit()
+    needed = {key for _, keys in to_embed for key in keys}
+    for key in model_keys:
+        if key in needed:
+            # A model that cannot load (offline, wrong name) fails here, before its
+            # collection exists: no empty collection stamped with an unusable model.
+            ctx.encoder(key).load()
+        ctx.store.ensure_collection(ctx.collection_spec(key))
 
     # Group by the models each asset still needs, so nothing is encoded twice.
     groups: dict[tuple[ModelKey, ...], list[AssetRef]] = {}
@@ -106,6 +115,23 @@ def index_paths(
     report.seconds = round(time.perf_counter() - started, 3)
     report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
     return report
+
+
+def _check_or_renew_collection(ctx: ServiceContext, key: ModelKey) -> None:
+    """Raise ModelMismatch if the collection holds another model's vectors; an EMPTY
+    collection stamped with another model (left by a run whose model never loaded, or
+    whose every file failed) holds nothing to protect and is dropped, to be re-made for
+    the configured model."""
+    spec = ctx.collection_spec(key)
+    if not ctx.store.has_collection(spec.name):
+        return
+    try:
+        ctx.store.verify_collection(spec)
+    except ModelMismatch:
+        if ctx.store.count(spec.name) > 0:
+            raise
+        logger.info("collection %s is empty and stamped for another model: re-made", spec.name)
+        ctx.store.drop_collection(spec.name)
 
 
 def _reconcile(

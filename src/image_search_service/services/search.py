@@ -14,7 +14,7 @@ from uuid import UUID
 import numpy as np
 
 from image_search_service.core.config import ModelKey
-from image_search_service.core.errors import AssetNotFound, InvalidRequest
+from image_search_service.core.errors import AssetNotFound, CollectionMissing, InvalidRequest
 from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetStatus
 from image_search_service.encoders.base import FloatArray
@@ -139,7 +139,7 @@ class SearchService:
         options.validate()
         started = time.perf_counter()
         # A missing or mismatched collection is reported before paying for a model load.
-        self.ctx.store.verify_collection(self.ctx.collection_spec(model))
+        self._verify_collection(model)
         encoder = self.ctx.encoder(model)
         vector = self.text_cache.get(encoder, text)
         return self._search(vector, model=model, options=options, started=started, text=True)
@@ -149,6 +149,11 @@ class SearchService:
     ) -> SearchOutcome:
         options.validate()
         started = time.perf_counter()
+        if isinstance(source, Path) and not source.is_file():
+            # Checked before the model loads, and named in full: "photo.jpg" alone does
+            # not say which folder was searched.
+            raise InvalidRequest(f"no such image file: {source.absolute()}")
+        self._verify_collection(model)
         encoder = self.ctx.encoder(model)
         loaded = load_image(
             source, max_pixels=self.ctx.settings.max_image_pixels, min_side=encoder.image_size
@@ -166,7 +171,7 @@ class SearchService:
             asset = repo.get_asset(session, asset_id)
             if asset is None or asset.status == AssetStatus.MISSING:
                 raise AssetNotFound(f"asset {asset_id} not found")
-        self.ctx.store.verify_collection(self.ctx.collection_spec(model))
+        self._verify_collection(model)
         stored = self.ctx.store.retrieve_vectors(collection, [asset_id]).get(asset_id)
         if stored is None:
             raise AssetNotFound(
@@ -186,6 +191,17 @@ class SearchService:
             search_filter=exclude,
         )
         return self._search(stored, model=model, options=options, started=started)
+
+    def _verify_collection(self, model: ModelKey) -> None:
+        spec = self.ctx.collection_spec(model)
+        try:
+            self.ctx.store.verify_collection(spec)
+        except CollectionMissing:
+            raise CollectionMissing(
+                f"nothing indexed yet for {model}: collection {spec.name!r} does not exist. "
+                "Run `image-search index FOLDER` first (or upload photos to /api/v1/assets); "
+                f"the library is in {self.ctx.settings.data_dir.absolute()} (DATA_DIR)"
+            ) from None
 
     def _search(
         self,
