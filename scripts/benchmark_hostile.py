@@ -8,7 +8,9 @@ Prints, measured in one run (ratios, since the machines are shared and noisy):
    - a large PNG (default 6000x4000), which has no reduced decoding: the image is now
      reduced by a whole factor right after decoding, so preprocessing handles a small
      image; compared with preprocessing the full-size decode (the old path);
-2. ``GET /health`` latency on uvicorn with the h11 parser (what ``serve`` uses now:
+2. resident memory around decoding a 10950x10950 PNG (the issue's +470 MB): the peak,
+   and what is left once the result is dropped;
+3. ``GET /health`` latency on uvicorn with the h11 parser (what ``serve`` uses now:
    the only parser with a header-size limit) against httptools, both with uvloop,
    interleaved request by request.
 
@@ -18,9 +20,13 @@ Prints, measured in one run (ratios, since the machines are shared and noisy):
 from __future__ import annotations
 
 import argparse
+import gc
 import io
+import resource
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -88,6 +94,39 @@ def decode_costs(png_size: tuple[int, int]) -> None:
     )
 
 
+def _rss_mb() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) // 1024
+    return -1
+
+
+def memory_cost(side: int = 10950) -> None:
+    # Written by a child process, so that making it does not set this process's peak.
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "big.png"
+        make = (
+            "import sys; from PIL import Image; "
+            f"Image.new('RGB', ({side}, {side}), (10, 200, 30)).save(sys.argv[1], compress_level=1)"
+        )
+        subprocess.run([sys.executable, "-c", make, str(target)], check=True)
+        data = target.read_bytes()
+    gc.collect()
+    base = _rss_mb()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    loaded = load_image(data, max_pixels=MAX_PIXELS, min_side=MODEL_INPUT)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    size = loaded.image.size
+    del loaded
+    gc.collect()
+    after = _rss_mb()
+    print(
+        f"{side}x{side} PNG ({len(data) / 1e6:.1f} MB): peak +{peak - max(base, peak_before)} MB "
+        f"while decoding (reduced to {size[0]}x{size[1]}), +{after - base} MB once dropped"
+    )
+
+
 def _serve(app: object, http: str) -> tuple[uvicorn.Server, threading.Thread, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -137,6 +176,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     args = parser.parse_args()
     width, height = (int(v) for v in args.png_size.split("x"))
+    memory_cost()  # first: the process peak must not come from another step
     decode_costs((width, height))
     parser_costs(args.requests)
 
