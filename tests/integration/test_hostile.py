@@ -39,6 +39,8 @@ def test_a_folder_of_hostile_files_indexes_every_valid_photo(
 ) -> None:
     lib = tmp_path / "lib"
     valid, hostile = hostile_files(lib, tmp_path / "outside")
+    valid["mpo_suffix"] = lib / "stereo.mpo"
+    valid["mpo_suffix"].write_bytes(mpo_bytes(seed=40))
     report = index_paths(ctx, [lib], model_keys=["clip"])
     reasons = {Path(f["path"]).name: f["error"] for f in report.failures}
     # The symlink inside the folder and its target are one photo (same content).
@@ -56,6 +58,7 @@ def test_a_folder_of_hostile_files_indexes_every_valid_photo(
     assert bad_exif.status == AssetStatus.ACTIVE
     assert (bad_exif.width, bad_exif.height, bad_exif.taken_at) == (72, 40, None)
     assert assets["phone.jpg"].format == "JPEG"  # MPO: its first frame
+    assert assets["stereo.mpo"].status == AssetStatus.ACTIVE
     # A rerun is quiet and still does not crash.
     again = index_paths(ctx, [lib], model_keys=["clip"])
     assert again.indexed == 0

@@ -31,7 +31,7 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
 # Longer side / shorter side. Phone panoramas reach about 10:1; past this a model's
 # preprocessing (resize the short side to ~224 px) would produce millions of pixels.
 MAX_ASPECT_RATIO = 20
-SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp"})
+SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".mpo", ".png", ".webp"})
 
 _EXIF_IFD = 0x8769
 _TAG_MAKE, _TAG_MODEL = 0x010F, 0x0110
