@@ -6,6 +6,7 @@ import io
 import json
 import random
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,15 @@ def hostile_files(directory: Path, outside: Path) -> tuple[dict[str, Path], dict
     hostile["dangling_link"] = directory / "dangling.jpg"
     hostile["dangling_link"].symlink_to(outside / "nothing-here.jpg")
     return valid, hostile
+
+
+def png_claiming(size: tuple[int, int]) -> bytes:
+    """A PNG whose header claims ``size`` and holds no pixel data: what is refused from
+    the header must be refused without decoding (or allocating) anything."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", size[0], size[1], 8, 0, 0, 0, 0)  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")

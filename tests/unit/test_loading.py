@@ -18,6 +18,7 @@ from tests.factories import (
     jpeg_bytes,
     mpo_bytes,
     png_bytes,
+    png_claiming,
 )
 
 BIG = 100_000_000
@@ -109,6 +110,13 @@ def test_absurd_aspect_ratio_is_refused_from_the_header() -> None:
         load_image(elongated_png_bytes((1, 100_000)), max_pixels=BIG, min_side=224)
     ok = load_image(elongated_png_bytes((10, 200)), max_pixels=BIG, min_side=224)
     assert ok.image.size == (10, 200)
+
+
+@pytest.mark.parametrize("size", [(1, 20_000_000), (20_000_000, 1), (100, 2001)])
+def test_the_issues_strips_are_refused_from_the_header_alone(size: tuple[int, int]) -> None:
+    # No pixel data at all: a decode attempt would fail differently (truncated).
+    with pytest.raises(ImageShapeRefused, match="too elongated"):
+        load_image(png_claiming(size), max_pixels=BIG, min_side=224)
 
 
 def test_a_large_png_is_reduced_to_what_the_model_needs() -> None:
