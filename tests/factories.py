@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import random
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +122,76 @@ def bomb_png_bytes(side: int = 20_000) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG", optimize=True)
     return buf.getvalue()
+
+
+def bad_exif_jpeg_bytes(size: tuple[int, int] = (72, 40), *, seed: int = 7) -> bytes:
+    """A readable JPEG whose EXIF makes Pillow's transpose raise ``struct.error``: it
+    asks for a rotation and stores a 32-bit value in a tag Pillow rewrites as 16-bit."""
+    ifd = struct.pack("<H", 2)
+    ifd += struct.pack("<HHI", 0x0112, 3, 1) + struct.pack("<HH", 6, 0)  # orientation 6
+    ifd += struct.pack("<HHI", 0x0128, 4, 1) + struct.pack("<I", 70_000)  # unit as LONG
+    ifd += struct.pack("<I", 0)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd
+    image = Image.open(io.BytesIO(jpeg_bytes(size, seed=seed)))
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", exif=b"Exif\x00\x00" + tiff)
+    return buf.getvalue()
+
+
+def mpo_bytes(size: tuple[int, int] = (64, 48), *, seed: int = 11) -> bytes:
+    """A two-frame MPO (what phones write for portrait / stereo photos)."""
+    first = Image.open(io.BytesIO(jpeg_bytes(size, (30, 160, 200), seed=seed)))
+    second = Image.open(io.BytesIO(jpeg_bytes(size, (10, 10, 10), seed=seed + 1)))
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[second])
+    return buf.getvalue()
+
+
+def elongated_png_bytes(size: tuple[int, int] = (1, 100_000)) -> bytes:
+    """A few hundred bytes that would make a model's preprocessing build millions of
+    pixels (the short side is resized up to the model's input size)."""
+    image = Image.new("L", size, 128)
+    buf = io.BytesIO()
+    image.save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def hostile_files(directory: Path, outside: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """A folder of hostile files mixed with valid photos: (valid, hostile) by name.
+
+    ``outside`` is a folder outside ``directory`` that receives a real photo the
+    library must not reach through a symlink."""
+    valid = {
+        "plain": write_jpeg(directory / "plain.jpg", seed=301, size=(90, 60)),
+        "bad_exif": directory / "bad_exif.jpg",
+        "mpo": directory / "phone.jpg",
+        "linked_inside": directory / "link_inside.jpg",
+    }
+    valid["bad_exif"].write_bytes(bad_exif_jpeg_bytes())
+    valid["mpo"].write_bytes(mpo_bytes())
+    target_inside = write_jpeg(directory / "sub" / "target.jpg", seed=302, size=(70, 70))
+    valid["linked_inside"].symlink_to(target_inside)
+    valid["target_inside"] = target_inside
+    private = write_jpeg(outside / "private.jpg", seed=303, size=(66, 50))
+    hostile = dict(broken_files(directory / "broken"))
+    hostile["elongated"] = directory / "strip.png"
+    hostile["elongated"].write_bytes(elongated_png_bytes())
+    hostile["passwd_link"] = directory / "x.jpg"
+    hostile["passwd_link"].symlink_to("/etc/passwd")
+    hostile["outside_link"] = directory / "private_link.jpg"
+    hostile["outside_link"].symlink_to(private)
+    hostile["dangling_link"] = directory / "dangling.jpg"
+    hostile["dangling_link"].symlink_to(outside / "nothing-here.jpg")
+    return valid, hostile
+
+
+def png_claiming(size: tuple[int, int]) -> bytes:
+    """A PNG whose header claims ``size`` and holds no pixel data: what is refused from
+    the header must be refused without decoding (or allocating) anything."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", size[0], size[1], 8, 0, 0, 0, 0)  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")

@@ -62,7 +62,9 @@ def write_library(root: Path, *, seed: int = 0) -> list[Path]:
 def api_client(
     settings: Settings, *, encoders: EncoderRegistry | None = None, **kwargs: Any
 ) -> Iterator[TestClient]:
-    """A TestClient whose ``with`` runs the app's lifespan (stores opened and closed)."""
+    """A TestClient whose ``with`` runs the app's lifespan (stores opened and closed).
+    Its requests say ``Host: localhost`` (one of the default ALLOWED_HOSTS)."""
+    kwargs.setdefault("base_url", "http://localhost")
     with TestClient(create_app(settings, encoders=encoders), **kwargs) as client:
         yield client
 

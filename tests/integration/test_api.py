@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -100,8 +101,9 @@ class TestTextSearch:
             "/api/v1/search",
             json={"q": "photo", "taken_after": "2020-01-01", "taken_before": "2022-01-01T00:00"},
         ).json()
-        expected = {d.isoformat() for d in TAKEN if d and 2020 <= d.year <= 2021}
-        assert {h["taken_at"] for h in window["results"]} == expected
+        # EXIF times carry no zone: they leave the API as UTC, as the filters read them.
+        expected = {d.replace(tzinfo=UTC) for d in TAKEN if d and 2020 <= d.year <= 2021}
+        assert {datetime.fromisoformat(h["taken_at"]) for h in window["results"]} == expected
 
     def test_min_score_drops_weaker_hits(self, client: TestClient) -> None:
         hits = client.get("/api/v1/search", params={"q": "yellow"}).json()["results"]
@@ -180,7 +182,10 @@ class TestAssets:
         detail = client.get(f"/api/v1/assets/{asset['id']}").json()
         assert detail["embeddings"] == {"clip": "done"}
         assert (detail["width"], detail["height"], detail["format"]) == (96, 48, "JPEG")
-        assert detail["taken_at"] == TAKEN[4].isoformat()  # type: ignore[union-attr]
+        assert TAKEN[4] is not None
+        assert detail["taken_at"] == TAKEN[4].isoformat() + "Z"
+        for stamp in ("created_at", "updated_at"):  # every time says its zone
+            assert datetime.fromisoformat(detail[stamp]).tzinfo is not None
         original = client.get(f"/api/v1/assets/{asset['id']}/file")
         assert original.headers["content-type"] == "image/jpeg"
         assert original.content == library[4].read_bytes()
@@ -236,9 +241,9 @@ class TestAssets:
         assert truncated["error"]
         thumb = client.get(f"/api/v1/assets/{truncated['id']}/thumbnail")
         assert_error(thumb, 422, "AssetUnreadable")
-        # Its bytes are still served as they are.
+        # A failed asset is not an image of the library: its bytes are never served.
         raw = client.get(f"/api/v1/assets/{truncated['id']}/file")
-        assert raw.content == broken["truncated"].read_bytes()
+        assert_error(raw, 422, "AssetUnreadable")
 
         gone = by_path[str(library[1].resolve())]
         library[1].unlink()  # removed on disk, not re-indexed yet
@@ -415,6 +420,15 @@ class TestApiKey:
         assert upload.status_code == 201
         delete = keyed_client.delete(f"/api/v1/assets/{upload.json()['id']}", headers=headers)
         assert delete.status_code == 204
+
+    @pytest.mark.parametrize("order", [(KEY, "wrong"), ("wrong", KEY), (KEY, KEY)])
+    def test_a_key_sent_twice_is_refused(
+        self, keyed_client: TestClient, order: tuple[str, str]
+    ) -> None:
+        headers = [("X-API-Key", order[0]), ("X-API-Key", order[1])]
+        response = keyed_client.get("/api/v1/admin/rollout", headers=headers)
+        assert_error(response, 401, "Unauthorized")
+        assert "more than once" in response.json()["detail"]
 
 
 class TestOperations:

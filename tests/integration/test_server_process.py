@@ -222,5 +222,47 @@ def test_serve_chooses_the_bind_address_by_api_key(
         env={"DATA_DIR": str(tmp_path / "data"), "API_KEY": "", **env},
     )
     assert result.exit_code == 0, result.output
-    assert calls == [{"host": host, "port": 8123}]
+    assert [(c["host"], c["port"]) for c in calls] == [(host, 8123)]
+    # Client limits: a header-size cap (h11 enforces it), bounded connections.
+    assert calls[0]["http"] == "h11"
+    assert calls[0]["h11_max_incomplete_event_size"] == 16 * 1024
+    assert calls[0]["limit_concurrency"] == 100
     assert says in result.output
+
+
+@pytest.mark.parametrize("args", [[], ["--host", "0.0.0.0"]])
+def test_an_api_key_of_only_spaces_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str]
+) -> None:
+    import uvicorn
+    from click.testing import CliRunner
+
+    from image_search_service.cli import main
+
+    calls: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    result = CliRunner().invoke(
+        main, ["serve", *args], env={"DATA_DIR": str(tmp_path / "data"), "API_KEY": "   "}
+    )
+    assert result.exit_code != 0
+    assert calls == []
+    assert "API_KEY" in result.output
+    assert "whitespace" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_real_server_refuses_hostile_requests(server: Server) -> None:
+    client = server.client
+    # Headers past the cap: refused by uvicorn before the app sees them.
+    huge = client.get("/health", headers={"X-Padding": "a" * 300_000})
+    assert huge.status_code in (400, 431)
+    # Cross-site writes and a rebound Host, over real HTTP.
+    files = {"file": ("x.jpg", jpeg_bytes(seed=77), "image/jpeg")}
+    evil = client.post("/api/v1/assets", files=files, headers={"Origin": "http://evil.example"})
+    assert (evil.status_code, evil.json()["error"]) == (403, "CrossSiteRequest")
+    rebound = client.get("/api/v1/assets", headers={"Host": "evil.example"})
+    assert (rebound.status_code, rebound.json()["error"]) == (400, "InvalidHost")
+    # Two X-API-Key headers: never a 5xx; the server still answers afterwards.
+    twice = client.get("/health", headers=[("X-API-Key", "a"), ("X-API-Key", "b")])
+    assert twice.status_code == 200
+    assert client.get("/health").status_code == 200

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from platformdirs import user_data_dir
 
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ConfigError
@@ -27,12 +28,14 @@ class TestDefaults:
         assert (s.qdrant_collection, s.siglip_collection) == ("image_assets", "image_assets_siglip")
         assert s.use_siglip is False
         assert s.siglip_rollout_percentage == 0
-        assert s.data_dir == Path("./data")
+        # The per-user data folder (platformdirs), not a folder relative to the cwd.
+        assert s.data_dir == Path(user_data_dir("image-search", appauthor=False))
+        assert s.data_dir.is_absolute()
         assert s.device == "auto"
         assert s.qdrant_url is None
         assert s.redis_url is None
         assert s.resolved_database_url.startswith("sqlite:///")
-        assert s.resolved_database_url.endswith("data/metadata.sqlite3")
+        assert s.resolved_database_url.endswith("image-search/metadata.sqlite3")
 
     def test_blank_urls_mean_embedded(self) -> None:
         s = Settings(_env_file=None, qdrant_url="  ", database_url="")
@@ -66,6 +69,16 @@ class TestValidation:
         monkeypatch.setenv("SIGLIP_COLLECTION", "image_assets")
         with pytest.raises(ConfigError, match="different collections"):
             load_settings(_env_file=None)
+
+
+class TestApiKey:
+    @pytest.mark.parametrize("value", [" ", "   ", "\t"])
+    def test_only_whitespace_is_refused(self, value: str) -> None:
+        with pytest.raises(ConfigError, match="API_KEY: .*whitespace"):
+            load_settings(api_key=value, _env_file=None)
+
+    def test_empty_means_unset(self) -> None:
+        assert load_settings(api_key="", _env_file=None).api_key is None
 
 
 def test_demo_model_names_resolve_to_shipped_dirs() -> None:

@@ -1,15 +1,25 @@
 from __future__ import annotations
 
 import io
+import struct
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from image_search_service.core.errors import ImageTooLarge, UnsupportedImage
+from image_search_service.core.errors import ImageShapeRefused, ImageTooLarge, UnsupportedImage
 from image_search_service.images.loading import load_image
-from tests.factories import bomb_png_bytes, broken_files, jpeg_bytes, png_bytes
+from tests.factories import (
+    bad_exif_jpeg_bytes,
+    bomb_png_bytes,
+    broken_files,
+    elongated_png_bytes,
+    jpeg_bytes,
+    mpo_bytes,
+    png_bytes,
+    png_claiming,
+)
 
 BIG = 100_000_000
 
@@ -79,3 +89,58 @@ def test_other_formats_are_refused() -> None:
 def test_empty_upload() -> None:
     with pytest.raises(UnsupportedImage, match="empty"):
         load_image(b"", max_pixels=BIG)
+
+
+def test_malformed_exif_keeps_the_pixels_and_drops_the_metadata() -> None:
+    loaded = load_image(bad_exif_jpeg_bytes((72, 40)), max_pixels=BIG)
+    assert loaded.image.size == (72, 40)  # the rotation it asked for is not applied
+    assert (loaded.meta.width, loaded.meta.height, loaded.meta.taken_at) == (72, 40, None)
+
+
+def test_mpo_loads_its_first_frame() -> None:
+    loaded = load_image(mpo_bytes((64, 48)), max_pixels=BIG)
+    assert loaded.meta.format == "JPEG"
+    pixel = loaded.image.getpixel((1, 1))
+    assert isinstance(pixel, tuple)
+    assert pixel[2] > 150  # the first frame is blue-ish, the second black
+
+
+def test_absurd_aspect_ratio_is_refused_from_the_header() -> None:
+    with pytest.raises(ImageShapeRefused, match="too elongated"):
+        load_image(elongated_png_bytes((1, 100_000)), max_pixels=BIG, min_side=224)
+    ok = load_image(elongated_png_bytes((10, 200)), max_pixels=BIG, min_side=224)
+    assert ok.image.size == (10, 200)
+
+
+@pytest.mark.parametrize("size", [(1, 20_000_000), (20_000_000, 1), (100, 2001)])
+def test_the_issues_strips_are_refused_from_the_header_alone(size: tuple[int, int]) -> None:
+    # No pixel data at all: a decode attempt would fail differently (truncated).
+    with pytest.raises(ImageShapeRefused, match="too elongated"):
+        load_image(png_claiming(size), max_pixels=BIG, min_side=224)
+
+
+def test_a_large_png_is_reduced_to_what_the_model_needs() -> None:
+    loaded = load_image(png_bytes((4000, 3000), mode="RGB"), max_pixels=BIG, min_side=224)
+    assert min(loaded.image.size) < 2 * 2 * 224  # not 3000
+    assert min(loaded.image.size) >= 224
+    assert (loaded.meta.width, loaded.meta.height) == (4000, 3000)
+
+
+def test_any_exception_inside_the_decoder_is_that_files_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = png_bytes((10, 10))
+
+    def boom(self: Image.Image) -> None:
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(Image.Image, "load", boom)
+    with pytest.raises(UnsupportedImage, match="struct.error|error: unpack"):
+        load_image(data, max_pixels=BIG)
+
+    def no_memory(self: Image.Image) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(Image.Image, "load", no_memory)
+    with pytest.raises(ImageTooLarge, match="memory"):
+        load_image(data, max_pixels=BIG)

@@ -15,12 +15,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from image_search_service.api.body_limit import BodySizeLimitMiddleware
 from image_search_service.api.deps import AppServices
 from image_search_service.api.errors import install_error_handlers
 from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
+from image_search_service.api.openapi import install_openapi
 from image_search_service.api.routes import API_PREFIX, admin, assets, health, search
+from image_search_service.api.security import BrowserGuardMiddleware
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
 from image_search_service.encoders.registry import EncoderRegistry
@@ -55,18 +58,27 @@ def create_app(
         finally:
             await anyio.to_thread.run_sync(services.ctx.close)
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from the package (no CDN):
+    # they work offline and load no third-party script into the API's origin.
+    app = FastAPIOffline(
         title="image-search-service",
         version=_version(),
         summary="Semantic photo search: CLIP and SigLIP, routed per user",
         lifespan=lifespan,
         docs_url="/docs",
+        redoc_url="/redoc",
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(
         BodySizeLimitMiddleware,
         upload_paths=frozenset({f"{API_PREFIX}/assets", f"{API_PREFIX}/search/image"}),
         max_upload_bytes=settings.max_upload_bytes,
+    )
+    app.add_middleware(
+        BrowserGuardMiddleware,
+        allowed_hosts=settings.allowed_host_list,
+        trusted_origins=settings.trusted_origin_list,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
     for module in (health, search, assets, admin):

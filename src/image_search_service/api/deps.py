@@ -103,11 +103,17 @@ _api_key_header = APIKeyHeader(
 
 
 async def require_api_key(
-    services: ServicesDep, provided: Annotated[str | None, Security(_api_key_header)]
+    request: Request,
+    services: ServicesDep,
+    provided: Annotated[str | None, Security(_api_key_header)],
 ) -> None:
     expected = services.ctx.settings.api_key
     if expected is None:
         return
+    if len(request.headers.getlist("x-api-key")) > 1:
+        # Which copy counts would depend on the parser (and a proxy may add one):
+        # an ambiguous credential is no credential.
+        raise Unauthorized("X-API-Key was sent more than once; send it once")
     # Constant time, so the key cannot be guessed byte by byte from response times.
     if provided is None or not hmac.compare_digest(provided.encode(), expected.encode()):
         raise Unauthorized("missing or wrong X-API-Key header")

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from image_search_service.core.errors import DatabaseUnavailable, ServiceError
 
@@ -88,13 +89,30 @@ def describe_validation_errors(errors: Iterable[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     name = type(exc).__name__ if isinstance(exc, RequestTooLarge) else _status_name(exc.status_code)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return JSONResponse(
-        error_content(name, detail), status_code=exc.status_code, headers=exc.headers
-    )
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names only the first route whose path matched; a path served by
+        # several routes (GET and DELETE /assets/{id}) allows the union.
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+    return JSONResponse(error_content(name, detail), status_code=exc.status_code, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document declares for this path (GET implies HEAD):
+    read from the document rather than from router internals, so the header and the
+    schema cannot disagree."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for template, item in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(path):
+            methods |= {m.upper() for m in item}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 async def _database_error(_request: Request, exc: Exception) -> JSONResponse:

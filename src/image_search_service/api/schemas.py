@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -21,6 +22,7 @@ from image_search_service.services.search import (
 from image_search_service.vector.base import SearchFilter
 
 ImageFormat = Literal["JPEG", "PNG", "WEBP"]
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 # -- search requests -------------------------------------------------------------------
@@ -35,13 +37,30 @@ class SearchParams(BaseModel):
     taken_after: datetime | None = Field(
         None, description="capture time at or after (ISO 8601 date or date-time; naive is UTC)"
     )
-    taken_before: datetime | None = Field(None, description="capture time before (ISO 8601)")
+    taken_before: datetime | None = Field(
+        None, description="capture time before (ISO 8601 date or date-time; naive is UTC)"
+    )
     format: ImageFormat | None = Field(None, description="file format (case-insensitive)")
     user_id: str | None = Field(
         None,
         max_length=MAX_USER_ID_CHARS,
         description="routes the request (the X-User-Id header wins when both are given)",
     )
+
+    @field_validator("taken_after", "taken_before", mode="before")
+    @classmethod
+    def _iso_only(cls, value: Any) -> Any:
+        # pydantic reads bare numbers as Unix times; `taken_before=0.5` is a mistake.
+        if isinstance(value, int | float) or (
+            isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+        ):
+            raise ValueError("must be an ISO 8601 date or date-time, not a number")
+        return value
+
+    @field_validator("taken_after", "taken_before")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     @field_validator("format", mode="before")
     @classmethod

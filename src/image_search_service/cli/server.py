@@ -45,7 +45,10 @@ def serve(host: str | None, port: int, preload: bool | None) -> None:
     else:
         host = host or "0.0.0.0"
     click.echo(f"serving on http://{host}:{port} (docs at /docs)", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port)
+    from image_search_service.api.serving import settings_for_host, uvicorn_limits
+
+    settings = settings_for_host(settings, host)
+    uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_limits(settings))
 
 
 COMMANDS: list[click.Command] = [serve]

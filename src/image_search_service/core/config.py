@@ -10,11 +10,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from platformdirs import user_data_dir
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from image_search_service.core.errors import ConfigError
 
+APP_NAME = "image-search"
 ModelKey = Literal["clip", "siglip"]
 MODEL_KEYS: tuple[ModelKey, ...] = ("clip", "siglip")
 
@@ -24,7 +26,9 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
-    data_dir: Path = Path("./data")
+    # The platform's per-user data folder (~/.local/share/image-search on Linux), so a
+    # search from any folder finds the same library; containers set DATA_DIR=/data.
+    data_dir: Path = Field(default_factory=lambda: Path(user_data_dir(APP_NAME, appauthor=False)))
     database_url: str | None = None
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
@@ -59,6 +63,15 @@ class Settings(BaseSettings):
     # HTTP API: without API_KEY, data-changing and admin endpoints are open and `serve`
     # binds to 127.0.0.1 unless told otherwise.
     api_key: str | None = None
+    # Host names (Host header, port ignored) the API answers; `*.example.com` patterns,
+    # `*` for any. `serve --host ADDR` adds ADDR. Guards against DNS rebinding.
+    allowed_hosts: str = "localhost,127.0.0.1,::1"
+    # Origins of other web pages allowed to send writes (e.g. https://photos.example).
+    trusted_origins: str = ""
+    # uvicorn limits, set by `image-search serve`.
+    max_connections: int = Field(100, ge=1, le=100_000)
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    keep_alive_timeout_s: int = Field(5, ge=1, le=300)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     # Share of the library (0..1) the candidate model must cover before the router lets it
     # serve; unset means "every asset the baseline covers".
@@ -81,10 +94,38 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _no_space_key(cls, value: object) -> object:
+        # `API_KEY="  "` passes docker compose's `${API_KEY:?}` check; treating it as
+        # unset would serve every interface with no key. Empty stays "unset".
+        if isinstance(value, str) and value and not value.strip():
+            raise ValueError("is only whitespace; set a real key or leave it empty")
+        return value
+
     @field_validator("database_url", "qdrant_url", "redis_url", "qdrant_api_key", "api_key")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _some_host(cls, value: str) -> str:
+        if not cls._split(value):
+            raise ValueError("must name at least one host (or `*` for any)")
+        return value
+
+    @staticmethod
+    def _split(value: str) -> list[str]:
+        return [part.strip() for part in value.split(",") if part.strip()]
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return self._split(self.allowed_hosts)
+
+    @property
+    def trusted_origin_list(self) -> list[str]:
+        return self._split(self.trusted_origins)
 
     @model_validator(mode="after")
     def _distinct_collections(self) -> Settings:

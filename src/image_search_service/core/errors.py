@@ -31,6 +31,12 @@ class UnsupportedImage(ServiceError):
     status_code = 415
 
 
+class ImageShapeRefused(UnsupportedImage):
+    """A readable image too elongated to encode at a bounded cost (see MAX_ASPECT_RATIO)."""
+
+    status_code = 422
+
+
 class ImageTooLarge(ServiceError):
     """Too many bytes or too many pixels (decompression bomb)."""
 

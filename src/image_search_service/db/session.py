@@ -9,6 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from filelock import FileLock, Timeout
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,6 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from image_search_service.core.errors import DatabaseUnavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Any constant: the PostgreSQL advisory lock every migrating process takes.
+_PG_MIGRATION_LOCK = 0x1A6E5EA7C4
+MIGRATION_LOCK_TIMEOUT_S = 300.0
 
 
 def make_engine(url: str) -> Engine:
@@ -50,14 +54,41 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade_database(engine: Engine) -> None:
-    """Apply migrations up to head (idempotent)."""
+    """Apply migrations up to head (idempotent, and safe when several processes start
+    at once on a fresh database: they migrate one at a time, the later ones find
+    nothing left to do). SQLite: a lock file beside the database; PostgreSQL: an
+    advisory lock held by the migrating transaction."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     try:
-        with engine.begin() as connection:
+        with _sqlite_migration_lock(engine), engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
     except OperationalError as exc:
         raise DatabaseUnavailable(f"cannot reach the metadata database: {exc.orig}") from exc
+
+
+@contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    lock = FileLock(f"{database}.migrate.lock", timeout=MIGRATION_LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DatabaseUnavailable(
+            f"another process has been migrating {database} for over "
+            f"{MIGRATION_LOCK_TIMEOUT_S:.0f} s; is one stuck?"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def check_database(engine: Engine) -> None:

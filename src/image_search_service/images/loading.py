@@ -1,12 +1,20 @@
 """Decode one image safely: format check, bomb guard, draft mode, EXIF orientation, RGB.
 
 Every failure is an :class:`UnsupportedImage` or :class:`ImageTooLarge` with a reason
-a person can act on; nothing here raises anything else for bad input.
+a person can act on; nothing here raises anything else for bad input, whatever Pillow
+raises inside (``struct.error`` from a malformed EXIF block, ``MemoryError``, ...).
+Broken metadata with readable pixels is not a failure: the image loads without it.
+
+Cost is bounded by what the caller needs (``min_side``), not by the file: absurd aspect
+ratios are refused from the header before any pixel is decoded, JPEGs decode reduced
+(draft mode) and anything larger than needed is reduced right after decoding, so a
+model's preprocessing never resizes millions of pixels.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,10 +22,16 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from image_search_service.core.errors import ImageTooLarge, UnsupportedImage
+from image_search_service.core.errors import ImageShapeRefused, ImageTooLarge, UnsupportedImage
 
-SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
-SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp"})
+logger = logging.getLogger(__name__)
+
+# MPO is the two-frame JPEG phones write (stereo / depth); the first frame is the photo.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
+# Longer side / shorter side. Phone panoramas reach about 10:1; past this a model's
+# preprocessing (resize the short side to ~224 px) would produce millions of pixels.
+MAX_ASPECT_RATIO = 20
+SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".mpo", ".png", ".webp"})
 
 _EXIF_IFD = 0x8769
 _TAG_MAKE, _TAG_MODEL = 0x010F, 0x0110
@@ -62,6 +76,8 @@ def load_image(
                 return _decode(img, name=name, max_pixels=max_pixels, min_side=min_side)
     except (UnsupportedImage, ImageTooLarge):
         raise
+    except MemoryError:
+        raise ImageTooLarge(f"{name}: not enough memory to decode this image") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(
             f"{name}: refused as a possible decompression bomb ({exc}); see MAX_IMAGE_PIXELS"
@@ -73,6 +89,10 @@ def load_image(
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow reports truncated/corrupt data as OSError or SyntaxError.
         raise UnsupportedImage(f"{name}: corrupt or truncated image ({exc})") from None
+    except Exception as exc:
+        # Any other exception while reading one file (struct.error, IndexError,
+        # ZeroDivisionError deep in a plugin) is that file's failure, never the caller's.
+        raise UnsupportedImage(f"{name}: unreadable image ({type(exc).__name__}: {exc})") from None
 
 
 def _decode(img: Image.Image, *, name: str, max_pixels: int, min_side: int | None) -> LoadedImage:
@@ -87,29 +107,76 @@ def _decode(img: Image.Image, *, name: str, max_pixels: int, min_side: int | Non
             f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
             f"{max_pixels:,} (MAX_IMAGE_PIXELS)"
         )
-    exif = img.getexif()
-    orientation = exif.get(0x0112, 1)
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageShapeRefused(
+            f"{name}: {width}x{height} is too elongated (longer side more than "
+            f"{MAX_ASPECT_RATIO} times the shorter); crop it first"
+        )
+    if fmt == "MPO":
+        img.seek(0)  # the first frame is the photo; the others are depth or stereo views
+        fmt = "JPEG"
+    exif = _read_exif(img, name)
+    orientation = exif.get(0x0112, 1) if exif is not None else 1
     if fmt == "JPEG" and min_side:
         # Draft keeps both sides >= the requested size; rotation does not change that.
         scale = min(width, height) / min_side
         if scale >= 2:
             img.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
     img.load()
-    image = ImageOps.exif_transpose(img) or img
+    image: Image.Image = img
+    if orientation != 1:
+        try:
+            image = ImageOps.exif_transpose(img) or img
+        except Exception as exc:  # a malformed EXIF block: keep the pixels, drop the metadata
+            logger.info("%s: EXIF orientation ignored (%s: %s)", name, type(exc).__name__, exc)
+            image, exif, orientation = img, None, 1
+    if min_side:
+        image = _reduce(image, min_side)
     if image.mode != "RGB":
         image = _to_rgb(image)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    sub = exif.get_ifd(_EXIF_IFD)
-    meta = ImageMeta(
+    return LoadedImage(image=image, meta=_meta(exif, name, width=width, height=height, fmt=fmt))
+
+
+def _read_exif(img: Image.Image, name: str) -> Image.Exif | None:
+    try:
+        return img.getexif()
+    except Exception as exc:  # broken metadata never costs the photo
+        logger.info("%s: EXIF ignored (%s: %s)", name, type(exc).__name__, exc)
+        return None
+
+
+def _meta(exif: Image.Exif | None, name: str, *, width: int, height: int, fmt: str) -> ImageMeta:
+    taken_at = make = model = None
+    if exif is not None:
+        try:
+            sub = exif.get_ifd(_EXIF_IFD)
+            taken_at = _parse_exif_time(sub.get(_TAG_DATETIME_ORIGINAL) or exif.get(_TAG_DATETIME))
+            make, model = _clean(exif.get(_TAG_MAKE)), _clean(exif.get(_TAG_MODEL))
+        except Exception as exc:
+            logger.info("%s: EXIF ignored (%s: %s)", name, type(exc).__name__, exc)
+            taken_at = make = model = None
+    return ImageMeta(
         width=width,
         height=height,
         format=fmt,
-        taken_at=_parse_exif_time(sub.get(_TAG_DATETIME_ORIGINAL) or exif.get(_TAG_DATETIME)),
-        camera_make=_clean(exif.get(_TAG_MAKE)),
-        camera_model=_clean(exif.get(_TAG_MODEL)),
+        taken_at=taken_at,
+        camera_make=make,
+        camera_model=model,
     )
-    return LoadedImage(image=image, meta=meta)
+
+
+def _reduce(image: Image.Image, min_side: int) -> Image.Image:
+    """Shrink by a whole factor (box filter, cheap) while the shorter side stays at
+    least twice ``min_side``: what a format without draft mode (PNG, WebP) decoded at
+    full size costs the model's preprocessing is then bounded by the model."""
+    factor = min(image.size) // (2 * min_side)
+    if factor < 2:
+        return image
+    if image.mode not in ("RGB", "RGBA", "L", "LA", "I", "F"):
+        image = _to_rgb(image)
+    return image.reduce(factor)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

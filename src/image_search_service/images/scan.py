@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from image_search_service.images.loading import SUPPORTED_SUFFIXES
@@ -12,8 +12,17 @@ from image_search_service.images.loading import SUPPORTED_SUFFIXES
 _HASH_CHUNK = 1 << 20
 
 
-def scan_images(roots: Iterable[Path]) -> Iterator[Path]:
-    """Yield image files (by suffix) below each root, sorted, skipping hidden entries."""
+def scan_images(
+    roots: Iterable[Path], *, on_refused: Callable[[Path, str], None] | None = None
+) -> Iterator[Path]:
+    """Yield image files (by suffix) below each root, sorted, skipping hidden entries.
+
+    Symlink policy: a root given by the user is resolved and trusted. Below it, a
+    symlinked file is indexed only when its target lies inside the same root (so the
+    library never reaches outside the folders it was pointed at); one pointing
+    elsewhere is reported to ``on_refused`` with its reason and skipped. Symlinked
+    folders are not followed.
+    """
     seen: set[Path] = set()
     for root in roots:
         root = root.resolve()
@@ -22,9 +31,21 @@ def scan_images(roots: Iterable[Path]) -> Iterator[Path]:
         else:
             candidates = _walk(root)
         for path in candidates:
-            if path.suffix.lower() in SUPPORTED_SUFFIXES and path not in seen:
-                seen.add(path)
-                yield path
+            if path.suffix.lower() not in SUPPORTED_SUFFIXES or path in seen:
+                continue
+            seen.add(path)
+            if path.is_symlink() and not _inside(path, root):
+                if on_refused is not None:
+                    on_refused(path, "symlink to a file outside the indexed folder; not indexed")
+                continue
+            yield path
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve(strict=True).is_relative_to(root)
+    except (OSError, RuntimeError):  # dangling or looping link
+        return False
 
 
 def _walk(root: Path) -> Iterator[Path]:

@@ -14,9 +14,9 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, overload
 from uuid import UUID
 
 from PIL import Image
@@ -32,7 +32,7 @@ from image_search_service.core.errors import (
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.images.loading import load_image
-from image_search_service.images.scan import bytes_hash
+from image_search_service.images.scan import bytes_hash, content_hash
 from image_search_service.services.context import ServiceContext
 from image_search_service.services.indexing import index_paths, models_to_index
 
@@ -57,6 +57,24 @@ class AssetUnreadable(ServiceError):
     status_code = 422
 
 
+class AssetFileChanged(ServiceError):
+    """The file at the asset's path is no longer the file that was indexed."""
+
+    status_code = 409
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+def as_utc(value: datetime | None) -> datetime | None:
+    """Times leave the service with their zone. SQLite returns stored UTC times naive,
+    and EXIF capture times carry none: both are read as UTC, as the search filters do."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class AssetView:
     id: UUID
@@ -73,6 +91,7 @@ class AssetView:
     camera_model: str | None
     created_at: datetime
     updated_at: datetime
+    mtime_ns: int
     embeddings: dict[str, str] = field(default_factory=dict)  # model key -> state
 
     @classmethod
@@ -87,11 +106,12 @@ class AssetView:
             width=asset.width,
             height=asset.height,
             format=asset.format,
-            taken_at=asset.taken_at,
+            taken_at=as_utc(asset.taken_at),
             camera_make=asset.camera_make,
             camera_model=asset.camera_model,
-            created_at=asset.created_at,
-            updated_at=asset.updated_at,
+            created_at=as_utc(asset.created_at),
+            updated_at=as_utc(asset.updated_at),
+            mtime_ns=asset.mtime_ns,
             embeddings=embeddings or {},
         )
 
@@ -142,10 +162,37 @@ class AssetService:
         return AssetView.of(asset, states)
 
     def file(self, asset: AssetView) -> Path:
-        path = Path(asset.path)
-        if not path.is_file():
+        """The file to serve: only a valid image of the library, and only while it is
+        still the file that was indexed (invariant 9).
+
+        A failed (non-image) asset is never served. The path is resolved now, not
+        trusted from the DB: it must be a regular file with the recorded size and mtime
+        whose content opens as the recorded format; when a symlink is involved (the
+        resolved path differs) its content hash must match too, so a link re-pointed
+        after indexing serves nothing. The resolved path is what gets served.
+        """
+        if asset.status != AssetStatus.ACTIVE.value or asset.format is None:
+            raise AssetUnreadable(
+                f"asset {asset.id} is not a readable image"
+                + (f": {asset.error}" if asset.error else " (not indexed yet)")
+            )
+        try:
+            real = Path(asset.path).resolve(strict=True)
+            stat = real.stat()
+        except (OSError, RuntimeError):
+            raise AssetFileMissing(f"the file of asset {asset.id} is gone: {asset.path}") from None
+        if not real.is_file():
             raise AssetFileMissing(f"the file of asset {asset.id} is gone: {asset.path}")
-        return path
+        changed = AssetFileChanged(
+            f"the file of asset {asset.id} changed since it was indexed; index it again"
+        )
+        if stat.st_size != asset.size_bytes or stat.st_mtime_ns != asset.mtime_ns:
+            raise changed
+        if _sniff_format(real) != asset.format:
+            raise changed
+        if real != Path(asset.path) and content_hash(real) != asset.content_hash:
+            raise changed
+        return real
 
     def thumbnail(self, asset: AssetView, *, size: int) -> Path:
         """A JPEG at most ``size`` pixels on its longer side, cached by content hash."""
@@ -177,7 +224,10 @@ class AssetService:
                 f"upload is {len(data):,} bytes, over the limit of "
                 f"{settings.max_upload_bytes:,} (MAX_UPLOAD_BYTES)"
             )
-        meta = load_image(data, max_pixels=settings.max_image_pixels).meta
+        # Reduced decode: this only validates the pixels and reads the metadata.
+        meta = load_image(
+            data, max_pixels=settings.max_image_pixels, min_side=THUMBNAIL_SIZES[-1]
+        ).meta
         digest = bytes_hash(data)
         with self._write_lock:
             with self.ctx.transaction() as session:
@@ -225,6 +275,16 @@ class AssetService:
             for thumb in (self.thumbnails_dir / digest[:2]).glob(f"{digest}-*.jpg"):
                 thumb.unlink(missing_ok=True)
             logger.info("deleted asset %s (%s)", asset_id, path)
+
+
+def _sniff_format(path: Path) -> str | None:
+    """The format Pillow reads from the file's header (no pixels decoded)."""
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+    except Exception:  # not an image at all, or unreadable: not what was indexed
+        return None
+    return "JPEG" if fmt == "MPO" else fmt
 
 
 def _write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None:

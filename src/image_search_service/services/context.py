@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -14,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
+from image_search_service.core.errors import ConfigError
 from image_search_service.core.specs import ModelSpec, model_spec
 from image_search_service.db.session import (
     make_engine,
@@ -28,6 +32,8 @@ from image_search_service.vector.schema import CollectionSpec, collection_spec
 
 if TYPE_CHECKING:
     from image_search_service.encoders.openclip import OpenClipEncoder
+
+logger = logging.getLogger(__name__)
 
 # A collection found to fit its spec is not asked again for this long: a search costs
 # no round trip for it (a collection dropped meanwhile still fails the search itself).
@@ -100,6 +106,20 @@ class ServiceContext:
         self.engine.dispose()
 
 
+def ensure_writable(data_dir: Path) -> None:
+    """One clear line instead of a traceback from deep inside SQLite or Qdrant."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"DATA_DIR {data_dir.absolute()} is not a writable folder ({reason}); "
+            "set DATA_DIR to a folder you can write to"
+        ) from None
+
+
 def open_context(
     settings: Settings,
     *,
@@ -110,6 +130,12 @@ def open_context(
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+    ensure_writable(settings.data_dir)
+    logger.info(
+        "library: %s (DATA_DIR)%s",
+        settings.data_dir.absolute(),
+        "" if settings.database_url is None else "; metadata in DATABASE_URL",
+    )
     engine = make_engine(settings.resolved_database_url)
     if migrate:
         upgrade_database(engine)

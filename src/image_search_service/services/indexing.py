@@ -18,12 +18,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey
+from image_search_service.core.errors import ModelMismatch
 from image_search_service.core.specs import BASELINE, ModelSpec
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.images.scan import content_hash, scan_images
 from image_search_service.services.context import ServiceContext
 from image_search_service.services.pipeline import AssetRef, embed_assets
+from image_search_service.vector.base import verify_collection
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +70,22 @@ def index_paths(
     started = time.perf_counter()
     report = IndexReport(models=list(model_keys))
     specs = [ctx.spec(k) for k in model_keys]
-    for key in model_keys:
-        ctx.ensure_collection(key)
     for root in roots:
         if not root.exists():
-            raise FileNotFoundError(f"no such file or folder: {root}")
+            raise FileNotFoundError(f"no such file or folder: {root.absolute()}")
+    for key in model_keys:
+        # Before anything is written: a stamp mismatch stops the run with nothing changed.
+        _check_or_renew_collection(ctx, key)
 
     with ctx.transaction() as session:
         to_embed = _reconcile(ctx, session, roots, specs, report)
+    needed = {key for _, keys in to_embed for key in keys}
+    for key in model_keys:
+        if key in needed:
+            # A model that cannot load (offline, wrong name) fails here, before its
+            # collection exists: no empty collection stamped with an unusable model.
+            ctx.encoder(key).load()
+        ctx.ensure_collection(key)
 
     # Group by the models each asset still needs, so nothing is encoded twice.
     groups: dict[tuple[ModelKey, ...], list[AssetRef]] = {}
@@ -107,6 +117,24 @@ def index_paths(
     return report
 
 
+def _check_or_renew_collection(ctx: ServiceContext, key: ModelKey) -> None:
+    """Raise ModelMismatch if the collection holds another model's vectors; an EMPTY
+    collection stamped with another model (left by a run whose model never loaded, or
+    whose every file failed) holds nothing to protect and is dropped, to be re-made for
+    the configured model."""
+    spec = ctx.collection_spec(key)
+    if not ctx.store.has_collection(spec.name):
+        return
+    try:
+        verify_collection(ctx.store, spec)
+    except ModelMismatch:
+        if ctx.store.count(spec.name) > 0:
+            raise
+        logger.info("collection %s is empty and stamped for another model: re-made", spec.name)
+        ctx.forget_verified(key)
+        ctx.store.drop_collection(spec.name)
+
+
 def _reconcile(
     ctx: ServiceContext,
     session: Session,
@@ -120,7 +148,14 @@ def _reconcile(
     # DB work instead of serially before the model can start.
     with ThreadPoolExecutor(max_workers=ctx.settings.decode_workers) as pool:
         probes: list[tuple[Path, Asset | None, Future[str] | None, int, int]] = []
-        for path in scan_images(roots):
+        refused: list[Path] = []
+
+        def refuse(path: Path, reason: str) -> None:
+            refused.append(path)
+            report.failed += 1
+            report.failures.append({"path": str(path), "error": reason})
+
+        for path in scan_images(roots, on_refused=refuse):
             report.scanned += 1
             key = str(path)
             seen.add(key)
@@ -161,6 +196,10 @@ def _reconcile(
                 to_embed.append((AssetRef(asset.id, path), needed))
             else:
                 report.skipped += 1
+    for path in refused:  # it was a library file once: it is not one now
+        known = repo.asset_by_path(session, str(path))
+        if known is not None:
+            _forget(ctx, session, known)
     session.flush()
     _mark_missing(ctx, session, roots, seen, report)
     return to_embed

@@ -64,6 +64,9 @@ def _decode(ref: AssetRef, encoders: Sequence[Encoder], max_pixels: int) -> _Dec
         return _Decoded(ref, loaded.meta, tensors, None)
     except (UnsupportedImage, ImageTooLarge) as exc:
         return _Decoded(ref, None, None, exc.detail)
+    except Exception as exc:  # one file's failure, whatever it is, never the batch's
+        logger.warning("cannot prepare %s: %s: %s", ref.path, type(exc).__name__, exc)
+        return _Decoded(ref, None, None, f"{ref.path.name}: {type(exc).__name__}: {exc}")
 
 
 def _decoded_in_order(

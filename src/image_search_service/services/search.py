@@ -14,14 +14,16 @@ import numpy as np
 from cachetools import LRUCache
 
 from image_search_service.core.config import ModelKey
-from image_search_service.core.errors import AssetNotFound, InvalidRequest
+from image_search_service.core.errors import AssetNotFound, CollectionMissing, InvalidRequest
 from image_search_service.core.specs import ModelSpec
 from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetStatus
 from image_search_service.encoders.base import Encoder, FloatArray
 from image_search_service.images.loading import load_image
+from image_search_service.services.assets import as_utc
 from image_search_service.services.context import ServiceContext
 from image_search_service.vector.base import SearchFilter
+from image_search_service.vector.schema import payload_timestamp
 
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 100
@@ -89,7 +91,10 @@ class SearchOptions:
         if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
             raise InvalidRequest("min_score must be between -1 and 1 (cosine similarity)")
         f = self.search_filter
-        if f and f.taken_after and f.taken_before and f.taken_after >= f.taken_before:
+        # Compared as instants: a naive time is UTC, so mixed forms never fail to compare.
+        after = payload_timestamp(f.taken_after) if f else None
+        before = payload_timestamp(f.taken_before) if f else None
+        if after is not None and before is not None and after >= before:
             raise InvalidRequest("taken_after must be earlier than taken_before")
 
 
@@ -132,7 +137,7 @@ class SearchService:
         options.validate()
         started = time.perf_counter()
         # A missing or mismatched collection is reported before paying for a model load.
-        self.ctx.verify_collection(model)
+        self._verify_collection(model)
         encoder = self.ctx.encoder(model)
         vector = self.text_cache.get(encoder, text)
         return self._search(vector, model=model, options=options, started=started, text=True)
@@ -142,7 +147,11 @@ class SearchService:
     ) -> SearchOutcome:
         options.validate()
         started = time.perf_counter()
-        self.ctx.verify_collection(model)
+        if isinstance(source, Path) and not source.is_file():
+            # Checked before the model loads, and named in full: "photo.jpg" alone does
+            # not say which folder was searched.
+            raise InvalidRequest(f"no such image file: {source.absolute()}")
+        self._verify_collection(model)
         encoder = self.ctx.encoder(model)
         loaded = load_image(
             source, max_pixels=self.ctx.settings.max_image_pixels, min_side=encoder.image_size
@@ -160,7 +169,7 @@ class SearchService:
             asset = repo.get_asset(session, asset_id)
             if asset is None or asset.status == AssetStatus.MISSING:
                 raise AssetNotFound(f"asset {asset_id} not found")
-        self.ctx.verify_collection(model)
+        self._verify_collection(model)
         stored = self.ctx.store.retrieve_vectors(collection, [asset_id]).get(asset_id)
         if stored is None:
             raise AssetNotFound(
@@ -180,6 +189,17 @@ class SearchService:
             search_filter=exclude,
         )
         return self._search(stored, model=model, options=options, started=started)
+
+    def _verify_collection(self, model: ModelKey) -> None:
+        spec = self.ctx.collection_spec(model)
+        try:
+            self.ctx.verify_collection(model)
+        except CollectionMissing:
+            raise CollectionMissing(
+                f"nothing indexed yet for {model}: collection {spec.name!r} does not exist. "
+                "Run `image-search index FOLDER` first (or upload photos to /api/v1/assets); "
+                f"the library is in {self.ctx.settings.data_dir.absolute()} (DATA_DIR)"
+            ) from None
 
     def _search(
         self,
@@ -216,7 +236,7 @@ class SearchService:
                     width=asset.width,
                     height=asset.height,
                     format=asset.format,
-                    taken_at=asset.taken_at,
+                    taken_at=as_utc(asset.taken_at),
                 )
             )
         return SearchOutcome(

@@ -24,6 +24,7 @@ from image_search_service.api.uploads import read_upload
 from image_search_service.core.errors import (
     AssetNotFound,
     DatabaseUnavailable,
+    ImageShapeRefused,
     ImageTooLarge,
     InvalidRequest,
     ModelLoadError,
@@ -35,6 +36,7 @@ from image_search_service.core.errors import (
 from image_search_service.services.assets import (
     MAX_PAGE,
     MAX_PAGE_OFFSET,
+    AssetFileChanged,
     AssetFileMissing,
     AssetUnreadable,
 )
@@ -63,7 +65,7 @@ def get_asset(asset: AssetOr404) -> AssetOut:
     "/{asset_id}/file",
     summary="The original file",
     response_class=FileResponse,
-    responses=error_responses(*_LOOKUP_ERRORS, AssetFileMissing),
+    responses=error_responses(*_LOOKUP_ERRORS, AssetFileMissing, AssetUnreadable, AssetFileChanged),
 )
 def get_asset_file(asset: AssetOr404, assets: AssetServiceDep) -> FileResponse:
     return FileResponse(assets.file(asset), media_type=asset.media_type)
@@ -75,7 +77,7 @@ def get_asset_file(asset: AssetOr404, assets: AssetServiceDep) -> FileResponse:
     response_class=FileResponse,
     responses={
         200: {"content": {"image/jpeg": {}}},
-        **error_responses(*_LOOKUP_ERRORS, AssetFileMissing, AssetUnreadable),
+        **error_responses(*_LOOKUP_ERRORS, AssetFileMissing, AssetUnreadable, AssetFileChanged),
     },
 )
 def get_asset_thumbnail(
@@ -102,6 +104,7 @@ def get_asset_thumbnail(
             Unauthorized,
             UnsupportedMediaType,
             UnsupportedImage,
+            ImageShapeRefused,
             ImageTooLarge,
             InvalidRequest,
             ModelMismatch,

@@ -31,6 +31,7 @@ from image_search_service.core.errors import (
     AssetNotFound,
     CollectionMissing,
     DatabaseUnavailable,
+    ImageShapeRefused,
     ImageTooLarge,
     InvalidRequest,
     ModelLoadError,
@@ -123,7 +124,11 @@ async def search_text_json(
     summary="Search by an example image (multipart field `file`)",
     dependencies=[RequireMultipart],
     responses=error_responses(
-        *_COMMON_ERRORS, UnsupportedMediaType, UnsupportedImage, ImageTooLarge
+        *_COMMON_ERRORS,
+        UnsupportedMediaType,
+        UnsupportedImage,
+        ImageShapeRefused,
+        ImageTooLarge,
     ),
 )
 async def search_image(
