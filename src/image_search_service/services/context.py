@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
 from image_search_service.core.specs import ModelSpec, model_spec
+from image_search_service.core.threads import ThreadPlan, plan_threads
 from image_search_service.db.session import make_engine, make_session_factory, upgrade_database
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.vector.base import CollectionSpec, VectorStore
@@ -29,6 +30,7 @@ class ServiceContext:
     store: VectorStore
     encoders: EncoderRegistry
     specs: dict[ModelKey, ModelSpec] = field(default_factory=dict)
+    threads: ThreadPlan = field(default_factory=lambda: ThreadPlan(1, 1, 1))
 
     def spec(self, key: ModelKey) -> ModelSpec:
         return self.specs[key]
@@ -60,10 +62,7 @@ def open_context(
     migrate: bool = True,
     encoders: EncoderRegistry | None = None,
 ) -> ServiceContext:
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
+    threads = plan_threads(settings)
     engine = make_engine(settings.resolved_database_url)
     if migrate:
         upgrade_database(engine)
@@ -73,7 +72,7 @@ def open_context(
         engine=engine,
         session_factory=make_session_factory(engine),
         store=store,
-        encoders=encoders
-        or EncoderRegistry(device=settings.device, cache_dir=settings.model_cache_dir),
+        encoders=encoders or EncoderRegistry.from_settings(settings),
         specs={key: model_spec(settings, key) for key in MODEL_KEYS},
+        threads=threads,
     )
