@@ -32,6 +32,7 @@ def library_status(ctx: ServiceContext) -> dict[str, Any]:
             "collection": spec.collection,
             "exists": info is not None,
             "configured_model": spec.identity.as_dict(),
+            "configured_runtime": ctx.encoders.runtime,
             "embedded": counts.done,
             "failed": counts.failed,
             "pending": counts.pending,

@@ -132,6 +132,7 @@ class EdgeVectorStore:
             quantization=meta.get("quantization"),
             hnsw_m=hnsw.get("m"),
             hnsw_ef_construct=hnsw.get("ef_construct"),
+            runtimes=tuple(meta.get("runtimes", ())),
         )
 
     def verify_collection(self, spec: CollectionSpec) -> None:
@@ -139,6 +140,20 @@ class EdgeVectorStore:
         if meta is None:
             raise CollectionMissing(f"collection {spec.name!r} does not exist")
         check_identity(spec.name, ModelIdentity.from_dict(meta["model"]), spec.identity)
+
+    def note_runtime(self, name: str, runtime: str) -> None:
+        with self._mutex:
+            meta = self._meta(name)
+            if meta is None:
+                raise CollectionMissing(f"collection {name!r} does not exist")
+            runtimes = list(meta.get("runtimes", []))
+            if runtime in runtimes:
+                return
+            meta["runtimes"] = [*runtimes, runtime]
+            directory = self._dir(name)
+            tmp = directory / (_META_FILE + ".tmp")
+            tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, directory / _META_FILE)
 
     def drop_collection(self, name: str) -> bool:
         with self._mutex:
