@@ -42,7 +42,7 @@ def _photos() -> list[Image.Image]:
     ]
 
 
-def _min_cos(a: np.ndarray, b: np.ndarray) -> float:  # type: ignore[type-arg]
+def _min_cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1)))
 
 

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # MODEL_CACHE_DIR or DATA_DIR/models) or open_clip's PyTorch eager. See docs/performance.md
     # for the measurements behind the defaults.
     encoder_runtime: EncoderRuntime = "onnx"
-    encoder_precision: EncoderPrecision = "fp32"
+    encoder_precision: EncoderPrecision = "int8"
 
     batch_size: int = Field(16, ge=1, le=1024)
     # 0 = chosen with the model threads for the core count (core/threads.py).
