@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 
 from image_search_service.core.specs import DEMO_MODELS_DIR, ModelSpec
+from image_search_service.demo.synthetic import ALL_SPECS, caption_for, write_library
 from image_search_service.encoders import onnx_export
 from image_search_service.encoders.onnx import OnnxEncoder
 from image_search_service.encoders.openclip import OpenClipEncoder
+from image_search_service.images.loading import load_image
 from tests.factories import jpeg_bytes, write_tiny_model
 
 TEXTS = ["a red circle", "two dogs on a beach", "a blue star at night"]
@@ -253,3 +255,41 @@ def test_demo_model_folder_is_read_only_input(tmp_path: Path) -> None:
     assert sorted(p.name for p in (DEMO_MODELS_DIR / "demo-clip").iterdir()) == before
     assert enc.export is not None
     assert enc.export.directory.parent == tmp_path / "onnx"
+
+
+@pytest.mark.parametrize("key", ["clip", "siglip"])
+def test_int8_keeps_the_demo_models_search_results(tmp_path: Path, key: str) -> None:
+    """The rule behind the INT8 default, on a small held-out set of the shape world:
+    precision within 0.02 of fp32 and recall@10 of INT8 against fp32 >= 0.98."""
+    written = write_library(
+        tmp_path / "held-out", 160, seed=77, jpeg_quality_range=(55, 90), size_range=(140, 300)
+    )
+    queries = [caption_for([spec]) for spec in ALL_SPECS]
+    relevant = np.array([[spec.label in pic.labels for _, pic in written] for spec in ALL_SPECS])
+    results = {}
+    for precision in ("fp32", "int8"):
+        enc = OnnxEncoder(_demo(key), export_dir=tmp_path / "onnx", precision=precision)
+        images = enc.encode_images(
+            [
+                load_image(path, max_pixels=10**8, min_side=enc.image_size).image
+                for path, _ in written
+            ]
+        )
+        assert enc.runtime == f"onnx-{precision}"
+        scores = enc.encode_text(queries) @ images.T
+        results[precision] = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    precision_at_10 = {}
+    for precision, top in results.items():
+        rows = []
+        for q in range(len(queries)):
+            k = min(10, int(relevant[q].sum()))  # as docs/demo-models.md measures P@10
+            if k:
+                rows.append(relevant[q, top[q, :k]].mean())
+        assert len(rows) >= 35
+        precision_at_10[precision] = float(np.mean(rows))
+    assert precision_at_10["fp32"] >= 0.8  # a trained model: the check has teeth
+    assert abs(precision_at_10["int8"] - precision_at_10["fp32"]) <= 0.02
+    recall = np.mean(
+        [len(set(a) & set(b)) / 10 for a, b in zip(results["int8"], results["fp32"], strict=True)]
+    )
+    assert recall >= 0.98

@@ -150,6 +150,8 @@ class QdrantServerStore:
         check_identity(spec.name, self._stamp(spec.name), spec.identity)
 
     def note_runtime(self, name: str, runtime: str) -> None:
+        if not self._exists(name):
+            raise CollectionMissing(f"collection {name!r} does not exist")
         info = self._call(lambda: self.client.get_collection(name))
         runtimes = list((info.config.metadata or {}).get("runtimes") or [])
         if runtime not in runtimes:
