@@ -15,7 +15,6 @@ ONNX is used. :attr:`runtime` tells which one made the vectors.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +71,6 @@ class OnnxEncoder(OpenClipEncoder):
         self._export: OnnxExport | None = None
         self._image_session: Any = None
         self._text_session: Any = None
-        self._text_lock = threading.Lock()
 
     @property
     def runtime(self) -> str:
@@ -107,7 +105,10 @@ class OnnxEncoder(OpenClipEncoder):
                     "%s: INT8 refused (%s); using the verified fp32 ONNX export", self.spec.key, exc
                 )
                 export, active = exc.fp32, "fp32"
-            self._image_session = make_session(export.path("image", active), threads=self._threads)
+            # Both sessions now: the files may be replaced later by another process that
+            # exports newer weights of the same model (stale exports are pruned).
+            image = make_session(export.path("image", active), threads=self._threads)
+            text = make_session(export.path("text", active), threads=self._threads)
         except (ExportFailed, OSError) as exc:
             logger.warning(
                 "%s: ONNX export of %s failed (%s); encoding with PyTorch instead",
@@ -126,6 +127,7 @@ class OnnxEncoder(OpenClipEncoder):
             )
             return
         self._export, self._active = export, active
+        self._image_session, self._text_session = image, text
         self._model = None  # ONNX Runtime serves from here on; release the PyTorch weights
         cos = export.min_cosine(active)
         logger.info(
@@ -148,23 +150,12 @@ class OnnxEncoder(OpenClipEncoder):
         self._observe("image", len(result), started)
         return result
 
-    def _text(self) -> Any:
-        if self._text_session is None:
-            with self._text_lock:
-                if self._text_session is None:
-                    assert self._export is not None
-                    assert self._active is not None
-                    self._text_session = make_session(
-                        self._export.path("text", self._active), threads=self._threads
-                    )
-        return self._text_session
-
     def _encode_text_locked(self, texts: Sequence[str]) -> FloatArray:
         if self._active is None:
             return super()._encode_text_locked(texts)
         tokens = self._get_tokenizer()(list(texts))
         ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64))
-        (features,) = self._text().run(None, {"input": ids})
+        (features,) = self._text_session.run(None, {"input": ids})
         return _normalised(features)
 
 
