@@ -79,7 +79,7 @@ def main() -> None:
         mb = sum(f.stat().st_size for f in files) / 1e6
 
         def settings_for(runtime: str, precision: str | None = None, data: str = "data") -> Any:
-            extra = {"encoder_precision": precision} if precision else {}
+            extra: dict[str, Any] = {"encoder_precision": precision} if precision else {}
             return Settings(
                 _env_file=None,
                 data_dir=root / data,
@@ -127,7 +127,9 @@ def main() -> None:
         e2e: dict[str, float] = {}
         runs = [("default", default, registries[f"onnx-{default.encoder_precision}"])]
         if args.e2e_torch:
-            runs.append(("torch", settings_for("torch", data="data-torch"), registries["torch-fp32"]))
+            runs.append(
+                ("torch", settings_for("torch", data="data-torch"), registries["torch-fp32"])
+            )
         for label, settings, registry in runs:
             ctx = open_context(settings, encoders=registry)
             try:
