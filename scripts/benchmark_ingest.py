@@ -63,6 +63,13 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=2, help="forward-only passes, alternated")
     parser.add_argument("--e2e-torch", action="store_true", help="also index with PyTorch")
+    parser.add_argument(
+        "--model-cache",
+        type=Path,
+        help="keep the ONNX exports here between runs (weights are seeded: same export)",
+    )
+    parser.add_argument("--decode-workers", type=int, default=0, help="0 = chosen for the cores")
+    parser.add_argument("--model-threads", type=int, default=0, help="0 = chosen for the cores")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -83,7 +90,9 @@ def main() -> None:
             return Settings(
                 _env_file=None,
                 data_dir=root / data,
-                model_cache_dir=root / "models",  # one export cache for every run
+                model_cache_dir=args.model_cache or root / "models",  # one for every run
+                decode_workers=args.decode_workers,
+                model_threads=args.model_threads,
                 clip_model_name="ViT-B-32",
                 clip_pretrained="random",
                 batch_size=args.batch_size,

@@ -53,6 +53,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--job-size", type=int, default=64, help="asset ids per job")
     parser.add_argument("--rounds", type=int, default=1, help="forward-only passes per side")
+    parser.add_argument(
+        "--model-cache",
+        type=Path,
+        help="keep the ONNX exports here between runs (weights are seeded: same export)",
+    )
+    parser.add_argument("--decode-workers", type=int, default=0, help="0 = chosen for the cores")
+    parser.add_argument("--model-threads", type=int, default=0, help="0 = chosen for the cores")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
@@ -73,6 +80,9 @@ def main() -> None:
             return Settings(
                 _env_file=None,
                 data_dir=root / "data",
+                model_cache_dir=args.model_cache or root / "models",
+                decode_workers=args.decode_workers,
+                model_threads=args.model_threads,
                 siglip_model_name="ViT-B-16-SigLIP",
                 siglip_pretrained="random",
                 batch_size=args.batch_size,

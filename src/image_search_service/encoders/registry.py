@@ -69,7 +69,13 @@ class EncoderRegistry:
         return f"{self._runtime}-{self._precision if self._runtime == 'onnx' else 'fp32'}"
 
     def _use_onnx(self) -> bool:
-        return self._runtime == "onnx" and self._device in ("auto", "cpu")
+        if self._runtime != "onnx" or self._device not in ("auto", "cpu"):
+            return False
+        if self._device == "auto":
+            import torch
+
+            return not torch.cuda.is_available()  # a GPU: PyTorch serves on it
+        return True
 
     def get(self, spec: ModelSpec) -> OpenClipEncoder:
         with self._lock:
