@@ -24,9 +24,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from benchmark_photos import make_photo
 
 from image_search_service.core.config import Settings
@@ -38,9 +37,14 @@ from image_search_service.images.loading import load_image
 from image_search_service.services.context import open_context
 from image_search_service.services.indexing import index_paths
 
+if TYPE_CHECKING:
+    import torch
+
 
 def forward_only(encoder: OpenClipEncoder, tensors: list[torch.Tensor], batch: int) -> float:
     """images/s of the image tower alone on already decoded, preprocessed tensors."""
+    import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
+
     started = time.perf_counter()
     for i in range(0, len(tensors), batch):
         encoder.encode_preprocessed(torch.stack(tensors[i : i + batch]))
@@ -48,6 +52,8 @@ def forward_only(encoder: OpenClipEncoder, tensors: list[torch.Tensor], batch: i
 
 
 def loaded(registry: EncoderRegistry, settings: Settings) -> tuple[OpenClipEncoder, float]:
+    import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
+
     torch.manual_seed(0)  # random weights, but the same in every runtime
     encoder = registry.get(model_spec(settings, "clip"))
     started = time.perf_counter()

@@ -18,10 +18,9 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from image_search_service.core.config import ModelKey, Settings
 from image_search_service.core.specs import model_spec
@@ -30,10 +29,15 @@ from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.images.loading import load_image
 
+if TYPE_CHECKING:
+    pass
+
 RUNTIMES = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
 
 
 def _embed(encoder: OpenClipEncoder, files: list[Path]) -> np.ndarray[Any, Any]:
+    import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
+
     rows = []
     for i in range(0, len(files), 32):
         tensors = [

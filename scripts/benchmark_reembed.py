@@ -21,9 +21,8 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from benchmark_photos import make_photo
 from PIL import Image
 
@@ -38,9 +37,14 @@ from image_search_service.services.context import open_context
 from image_search_service.services.indexing import index_paths
 from image_search_service.services.reembed import plan_asset_ids
 
+if TYPE_CHECKING:
+    import torch
+
 
 def forward_only(encoder: OpenClipEncoder, tensors: list[torch.Tensor], batch: int) -> float:
     """images/s of the image tower alone on already decoded, preprocessed tensors."""
+    import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
+
     started = time.perf_counter()
     for i in range(0, len(tensors), batch):
         encoder.encode_preprocessed(torch.stack(tensors[i : i + batch]))
@@ -48,6 +52,8 @@ def forward_only(encoder: OpenClipEncoder, tensors: list[torch.Tensor], batch: i
 
 
 def main() -> None:
+    import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
+
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)

@@ -41,7 +41,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import torch
 from sqlalchemy import insert
 
 from image_search_service.core.config import Settings
@@ -219,6 +218,8 @@ def get_ok(client: httpx.Client, url: str, **params: Any) -> httpx.Response:
 
 
 def main() -> None:
+    import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200, help="distinct text queries")
