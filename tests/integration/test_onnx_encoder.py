@@ -116,6 +116,7 @@ class TestExportCache:
         first = OnnxEncoder(spec, export_dir=tmp_path / "onnx")
         first.load()
         caplog.set_level(logging.INFO, logger="image_search_service")
+        caplog.clear()
         second = OnnxEncoder(spec, export_dir=tmp_path / "onnx")
         second.load()
         assert second.export is not None
@@ -149,6 +150,7 @@ class TestExportCache:
         else:
             (directory / "manifest.json").write_text("{not json")
         caplog.set_level(logging.INFO, logger="image_search_service")
+        caplog.clear()
         again = OnnxEncoder(spec, export_dir=tmp_path / "onnx")
         again.load()
         assert again.runtime == "onnx-fp32"
@@ -183,6 +185,7 @@ class TestFallbacks:
         blocker.write_text("a file where the export folder should be")
         spec = _tiny(tiny_models, "clip")
         caplog.set_level(logging.WARNING, logger="image_search_service")
+        caplog.clear()
         enc = OnnxEncoder(spec, export_dir=blocker / "onnx")
         enc.load()
         assert enc.runtime == "torch-fp32"
@@ -208,6 +211,7 @@ class TestFallbacks:
         monkeypatch.setattr(onnx_export, "INT8_MIN_COSINE", 1.5)
         spec = _tiny(tiny_models, "siglip")
         caplog.set_level(logging.WARNING, logger="image_search_service")
+        caplog.clear()
         enc = OnnxEncoder(spec, export_dir=tmp_path / "onnx", precision="int8")
         enc.load()
         assert enc.runtime == "onnx-fp32"
@@ -240,6 +244,7 @@ class TestFallbacks:
         entry["sha256"] = onnx_export._sha256(directory / "image.onnx")
         (directory / "manifest.json").write_text(json.dumps(manifest))
         caplog.set_level(logging.WARNING, logger="image_search_service")
+        caplog.clear()
         again = OnnxEncoder(spec, export_dir=tmp_path / "onnx")
         again.load()
         assert again.runtime == "torch-fp32"
