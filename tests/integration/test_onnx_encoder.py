@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,21 @@ def test_int8_keeps_the_demo_models_search_results(tmp_path: Path, key: str) -> 
         [len(set(a) & set(b)) / 10 for a, b in zip(results["int8"], results["fp32"], strict=True)]
     )
     assert recall >= 0.98
+
+
+def test_an_export_killed_half_way_leaves_nothing_that_is_used_or_kept(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    root = tmp_path / "onnx"
+    abandoned = root / ".export-killed"
+    abandoned.mkdir(parents=True)
+    (abandoned / "image.onnx").write_bytes(b"half an export")
+    old = 1_000_000_000  # long ago
+    os.utime(abandoned, (old, old))
+    recent = root / ".export-running"  # another process exporting right now
+    recent.mkdir()
+    enc = OnnxEncoder(_tiny(tiny_models, "clip"), export_dir=root)
+    enc.load()
+    assert enc.runtime == "onnx-fp32"
+    assert not abandoned.exists()
+    assert recent.exists()

@@ -312,6 +312,7 @@ def _build(
 ) -> OnnxExport:
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(root)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
     work.chmod(0o755)
     try:
@@ -409,6 +410,18 @@ def _ensure_int8(
     manifest = {**manifest, "precisions": {**manifest["precisions"], "int8": entries}}
     _write_manifest(directory, manifest)
     return OnnxExport(directory, manifest)
+
+
+def _remove_abandoned(root: Path, older_than_s: float = 3600.0) -> None:
+    """Temporary folders of exports killed half-way (another process may be mid-export
+    in a fresh one, so only old ones go)."""
+    now = time.time()
+    for work in root.glob(".export-*"):
+        try:
+            if now - work.stat().st_mtime > older_than_s:
+                shutil.rmtree(work, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _prune_siblings(directory: Path) -> None:
