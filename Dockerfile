@@ -20,7 +20,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 # torch/torchvision are already satisfied, so pip keeps the CPU builds.
 RUN pip install . \
- && python -c "import torch, torchvision, open_clip, qdrant_edge, rq"
+ && python -c "import torch, torchvision, open_clip, qdrant_edge, rq, onnxruntime"
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN apt-get update \

@@ -67,6 +67,27 @@ def test_create_is_idempotent_and_stamped(store: VectorStore) -> None:
     assert store.collection_info("nope") is None
 
 
+def test_runtimes_are_recorded_in_the_stamp_without_changing_identity(
+    store: VectorStore,
+) -> None:
+    store.ensure_collection(SPEC)
+    info = store.collection_info("photos")
+    assert info is not None
+    assert info.runtimes == ()
+    store.note_runtime("photos", "torch-fp32")
+    store.note_runtime("photos", "onnx-int8")
+    store.note_runtime("photos", "torch-fp32")  # recorded once
+    info = store.collection_info("photos")
+    assert info is not None
+    assert info.runtimes == ("torch-fp32", "onnx-int8")
+    assert info.as_dict()["runtimes"] == ["torch-fp32", "onnx-int8"]
+    assert info.identity == SPEC.identity
+    verify_collection(store, SPEC)  # provenance is not identity
+    assert store.ensure_collection(SPEC) is False
+    with pytest.raises(CollectionMissing):
+        store.note_runtime("absent", "onnx-fp32")
+
+
 def test_opening_with_another_model_is_a_clear_error(store: VectorStore) -> None:
     store.ensure_collection(SPEC)
     other = CollectionSpec("photos", ModelIdentity("other-model", "x", 16))

@@ -8,6 +8,7 @@ from platformdirs import user_data_dir
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ConfigError
 from image_search_service.core.specs import DEMO_MODELS_DIR, model_spec
+from image_search_service.core.threads import plan_threads
 
 
 class TestDefaults:
@@ -37,6 +38,16 @@ class TestDefaults:
         assert s.resolved_database_url.startswith("sqlite:///")
         assert s.resolved_database_url.endswith("image-search/metadata.sqlite3")
 
+    def test_runtime_defaults_and_export_folder(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for var in ("ENCODER_RUNTIME", "ENCODER_PRECISION", "MODEL_CACHE_DIR", "DATA_DIR"):
+            monkeypatch.delenv(var, raising=False)
+        s = Settings(_env_file=None)
+        # Chosen by measurement on the shipped demo models (docs/performance.md).
+        assert (s.encoder_runtime, s.encoder_precision) == ("onnx", "int8")
+        assert s.export_dir == s.data_dir / "models" / "onnx"
+        cached = Settings(_env_file=None, model_cache_dir=Path("/srv/models"))
+        assert cached.export_dir == Path("/srv/models/onnx")
+
     def test_blank_urls_mean_embedded(self) -> None:
         s = Settings(_env_file=None, qdrant_url="  ", database_url="")
         assert s.qdrant_url is None
@@ -55,6 +66,9 @@ class TestValidation:
             ("BATCH_SIZE", "0"),
             ("DEVICE", "tpu"),
             ("CLIP_MODEL_NAME", "   "),
+            ("ENCODER_RUNTIME", "tensorrt"),
+            ("ENCODER_PRECISION", "fp16"),
+            ("MODEL_THREADS", "-1"),
         ],
     )
     def test_bad_value_names_the_variable(
@@ -86,3 +100,25 @@ def test_demo_model_names_resolve_to_shipped_dirs() -> None:
     spec = model_spec(s, "clip")
     assert spec.open_clip_name == f"local-dir:{DEMO_MODELS_DIR / 'demo-clip'}"
     assert spec.identity.model_name == "demo-clip"
+
+
+class TestThreadPlan:
+    def test_auto_uses_every_core_for_both(self) -> None:
+        plan = plan_threads(Settings(_env_file=None), cores=4)
+        assert (plan.model_threads, plan.decode_workers) == (4, 4)
+
+    def test_explicit_settings_win(self) -> None:
+        s = Settings(_env_file=None, model_threads=1, decode_workers=3)
+        assert (
+            plan_threads(s, cores=8).model_threads,
+            plan_threads(s, cores=8).decode_workers,
+        ) == (
+            1,
+            3,
+        )
+
+    def test_torch_threads_is_still_read(self) -> None:
+        assert plan_threads(Settings(_env_file=None, torch_threads=2), cores=8).model_threads == 2
+
+    def test_decoders_are_capped(self) -> None:
+        assert plan_threads(Settings(_env_file=None), cores=64).decode_workers == 16

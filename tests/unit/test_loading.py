@@ -5,6 +5,7 @@ import struct
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -144,3 +145,40 @@ def test_any_exception_inside_the_decoder_is_that_files_failure(
     monkeypatch.setattr(Image.Image, "load", no_memory)
     with pytest.raises(ImageTooLarge, match="memory"):
         load_image(data, max_pixels=BIG)
+
+
+class TestScaledJpegDecode:
+    """Big JPEGs decode at the model's scale (simplejpeg), with Pillow as the fallback."""
+
+    def test_scaled_decode_applies_exif_orientation(self) -> None:
+        data = jpeg_bytes((2000, 1500), exif=_exif(orientation=6))
+        loaded = load_image(data, max_pixels=BIG, min_side=224)
+        width, height = loaded.image.size
+        assert height > width  # rotated upright
+        assert min(width, height) >= 224
+        assert height <= 1000  # decoded at 1/2 scale or less
+        assert (loaded.meta.width, loaded.meta.height) == (1500, 2000)
+
+    def test_scaled_decode_matches_pillow_draft(self) -> None:
+        data = jpeg_bytes((2000, 1500), seed=3)
+        ours = load_image(data, max_pixels=BIG, min_side=224).image
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (int(2000 / (1500 / 224)), 224))
+            reference = img.convert("RGB")
+        assert ours.size == reference.size
+        diff = np.abs(np.asarray(ours, np.int16) - np.asarray(reference, np.int16))
+        assert float(diff.mean()) < 2.0
+
+    def test_cmyk_jpeg_falls_back_to_pillow(self) -> None:
+        buf = io.BytesIO()
+        Image.new("CMYK", (1200, 900), (0, 120, 200, 10)).save(buf, "JPEG")
+        loaded = load_image(buf.getvalue(), max_pixels=BIG, min_side=224)
+        assert loaded.image.mode == "RGB"
+        assert min(loaded.image.size) >= 224
+
+    def test_truncated_big_jpeg_is_refused_with_reason(self, tmp_path: Path) -> None:
+        data = jpeg_bytes((1600, 1200), seed=5)
+        path = tmp_path / "cut.jpg"
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(UnsupportedImage, match="cut.jpg"):
+            load_image(path, max_pixels=BIG, min_side=224)

@@ -89,9 +89,7 @@ def create_app(
 def _open_services(
     settings: Settings, encoders: EncoderRegistry | None, metrics: ApiMetrics
 ) -> AppServices:
-    registry = encoders or EncoderRegistry(
-        device=settings.device, cache_dir=settings.model_cache_dir, observer=metrics.observe_encode
-    )
+    registry = encoders or EncoderRegistry.from_settings(settings, observer=metrics.observe_encode)
     try:
         ctx = open_context(settings, encoders=registry)
     except ServiceError as exc:

@@ -146,7 +146,8 @@ def status(as_json: bool) -> None:
             f"{entry['coverage']:.1%}, {entry['failed']} failed, {entry['quantization']}, "
             f"HNSW m={entry['hnsw']['m']} ef_construct={entry['hnsw']['ef_construct']}, "
             f"model {ident.get('model_name')} "
-            f"({ident.get('pretrained') or '-'}, {ident.get('dim')}-d)"
+            f"({ident.get('pretrained') or '-'}, {ident.get('dim')}-d), "
+            f"vectors by {', '.join(entry.get('runtimes') or ['-'])}"
             + ("" if entry["identity_matches"] else "  MISMATCH with settings")
         )
 

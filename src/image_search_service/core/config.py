@@ -19,6 +19,8 @@ from image_search_service.core.errors import ConfigError
 APP_NAME = "image-search"
 ModelKey = Literal["clip", "siglip"]
 MODEL_KEYS: tuple[ModelKey, ...] = ("clip", "siglip")
+EncoderRuntime = Literal["onnx", "torch"]
+EncoderPrecision = Literal["fp32", "int8"]
 
 
 class Settings(BaseSettings):
@@ -49,15 +51,24 @@ class Settings(BaseSettings):
     use_siglip: bool = False
     siglip_rollout_percentage: int = Field(0, ge=0, le=100)
 
+    # Which runtime runs the models: ONNX Runtime (exported once per model, cached under
+    # MODEL_CACHE_DIR or DATA_DIR/models) or open_clip's PyTorch eager. See docs/performance.md
+    # for the measurements behind the defaults.
+    encoder_runtime: EncoderRuntime = "onnx"
+    encoder_precision: EncoderPrecision = "int8"
+
     batch_size: int = Field(16, ge=1, le=1024)
-    decode_workers: int = Field(2, ge=1, le=64)
+    # 0 = chosen with the model threads for the core count (core/threads.py).
+    decode_workers: int = Field(0, ge=0, le=64)
     max_image_pixels: int = Field(120_000_000, ge=1)
     search_oversampling: float = Field(2.0, ge=1.0, le=16.0)
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef_construct: int = Field(100, ge=4, le=1000)
     embedded_lock_timeout_s: float = Field(10.0, ge=0)
     preload_models: bool = False
-    # 0 = torch's default (all cores); 1 gives steadier latency on a busy shared box.
+    # Intra-op threads of the model runtime; 0 = one per core. 1 gives steadier latency
+    # on a busy shared box. TORCH_THREADS is the older name, still read when this is unset.
+    model_threads: int = Field(0, ge=0, le=256)
     torch_threads: int = Field(0, ge=0, le=256)
 
     # HTTP API: without API_KEY, data-changing and admin endpoints are open and `serve`
@@ -140,6 +151,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'metadata.sqlite3').resolve()}"
+
+    @property
+    def export_dir(self) -> Path:
+        """Where exported (ONNX) models are cached: next to the open_clip weights."""
+        return (self.model_cache_dir or self.data_dir / "models") / "onnx"
 
     @property
     def qdrant_dir(self) -> Path:

@@ -103,7 +103,7 @@ def run_demo(
     library = demo.data_dir / "library"
     if not library.exists():
         write_library(library, count, seed=DEMO_SEED)
-    ctx = open_context(demo, encoders=EncoderRegistry(device=demo.device))
+    ctx = open_context(demo, encoders=EncoderRegistry.from_settings(demo))
     try:
         started = time.perf_counter()
         report = index_paths(ctx, [library], model_keys=list(MODEL_KEYS), progress=progress)

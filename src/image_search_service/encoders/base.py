@@ -24,6 +24,11 @@ class Encoder(Protocol):
     spec: ModelSpec
 
     @property
+    def runtime(self) -> str:
+        """What makes the vectors, e.g. ``torch-fp32`` or ``onnx-int8`` (provenance)."""
+        ...
+
+    @property
     def loaded(self) -> bool: ...
 
     def load(self) -> None: ...

@@ -67,7 +67,7 @@ def _registered_preprocess_cfg(model_name: str) -> tuple[dict[str, Any], bool]:
 
 
 class OpenClipEncoder:
-    """Encodes images and text with one open_clip model."""
+    """Encodes images and text with one open_clip model (PyTorch eager)."""
 
     def __init__(
         self,
@@ -76,9 +76,13 @@ class OpenClipEncoder:
         device: str = "auto",
         cache_dir: Path | None = None,
         observer: EncodeObserver | None = None,
+        threads: int = 0,
     ):
         self.spec = spec
         self._observer = observer
+        self._threads = threads
+        self._ready = False
+        self._image_size: int | None = None
         self._device_name = device
         self._cache_dir = cache_dir
         self._lock = threading.Lock()
@@ -94,13 +98,18 @@ class OpenClipEncoder:
     # -- loading -----------------------------------------------------------------------
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return self._ready
+
+    @property
+    def runtime(self) -> str:
+        """What makes the vectors (recorded in the collection's stamp): ``torch-fp32``."""
+        return "torch-fp32"
 
     def load(self) -> None:
-        if self._model is not None:
+        if self._ready:
             return
         with self._lock:
-            if self._model is not None:
+            if self._ready:
                 return
             # A failed load (offline hub retries take ~45 s) is not retried on every
             # request: the same error comes back at once until the cool-down passes.
@@ -112,6 +121,7 @@ class OpenClipEncoder:
                 self._failed = (time.monotonic(), exc)
                 raise
             self._failed = None
+            self._ready = True
 
     def _load_locked(self) -> None:
         spec = self.spec
@@ -151,6 +161,8 @@ class OpenClipEncoder:
             kwargs["force_quick_gelu"] = quick_gelu
         else:
             kwargs["require_pretrained"] = True
+        if self._threads and self.device.type == "cpu":
+            torch.set_num_threads(self._threads)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name,
@@ -178,6 +190,7 @@ class OpenClipEncoder:
         # SigLIP's is a Hugging Face download that image-only work (re-embedding) never needs.
         side = model.visual.image_size
         size = (int(side[1]), int(side[0])) if isinstance(side, tuple | list) else (side, side)
+        self._image_size = max(size)
         dummy = preprocess(Image.new("RGB", size))
         with torch.inference_mode():
             probe = self._model.encode_image(dummy.unsqueeze(0).to(self.device), normalize=True)
@@ -202,8 +215,8 @@ class OpenClipEncoder:
     @property
     def image_size(self) -> int:
         self.load()
-        size = self._model.visual.image_size
-        return int(max(size) if isinstance(size, tuple | list) else size)
+        assert self._image_size is not None
+        return self._image_size
 
     def encode_images(self, images: Sequence[Image.Image]) -> FloatArray:
         if not images:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,16 @@ SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".mpo", ".png", ".webp"
 _EXIF_IFD = 0x8769
 _TAG_MAKE, _TAG_MODEL = 0x010F, 0x0110
 _TAG_DATETIME, _TAG_DATETIME_ORIGINAL = 0x0132, 0x9003
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,9 @@ def load_image(
             # Pillow warns before it errors on bombs; we enforce our own limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp) as img:
-                return _decode(img, name=name, max_pixels=max_pixels, min_side=min_side)
+                return _decode(
+                    img, source=source, name=name, max_pixels=max_pixels, min_side=min_side
+                )
     except (UnsupportedImage, ImageTooLarge):
         raise
     except MemoryError:
@@ -95,7 +108,14 @@ def load_image(
         raise UnsupportedImage(f"{name}: unreadable image ({type(exc).__name__}: {exc})") from None
 
 
-def _decode(img: Image.Image, *, name: str, max_pixels: int, min_side: int | None) -> LoadedImage:
+def _decode(
+    img: Image.Image,
+    *,
+    source: Path | bytes,
+    name: str,
+    max_pixels: int,
+    min_side: int | None,
+) -> LoadedImage:
     fmt = img.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
         raise UnsupportedImage(f"{name}: unsupported format {fmt} (JPEG, PNG or WebP)")
@@ -117,19 +137,28 @@ def _decode(img: Image.Image, *, name: str, max_pixels: int, min_side: int | Non
         fmt = "JPEG"
     exif = _read_exif(img, name)
     orientation = exif.get(0x0112, 1) if exif is not None else 1
-    if fmt == "JPEG" and min_side:
-        # Draft keeps both sides >= the requested size; rotation does not change that.
-        scale = min(width, height) / min_side
-        if scale >= 2:
+    image: Image.Image | None = None
+    if fmt == "JPEG" and min_side and min(width, height) >= 2 * min_side:
+        # DCT scaling straight towards the model's input size (both sides stay >= it;
+        # rotation does not change that): libjpeg-turbo through simplejpeg, measured
+        # faster than Pillow's draft mode (docs/performance.md), which stays the fallback
+        # for what simplejpeg cannot decode (CMYK, odd files: Pillow then gives the reason).
+        data = source if isinstance(source, bytes) else source.read_bytes()
+        image = decode_jpeg_scaled(data, width=width, height=height, min_side=min_side)
+        if image is not None and orientation in _ORIENT:
+            image = image.transpose(_ORIENT[orientation])
+        if image is None:
+            scale = min(width, height) / min_side
             img.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
-    img.load()
-    image: Image.Image = img
-    if orientation != 1:
-        try:
-            image = ImageOps.exif_transpose(img) or img
-        except Exception as exc:  # a malformed EXIF block: keep the pixels, drop the metadata
-            logger.info("%s: EXIF orientation ignored (%s: %s)", name, type(exc).__name__, exc)
-            image, exif, orientation = img, None, 1
+    if image is None:
+        img.load()
+        image = img
+        if orientation != 1:
+            try:
+                image = ImageOps.exif_transpose(img) or img
+            except Exception as exc:  # a malformed EXIF block: keep the pixels, drop the metadata
+                logger.info("%s: EXIF orientation ignored (%s: %s)", name, type(exc).__name__, exc)
+                image, exif, orientation = img, None, 1
     if min_side:
         image = _reduce(image, min_side)
     if image.mode != "RGB":
@@ -177,6 +206,28 @@ def _reduce(image: Image.Image, min_side: int) -> Image.Image:
     if image.mode not in ("RGB", "RGBA", "L", "LA", "I", "F"):
         image = _to_rgb(image)
     return image.reduce(factor)
+
+
+def decode_jpeg_scaled(
+    data: bytes, *, width: int, height: int, min_side: int, fast: bool = False
+) -> Image.Image | None:
+    """Decode at the smallest DCT scale whose shorter side is still >= ``min_side``
+    (EXIF orientation not applied); None when simplejpeg cannot decode the file."""
+    import simplejpeg
+
+    scale = min(width, height) / min_side
+    try:
+        array = simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB",
+            fastdct=fast,
+            fastupsample=fast,
+            min_width=math.ceil(width / scale),
+            min_height=math.ceil(height / scale),
+        )
+    except (ValueError, OSError):
+        return None
+    return Image.fromarray(array, "RGB")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
 from image_search_service.core.errors import ConfigError
 from image_search_service.core.specs import ModelSpec, model_spec
+from image_search_service.core.threads import ThreadPlan, plan_threads
 from image_search_service.db.session import (
     make_engine,
     make_session_factory,
@@ -49,6 +50,7 @@ class ServiceContext:
     encoders: EncoderRegistry
     specs: dict[ModelKey, ModelSpec]
     collections: dict[ModelKey, CollectionSpec]
+    threads: ThreadPlan = field(default_factory=lambda: ThreadPlan(1, 1, 1))
     _verified_until: dict[ModelKey, float] = field(default_factory=dict)
     _verified_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -126,10 +128,7 @@ def open_context(
     migrate: bool = True,
     encoders: EncoderRegistry | None = None,
 ) -> ServiceContext:
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
+    threads = plan_threads(settings)
     ensure_writable(settings.data_dir)
     logger.info(
         "library: %s (DATA_DIR)%s",
@@ -146,8 +145,8 @@ def open_context(
         engine=engine,
         session_factory=make_session_factory(engine),
         store=store,
-        encoders=encoders
-        or EncoderRegistry(device=settings.device, cache_dir=settings.model_cache_dir),
+        encoders=encoders or EncoderRegistry.from_settings(settings),
         specs=specs,
         collections={key: collection_spec(settings, spec) for key, spec in specs.items()},
+        threads=threads,
     )

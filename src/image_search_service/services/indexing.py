@@ -99,7 +99,7 @@ def index_paths(
             store=ctx.store,
             session_factory=ctx.session_factory,
             batch_size=ctx.settings.batch_size,
-            decode_workers=ctx.settings.decode_workers,
+            decode_workers=ctx.threads.decode_workers,
             max_pixels=ctx.settings.max_image_pixels,
             on_progress=tick,
         )
@@ -146,7 +146,7 @@ def _reconcile(
     seen: set[str] = set()
     # Hashing new or changed files (a few ms per MB) runs in threads ahead of the
     # DB work instead of serially before the model can start.
-    with ThreadPoolExecutor(max_workers=ctx.settings.decode_workers) as pool:
+    with ThreadPoolExecutor(max_workers=ctx.threads.decode_workers) as pool:
         probes: list[tuple[Path, Asset | None, Future[str] | None, int, int]] = []
         refused: list[Path] = []
 

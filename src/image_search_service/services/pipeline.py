@@ -111,6 +111,7 @@ def embed_assets(
         return result
     for enc in encoders:
         enc.load()  # before the threads start, so the first batch pays no surprise
+        store.note_runtime(enc.spec.collection, enc.runtime)
     batch: list[_Decoded] = []
     decoded = _decoded_in_order(
         refs,

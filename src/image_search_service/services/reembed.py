@@ -117,7 +117,7 @@ def run_batch(
             store=ctx.store,
             session_factory=ctx.session_factory,
             batch_size=ctx.settings.batch_size,
-            decode_workers=ctx.settings.decode_workers,
+            decode_workers=ctx.threads.decode_workers,
             max_pixels=ctx.settings.max_image_pixels,
             on_progress=on_progress,
         )

@@ -22,6 +22,7 @@ class ModelStatus:
     model: ModelKey
     collection: str
     configured: ModelIdentity
+    configured_runtime: str  # what would encode now, e.g. "onnx-int8"
     coverage: repo.Coverage
     info: CollectionInfo | None
     identity_matches: bool | None  # None: no collection
@@ -31,6 +32,7 @@ class ModelStatus:
             "collection": self.collection,
             "exists": self.info is not None,
             "configured_model": self.configured.as_dict(),
+            "configured_runtime": self.configured_runtime,
             "embedded": self.coverage.done,
             "failed": self.coverage.failed,
             "pending": self.coverage.pending,
@@ -75,6 +77,7 @@ def library_status(ctx: ServiceContext) -> LibraryStatus:
             model=key,
             collection=spec.collection,
             configured=spec.identity,
+            configured_runtime=ctx.encoders.runtime,
             coverage=coverages[key],
             info=info,
             identity_matches=None if info is None else info.identity == spec.identity,

@@ -44,6 +44,8 @@ class CollectionInfo:
     quantization: str | None
     hnsw_m: int | None
     hnsw_ef_construct: int | None
+    # Provenance, not identity: which runtimes made its vectors (e.g. torch-fp32, onnx-int8).
+    runtimes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class CollectionInfo:
             "quantization": self.quantization,
             "hnsw": {"m": self.hnsw_m, "ef_construct": self.hnsw_ef_construct},
             "model_identity": self.identity.as_dict() if self.identity else None,
+            "runtimes": list(self.runtimes),
         }
 
     def mismatches(self, spec: CollectionSpec, capabilities: StoreCapabilities) -> list[str]:
@@ -143,6 +146,11 @@ class VectorStore(Protocol):
         ...
 
     def drop_collection(self, name: str) -> bool: ...
+
+    def note_runtime(self, name: str, runtime: str) -> None:
+        """Add ``runtime`` to the runtimes recorded in the collection's stamp (provenance
+        only: a torch -> onnx switch is not a model mismatch)."""
+        ...
 
     def upsert(self, name: str, points: Sequence[VectorPoint]) -> None: ...
 

@@ -147,6 +147,7 @@ class EdgeVectorStore:
             quantization=meta.get("quantization"),
             hnsw_m=hnsw.get("m"),
             hnsw_ef_construct=hnsw.get("ef_construct"),
+            runtimes=tuple(meta.get("runtimes", ())),
         )
 
     def collection_stamp(self, name: str) -> ModelIdentity | None:
@@ -154,6 +155,20 @@ class EdgeVectorStore:
         if meta is None:
             raise CollectionMissing(f"collection {name!r} does not exist")
         return ModelIdentity.from_dict(meta["model"])
+
+    def note_runtime(self, name: str, runtime: str) -> None:
+        with self._mutex:
+            meta = self._meta(name)
+            if meta is None:
+                raise CollectionMissing(f"collection {name!r} does not exist")
+            runtimes = list(meta.get("runtimes", []))
+            if runtime in runtimes:
+                return
+            meta["runtimes"] = [*runtimes, runtime]
+            directory = self._dir(name)
+            tmp = directory / (_META_FILE + ".tmp")
+            tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, directory / _META_FILE)
 
     def drop_collection(self, name: str) -> bool:
         with self._mutex:

@@ -153,7 +153,8 @@ class QdrantServerStore:
             if isinstance(quant, qm.ScalarQuantization) and quant.scalar.type == qm.ScalarType.INT8
             else (type(quant).__name__ if quant is not None else None)
         )
-        model = (info.config.metadata or {}).get("model")
+        metadata = info.config.metadata or {}
+        model = metadata.get("model")
         return CollectionInfo(
             name=name,
             identity=ModelIdentity.from_dict(model) if isinstance(model, dict) else None,
@@ -163,7 +164,19 @@ class QdrantServerStore:
             quantization=quant_name,
             hnsw_m=info.config.hnsw_config.m,
             hnsw_ef_construct=info.config.hnsw_config.ef_construct,
+            runtimes=tuple(metadata.get("runtimes") or ()),
         )
+
+    def note_runtime(self, name: str, runtime: str) -> None:
+        info = self._get(name)
+        runtimes = list((info.config.metadata or {}).get("runtimes") or [])
+        if runtime not in runtimes:
+            # Collection metadata updates merge key by key: the model stamp stays.
+            self._call(
+                lambda: self.client.update_collection(
+                    name, metadata={"runtimes": [*runtimes, runtime]}
+                )
+            )
 
     def drop_collection(self, name: str) -> bool:
         return bool(self._call(lambda: self.client.delete_collection(name)))

@@ -1,0 +1,166 @@
+"""The open_clip models' image and text towers on ONNX Runtime.
+
+Same interface and same outputs as :class:`~.openclip.OpenClipEncoder`, of which it is
+a subclass: open_clip still loads the weights (every way the settings allow), does the
+preprocessing and the tokenizing (CLIP's and SigLIP's tokenizers alike); the forward
+passes run on ONNX Runtime from an export that is made once per model identity and
+verified against PyTorch (see :mod:`.onnx_export`). Once the ONNX sessions are up the
+PyTorch weights are released.
+
+If the export cannot be made, the encoder says so in one log line and keeps encoding
+with PyTorch; if INT8 disagrees with PyTorch beyond tolerance it is refused and fp32
+ONNX is used. :attr:`runtime` tells which one made the vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from image_search_service.core.specs import ModelSpec
+from image_search_service.encoders.base import EncodeObserver, FloatArray
+from image_search_service.encoders.onnx_export import (
+    ExportFailed,
+    ExportRefused,
+    OnnxExport,
+    ensure_export,
+)
+from image_search_service.encoders.openclip import OpenClipEncoder
+
+logger = logging.getLogger(__name__)
+
+
+def make_session(path: Path, *, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(0, threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No spin-waiting: between batches the cores belong to the JPEG decoders.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxEncoder(OpenClipEncoder):
+    """An open_clip model whose forward passes run on ONNX Runtime (CPU)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        export_dir: Path,
+        precision: str = "fp32",
+        cache_dir: Path | None = None,
+        observer: EncodeObserver | None = None,
+        threads: int = 0,
+    ):
+        # ONNX Runtime serves on CPU; PyTorch only loads the weights and exports them.
+        super().__init__(
+            spec, device="cpu", cache_dir=cache_dir, observer=observer, threads=threads
+        )
+        self._export_dir = export_dir
+        self.precision = precision
+        self._active: str | None = None  # "fp32" | "int8" once ONNX serves; None = PyTorch
+        self._export: OnnxExport | None = None
+        self._image_session: Any = None
+        self._text_session: Any = None
+
+    @property
+    def runtime(self) -> str:
+        self.load()
+        return f"onnx-{self._active}" if self._active else "torch-fp32"
+
+    @property
+    def export(self) -> OnnxExport | None:
+        """The export in use (None when PyTorch serves after a failed export)."""
+        self.load()
+        return self._export
+
+    def _load_locked(self) -> None:
+        super()._load_locked()
+        assert self._preprocess is not None
+        assert self._image_size is not None
+        try:
+            try:
+                export = ensure_export(
+                    self._model,
+                    spec=self.spec,
+                    preprocess=self._preprocess,
+                    image_size=self._image_size,
+                    root=self._export_dir,
+                    precision=self.precision,
+                )
+                active = self.precision
+            except ExportRefused as exc:
+                if exc.fp32 is None:
+                    raise
+                logger.warning(
+                    "%s: INT8 refused (%s); using the verified fp32 ONNX export", self.spec.key, exc
+                )
+                export, active = exc.fp32, "fp32"
+            # Both sessions now: the files may be replaced later by another process that
+            # exports newer weights of the same model (stale exports are pruned).
+            image = make_session(export.path("image", active), threads=self._threads)
+            text = make_session(export.path("text", active), threads=self._threads)
+        except (ExportFailed, OSError) as exc:
+            logger.warning(
+                "%s: ONNX export of %s failed (%s); encoding with PyTorch instead",
+                self.spec.key,
+                self.spec.model_name,
+                exc,
+            )
+            return
+        except Exception as exc:  # onnxruntime raises its own types for unloadable graphs
+            logger.warning(
+                "%s: ONNX Runtime cannot load the export of %s (%s: %s); encoding with PyTorch",
+                self.spec.key,
+                self.spec.model_name,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        self._export, self._active = export, active
+        self._image_session, self._text_session = image, text
+        self._model = None  # ONNX Runtime serves from here on; release the PyTorch weights
+        cos = export.min_cosine(active)
+        logger.info(
+            "%s: ONNX Runtime %s serves %s (min cosine to PyTorch: image %.6f, text %.6f)",
+            self.spec.key,
+            active,
+            self.spec.model_name,
+            cos["image"],
+            cos["text"],
+        )
+
+    def encode_preprocessed(self, batch: Sequence[torch.Tensor] | torch.Tensor) -> FloatArray:
+        self.load()
+        if self._active is None:
+            return super().encode_preprocessed(batch)
+        started = time.perf_counter()
+        stacked = batch if isinstance(batch, torch.Tensor) else torch.stack(list(batch))
+        pixels = np.ascontiguousarray(stacked.detach().to("cpu", torch.float32).numpy())
+        (features,) = self._image_session.run(None, {"input": pixels})
+        result = _normalised(features)
+        self._observe("image", len(result), started)
+        return result
+
+    def _encode_text_locked(self, texts: Sequence[str]) -> FloatArray:
+        if self._active is None:
+            return super()._encode_text_locked(texts)
+        tokens = self._get_tokenizer()(list(texts))
+        ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64))
+        (features,) = self._text_session.run(None, {"input": ids})
+        return _normalised(features)
+
+
+def _normalised(features: Any) -> FloatArray:
+    array = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return np.asarray(array / np.maximum(norms, 1e-12), dtype=np.float32)

@@ -1,0 +1,443 @@
+"""Export an open_clip model's towers to ONNX once, verify them, cache them on disk.
+
+Layout, one folder per model identity (a hash of the weights' content, so changed
+weights re-export and stale exports are never used)::
+
+    <MODEL_CACHE_DIR or DATA_DIR/models>/onnx/<model>-<identity>/
+        image.onnx  text.onnx  [image.int8.onnx  text.int8.onnx]
+        manifest.json   # written last: files with sha256, agreement with PyTorch
+
+A folder whose manifest is missing, unreadable, or whose files do not match their
+recorded size and sha256 is a partial or corrupt export: it is deleted and rebuilt,
+never loaded. A new export is built in a temporary folder and renamed into place, so
+two processes exporting at once never see each other's half-written files.
+
+Agreement is measured at export time against the live PyTorch model on fixed inputs
+(seeded images through the model's own preprocessing, seeded token ids) and recorded:
+fp32 must reach :data:`FP32_MIN_COSINE`, INT8 :data:`INT8_MIN_COSINE`, or the export
+is refused (:class:`ExportRefused`).
+
+Export notes (DESIGN.md): opset 17 with the TorchScript exporter (``dynamo=False``),
+with gradients enabled (the attention fast path under ``no_grad`` does not export), from
+a copy of the model put in ``eval()`` (exporting a wrapper that is not in eval mode puts
+the wrapped model back in training mode, and BatchNorm then corrupts it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from image_search_service.core.specs import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMAT = 1  # bump when the export recipe changes: every cached export is rebuilt
+OPSET = 17
+FP32_MIN_COSINE = 0.99999
+INT8_MIN_COSINE = 0.999
+MANIFEST = "manifest.json"
+CHECK_IMAGES = 8
+CHECK_TEXTS = 8
+
+TOWERS = ("image", "text")
+PRECISIONS = ("fp32", "int8")
+
+
+class ExportFailed(Exception):
+    """The model could not be exported (or the export does not match PyTorch)."""
+
+
+class ExportRefused(ExportFailed):
+    """An export ran but disagrees with PyTorch beyond the allowed tolerance.
+
+    ``fp32`` is the verified fp32 export when it was INT8 that was refused.
+    """
+
+    def __init__(self, reason: str, fp32: OnnxExport | None = None) -> None:
+        super().__init__(reason)
+        self.fp32 = fp32
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """A verified export on disk."""
+
+    directory: Path
+    manifest: dict[str, Any]
+
+    def path(self, tower: str, precision: str) -> Path:
+        return self.directory / str(self.manifest["precisions"][precision][tower]["file"])
+
+    def has(self, precision: str) -> bool:
+        return precision in self.manifest.get("precisions", {})
+
+    def min_cosine(self, precision: str) -> dict[str, float]:
+        entries = self.manifest["precisions"][precision]
+        return {tower: float(entries[tower]["min_cosine"]) for tower in TOWERS}
+
+
+# -- identity --------------------------------------------------------------------------
+def weights_digest(model: torch.nn.Module) -> str:
+    """A hash of every tensor (name, dtype, shape, bytes) of the model's state."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        if t.numel():
+            digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def export_folder_name(spec: ModelSpec, digest: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(spec.model_name.split(":")[-1]).name)[:60]
+    return f"{stem or 'model'}-{digest[:20]}"
+
+
+# -- cache -----------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def read_valid_export(directory: Path, digest: str) -> OnnxExport | None:
+    """The export in ``directory`` if it is complete and intact, else None."""
+    try:
+        manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
+        if manifest.get("format") != EXPORT_FORMAT or manifest.get("weights") != digest:
+            return None
+        for entries in manifest["precisions"].values():
+            for tower in TOWERS:
+                entry = entries[tower]
+                path = directory / entry["file"]
+                if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+                    return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return OnnxExport(directory, manifest)
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, directory / MANIFEST)
+
+
+def _file_entry(directory: Path, name: str, min_cosine: float) -> dict[str, Any]:
+    path = directory / name
+    return {
+        "file": name,
+        "bytes": path.stat().st_size,
+        "sha256": _sha256(path),
+        "min_cosine": round(min_cosine, 7),
+    }
+
+
+# -- fixed inputs and agreement --------------------------------------------------------
+def check_images(preprocess: Callable[[Image.Image], torch.Tensor], size: int) -> torch.Tensor:
+    """Seeded smooth colour fields with edges, through the model's own preprocessing."""
+    rng = np.random.default_rng(1234)
+    tensors = []
+    for i in range(CHECK_IMAGES):
+        coarse = rng.integers(0, 256, size=(4 + i, 5 + i, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((size + 7 * i, size), Image.Resampling.BICUBIC)
+        tensors.append(preprocess(image))
+    return torch.stack(tensors)
+
+
+def check_tokens(model: torch.nn.Module) -> torch.Tensor:
+    """Seeded token ids: a start token, random words, an end token, then padding."""
+    text = getattr(model, "text", None)
+    length = int(getattr(model, "context_length", 0) or getattr(text, "context_length", 0))
+    vocab = int(getattr(model, "vocab_size", 0) or getattr(text, "vocab_size", 0))
+    if length <= 1 or vocab <= 3:
+        raise ExportFailed("cannot tell the text tower's context length and vocabulary")
+    gen = torch.Generator().manual_seed(1234)
+    tokens = torch.zeros((CHECK_TEXTS, length), dtype=torch.long)
+    for i in range(CHECK_TEXTS):
+        words = 1 + (i * 3) % (length - 2)
+        tokens[i, 0] = vocab - 2
+        tokens[i, 1 : 1 + words] = torch.randint(1, vocab - 2, (words,), generator=gen)
+        tokens[i, 1 + words] = vocab - 1
+    return tokens
+
+
+def min_cosine(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+class _Tower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, tower: str) -> None:
+        super().__init__()
+        self.model = model
+        self.tower = tower
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tower == "image":
+            return self.model.encode_image(x, normalize=True)  # type: ignore[operator, no-any-return]
+        return self.model.encode_text(x, normalize=True)  # type: ignore[operator, no-any-return]
+
+
+def _reference(model: torch.nn.Module, tower: str, inputs: torch.Tensor) -> np.ndarray[Any, Any]:
+    with torch.inference_mode():
+        out = _Tower(model, tower).eval()(inputs)
+    return np.asarray(out.detach().to("cpu", torch.float32).numpy())
+
+
+def _run_onnx(path: Path, inputs: torch.Tensor) -> np.ndarray[Any, Any]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"input": inputs.numpy()})
+    return np.asarray(out)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters' deprecation chatter and the quantizer's root-logger hint."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _export_tower(model: torch.nn.Module, tower: str, inputs: torch.Tensor, path: Path) -> None:
+    wrapper = _Tower(copy.deepcopy(model), tower).eval()
+    with torch.inference_mode(False), torch.enable_grad(), _quiet():
+        torch.onnx.export(
+            wrapper,
+            (inputs[:2].clone(),),
+            str(path),
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["embedding"],
+            dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+        )
+
+
+def _quantize(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Per-channel: per-tensor INT8 dropped SigLIP's agreement to 0.977 (DESIGN.md).
+    # MatMul/Gemm only: the transformer's weight and the ResNet heads; convolutions stay fp32
+    # (ORT's CPU ConvInteger does not take signed weights).
+    with _quiet():
+        quantize_dynamic(
+            str(source),
+            str(target),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+
+
+# -- the entry point -------------------------------------------------------------------
+def ensure_export(
+    model: torch.nn.Module,
+    *,
+    spec: ModelSpec,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    image_size: int,
+    root: Path,
+    precision: str,
+) -> OnnxExport:
+    """A verified export of ``model`` holding ``precision`` (cached, or built now).
+
+    Raises :class:`ExportFailed` when nothing usable could be made, and
+    :class:`ExportRefused` when INT8 was asked for and disagrees with PyTorch (the fp32
+    export then exists and verified; the caller may use it).
+    """
+    if precision not in PRECISIONS:
+        raise ExportFailed(f"unknown precision {precision!r}")
+    digest = weights_digest(model)
+    directory = root / export_folder_name(spec, digest)
+    export = read_valid_export(directory, digest)
+    if export is None:
+        if directory.exists():
+            logger.warning(
+                "%s: cached ONNX export %s is partial or corrupt; rebuilding", spec.key, directory
+            )
+            shutil.rmtree(directory, ignore_errors=True)
+        export = _build(
+            model,
+            spec=spec,
+            preprocess=preprocess,
+            image_size=image_size,
+            root=root,
+            directory=directory,
+            digest=digest,
+        )
+        _prune_siblings(directory)
+    if precision == "int8":
+        export = _ensure_int8(model, export, preprocess=preprocess, image_size=image_size)
+    return export
+
+
+def _build(
+    model: torch.nn.Module,
+    *,
+    spec: ModelSpec,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    image_size: int,
+    root: Path,
+    directory: Path,
+    digest: str,
+) -> OnnxExport:
+    started = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(root)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+    work.chmod(0o755)
+    try:
+        inputs = {"image": check_images(preprocess, image_size), "text": check_tokens(model)}
+        refs = {tower: _reference(model, tower, inputs[tower]) for tower in TOWERS}
+        entries: dict[str, Any] = {}
+        for tower in TOWERS:
+            name = f"{tower}.onnx"
+            try:
+                _export_tower(model, tower, inputs[tower], work / name)
+            except Exception as exc:  # the exporter raises anything from any op
+                raise ExportFailed(f"{tower} tower: {type(exc).__name__}: {exc}") from exc
+            cosine = min_cosine(_run_onnx(work / name, inputs[tower]), refs[tower])
+            if not cosine >= FP32_MIN_COSINE:
+                raise ExportRefused(
+                    f"{tower} tower: min cosine to PyTorch {cosine:.6f} < {FP32_MIN_COSINE}"
+                )
+            entries[tower] = _file_entry(work, name, cosine)
+        # The live model must come out of export exactly as it went in (see the module doc).
+        model.eval()
+        for tower in TOWERS:
+            after = min_cosine(_reference(model, tower, inputs[tower]), refs[tower])
+            if not after >= FP32_MIN_COSINE:
+                raise ExportFailed(f"exporting changed the PyTorch model ({tower}: {after:.6f})")
+        manifest = {
+            "format": EXPORT_FORMAT,
+            "weights": digest,
+            "model_name": spec.model_name,
+            "pretrained": spec.pretrained,
+            "dim": spec.embedding_dim,
+            "opset": OPSET,
+            "versions": _versions(),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "precisions": {"fp32": entries},
+        }
+        _write_manifest(work, manifest)
+        try:
+            os.rename(work, directory)
+        except OSError:
+            # Another process finished the same export first: use its copy if it is whole.
+            other = read_valid_export(directory, digest)
+            if other is None:
+                raise
+            return other
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    logger.info(
+        "%s: exported %s to ONNX in %.1f s (min cosine to PyTorch: image %.6f, text %.6f) at %s",
+        spec.key,
+        spec.model_name,
+        time.perf_counter() - started,
+        entries["image"]["min_cosine"],
+        entries["text"]["min_cosine"],
+        directory,
+    )
+    return OnnxExport(directory, manifest)
+
+
+def _ensure_int8(
+    model: torch.nn.Module,
+    export: OnnxExport,
+    *,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    image_size: int,
+) -> OnnxExport:
+    manifest = export.manifest
+    refused = manifest.get("int8_refused")
+    if refused:
+        raise ExportRefused(str(refused), fp32=export)
+    if export.has("int8"):
+        return export
+    directory = export.directory
+    inputs = {"image": check_images(preprocess, image_size), "text": check_tokens(model)}
+    entries: dict[str, Any] = {}
+    for tower in TOWERS:
+        name = f"{tower}.int8.onnx"
+        tmp = directory / f".{name}.{os.getpid()}.tmp"
+        try:
+            _quantize(directory / f"{tower}.onnx", tmp)
+            cosine = min_cosine(
+                _run_onnx(tmp, inputs[tower]), _reference(model, tower, inputs[tower])
+            )
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise ExportFailed(f"INT8 {tower} tower: {type(exc).__name__}: {exc}") from exc
+        if not cosine >= INT8_MIN_COSINE:
+            tmp.unlink(missing_ok=True)
+            reason = f"INT8 {tower} tower: min cosine to PyTorch {cosine:.6f} < {INT8_MIN_COSINE}"
+            # Recorded, so the next start does not quantize (and refuse) all over again.
+            _write_manifest(directory, {**manifest, "int8_refused": reason})
+            raise ExportRefused(reason, fp32=export)
+        os.replace(tmp, directory / name)
+        entries[tower] = _file_entry(directory, name, cosine)
+    manifest = {**manifest, "precisions": {**manifest["precisions"], "int8": entries}}
+    _write_manifest(directory, manifest)
+    return OnnxExport(directory, manifest)
+
+
+def _remove_abandoned(root: Path, older_than_s: float = 3600.0) -> None:
+    """Temporary folders of exports killed half-way (another process may be mid-export
+    in a fresh one, so only old ones go)."""
+    now = time.time()
+    for work in root.glob(".export-*"):
+        try:
+            if now - work.stat().st_mtime > older_than_s:
+                shutil.rmtree(work, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _prune_siblings(directory: Path) -> None:
+    """Exports of older weights of the same model: never used again, so not kept."""
+    stem = directory.name.rsplit("-", 1)[0]
+    for other in directory.parent.glob(f"{stem}-*"):
+        if other != directory and other.is_dir() and other.name.rsplit("-", 1)[0] == stem:
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import open_clip
+
+    return {
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
