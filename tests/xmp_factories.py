@@ -84,8 +84,13 @@ def xmp_packet(
     ).encode()
 
 
-def jpeg_with_xmp(xmp: bytes | None, *, seed: int = 0, colour: tuple[int, int, int] = (200, 30, 30),
-                  image: Image.Image | None = None) -> bytes:
+def jpeg_with_xmp(
+    xmp: bytes | None,
+    *,
+    seed: int = 0,
+    colour: tuple[int, int, int] = (200, 30, 30),
+    image: Image.Image | None = None,
+) -> bytes:
     """A real JPEG whose APP1 segment carries ``xmp`` (Pillow writes the XMP header)."""
     if image is None:
         image = Image.open(io.BytesIO(jpeg_bytes((64, 48), colour, seed=seed)))
@@ -114,8 +119,13 @@ def webp_with_xmp(xmp: bytes) -> bytes:
     return buf.getvalue()
 
 
-def jpeg_with_iptc(*, keywords: Sequence[str] = (), caption: str | None = None,
-                   title: str | None = None, description: str | None = None) -> bytes:
+def jpeg_with_iptc(
+    *,
+    keywords: Sequence[str] = (),
+    caption: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+) -> bytes:
     """A JPEG with an APP13 Photoshop IRB holding IPTC-IIM records, and optionally an
     EXIF ImageDescription."""
     records = b""

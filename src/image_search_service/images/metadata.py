@@ -24,7 +24,7 @@ from xml.etree.ElementTree import Element, ParseError
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from PIL import Image, IptcImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageFile, IptcImagePlugin, UnidentifiedImageError
 
 MAX_XMP_BYTES = 512 * 1024  # real XMP packets are a few KB; padding included, well under this
 MAX_REGIONS = 200  # more face regions than any real photo holds: refused as garbage
@@ -118,16 +118,20 @@ def sidecar_for(path: Path) -> Path | None:
     return None
 
 
-def sidecar_signature(path: Path) -> str | None:
+NO_SIDECAR = "none"
+
+
+def sidecar_signature(path: Path) -> str:
     """Changes when the sidecar appears, disappears or is rewritten: what an incremental
-    index run compares to pick up a sidecar edit on an unchanged photo."""
+    index run compares to pick up a sidecar edit on an unchanged photo (a photo whose
+    metadata was never read has no signature recorded, so it is read too)."""
     sidecar = sidecar_for(path)
     if sidecar is None:
-        return None
+        return NO_SIDECAR
     try:
         stat = sidecar.stat()
     except OSError:
-        return None
+        return NO_SIDECAR
     return f"{sidecar.name}:{stat.st_size}:{stat.st_mtime_ns}"[:255]
 
 
@@ -177,7 +181,7 @@ def _embedded(img: Image.Image, problems: list[str]) -> Iterator[_Fields]:
     description = _text(img.getexif().get(_TAG_IMAGE_DESCRIPTION))
     if description:
         yield _Fields(caption=description[:MAX_CAPTION_CHARS])
-    if img.format == "JPEG":
+    if img.format == "JPEG" and isinstance(img, ImageFile.ImageFile):
         try:
             iptc = IptcImagePlugin.getiptcinfo(img)
         except (OSError, SyntaxError, ValueError, IndexError) as exc:
@@ -358,8 +362,8 @@ def _box(x: float, y: float, w: float, h: float) -> Box | None:
     values = (x, y, w, h)
     if any(v != v for v in values) or w <= 0 or h <= 0:  # NaN or empty
         return None
-    clamp = lambda v: min(1.0, max(0.0, v))  # noqa: E731
-    return Box(round(clamp(x), 6), round(clamp(y), 6), round(clamp(w), 6), round(clamp(h), 6))
+    x, y, w, h = (round(min(1.0, max(0.0, v)), 6) for v in values)
+    return Box(x, y, w, h)
 
 
 def _bag(root: Element, name: str) -> list[str] | None:

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,7 @@ from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.images.scan import content_hash, scan_images
 from image_search_service.services.context import ServiceContext
+from image_search_service.services.metadata import needs_metadata_refresh, refresh_metadata
 from image_search_service.services.pipeline import AssetRef, embed_assets
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class IndexReport:
     duplicates: int = 0
     failed: int = 0
     missing: int = 0
+    metadata_refreshed: int = 0  # unchanged photos whose sidecar changed: re-read
     seconds: float = 0.0
     images_per_second: float = 0.0
     models: list[str] = field(default_factory=list)
@@ -74,8 +77,9 @@ def index_paths(
         if not root.exists():
             raise FileNotFoundError(f"no such file or folder: {root}")
 
+    refresh: list[tuple[UUID, Path]] = []
     with ctx.transaction() as session:
-        to_embed = _reconcile(ctx, session, roots, specs, report)
+        to_embed = _reconcile(ctx, session, roots, specs, report, refresh)
 
     # Group by the models each asset still needs, so nothing is encoded twice.
     groups: dict[tuple[ModelKey, ...], list[AssetRef]] = {}
@@ -99,6 +103,7 @@ def index_paths(
         report.failures.extend(
             {"path": paths[asset_id], "error": reason} for asset_id, reason in result.failures
         )
+    report.metadata_refreshed = refresh_metadata(ctx, refresh)
     if to_embed:
         for spec in specs:
             ctx.store.optimize(spec.collection)
@@ -113,6 +118,7 @@ def _reconcile(
     roots: Sequence[Path],
     specs: Sequence[ModelSpec],
     report: IndexReport,
+    refresh: list[tuple[UUID, Path]],
 ) -> list[tuple[AssetRef, tuple[ModelKey, ...]]]:
     to_embed: list[tuple[AssetRef, tuple[ModelKey, ...]]] = []
     seen: set[str] = set()
@@ -158,9 +164,11 @@ def _reconcile(
             rows = repo.embedded_keys(session, asset.id)
             needed = tuple(s.key for s in specs if not repo.is_done_for(rows.get(s.key), s))
             if needed:
-                to_embed.append((AssetRef(asset.id, path), needed))
+                to_embed.append((AssetRef(asset.id, path), needed))  # reads metadata too
             else:
                 report.skipped += 1
+                if needs_metadata_refresh(path, asset.sidecar_signature):
+                    refresh.append((asset.id, path))
     session.flush()
     _mark_missing(ctx, session, roots, seen, report)
     return to_embed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -167,12 +168,7 @@ class SearchService:
                 f"asset {asset_id} has no vector in {collection!r} yet (not embedded by {model})"
             )
         base = options.search_filter or SearchFilter()
-        exclude = SearchFilter(
-            taken_after=base.taken_after,
-            taken_before=base.taken_before,
-            format=base.format,
-            exclude_ids=(*base.exclude_ids, asset_id),
-        )
+        exclude = dataclasses.replace(base, exclude_ids=(*base.exclude_ids, asset_id))
         options = SearchOptions(
             limit=options.limit,
             offset=options.offset,

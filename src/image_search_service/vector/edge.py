@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -38,7 +38,9 @@ from image_search_service.vector.base import (
 )
 from image_search_service.vector.schema import (
     DISTANCE,
+    FLOAT_INDEXES,
     FULL_SCAN_THRESHOLD,
+    KEYWORD_INDEXES,
     QUANTIZATION,
     QUANTIZATION_ALWAYS_RAM,
     QUANTIZATION_QUANTILE,
@@ -56,7 +58,7 @@ _SCROLL_PAGE = 1024
 class EdgeVectorStore:
     kind = "embedded"
     capabilities = StoreCapabilities(
-        applies_index_config=True, payload_indexes=False, shared=False, indexes_on_optimize=True
+        applies_index_config=True, payload_indexes=True, shared=False, indexes_on_optimize=True
     )
 
     def __init__(self, root: Path, *, oversampling: float = 2.0, lock_timeout_s: float = 10.0):
@@ -116,7 +118,13 @@ class EdgeVectorStore:
                     always_ram=QUANTIZATION_ALWAYS_RAM,
                 ),
             )
-            self._shards[spec.name] = qe.EdgeShard.create(str(shard_dir), config)
+            shard = qe.EdgeShard.create(str(shard_dir), config)
+            for field_name, schema in [
+                *((f, qe.PayloadSchemaType.Keyword) for f in KEYWORD_INDEXES),
+                *((f, qe.PayloadSchemaType.Float) for f in FLOAT_INDEXES),
+            ]:
+                shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
+            self._shards[spec.name] = shard
             meta = {
                 "model": spec.identity.as_dict(),
                 "dim": spec.dim,
@@ -188,6 +196,22 @@ class EdgeVectorStore:
         with self._mutex:
             shard = self._shard(name)
             shard.update(qe.UpdateOperation.delete_points(id_list))
+            shard.flush()
+
+    def set_payload(self, name: str, payloads: Mapping[UUID, dict[str, Any]]) -> None:
+        if not payloads:
+            return
+        with self._mutex:
+            shard = self._shard(name)
+            present = {
+                str(r.id)
+                for r in shard.retrieve(
+                    [str(i) for i in payloads], with_payload=False, with_vector=False
+                )
+            }
+            for point_id, payload in payloads.items():
+                if str(point_id) in present:
+                    shard.update(qe.UpdateOperation.set_payload([str(point_id)], payload))
             shard.flush()
 
     def search(
@@ -303,6 +327,17 @@ def _edge_filter(search_filter: SearchFilter | None) -> qe.Filter | None:
                     gte=payload_timestamp(search_filter.taken_after),
                     lt=payload_timestamp(search_filter.taken_before),
                 ),
+            )
+        )
+    for key, values in (
+        (PayloadField.PEOPLE, search_filter.people),
+        (PayloadField.TAGS, search_filter.tags),
+    ):
+        must.extend(qe.FieldCondition(key=key, match=qe.MatchValue(v)) for v in values)
+    if search_filter.people_any:
+        must.append(
+            qe.FieldCondition(
+                key=PayloadField.PEOPLE, match=qe.MatchAny(list(search_filter.people_any))
             )
         )
     must_not: list[Any] = []

@@ -9,7 +9,7 @@ the folder), which lets tests hand the vectors from a worker subprocess to the t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -188,6 +188,25 @@ class QdrantServerStore:
                 )
             )
 
+    def set_payload(self, name: str, payloads: Mapping[UUID, dict[str, Any]]) -> None:
+        if not payloads:
+            return
+        present = {
+            str(r.id)
+            for r in self._call(
+                lambda: self.client.retrieve(
+                    name, ids=[str(i) for i in payloads], with_payload=False, with_vectors=False
+                )
+            )
+        }
+        for point_id, payload in payloads.items():
+            if str(point_id) in present:
+                self._call(
+                    lambda p=payload, i=point_id: self.client.set_payload(  # type: ignore[misc]
+                        name, payload=p, points=[str(i)], wait=True
+                    )
+                )
+
     @property
     def _search_params(self) -> qm.SearchParams:
         # INT8 alone loses ~10% recall@10: rescore with oversampling (DESIGN.md).
@@ -294,6 +313,17 @@ def _qdrant_filter(search_filter: SearchFilter | None) -> qm.Filter | None:
                     gte=payload_timestamp(search_filter.taken_after),
                     lt=payload_timestamp(search_filter.taken_before),
                 ),
+            )
+        )
+    for key, values in (
+        (PayloadField.PEOPLE, search_filter.people),
+        (PayloadField.TAGS, search_filter.tags),
+    ):
+        must.extend(qm.FieldCondition(key=key, match=qm.MatchValue(value=v)) for v in values)
+    if search_filter.people_any:
+        must.append(
+            qm.FieldCondition(
+                key=PayloadField.PEOPLE, match=qm.MatchAny(any=list(search_filter.people_any))
             )
         )
     must_not: list[qm.Condition] = []

@@ -26,7 +26,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("sidecar_signature", sa.String(length=255), nullable=True))
         for flag in _FLAGS:
             batch.add_column(sa.Column(flag, sa.Boolean(), server_default="0", nullable=False))
-    for table, fk in (("people", "person_id"), ("tags", "tag_id")):
+    for table in ("people", "tags"):
         op.create_table(
             table,
             sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),

@@ -1,0 +1,261 @@
+"""Every query on people, tags, captions and titles (the metadata of issue 13).
+
+Like ``repository.py``: functions flush at most; the caller owns the transaction.
+Names are stored as written (``name``) and matched by ``name_key``
+(:func:`images.metadata.normalise_name`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from image_search_service.db.models import (
+    Asset,
+    AssetPerson,
+    AssetStatus,
+    AssetTag,
+    Person,
+    Tag,
+)
+from image_search_service.images.metadata import (
+    Box,
+    PersonRegion,
+    PhotoMetadata,
+    display_name,
+    normalise_name,
+)
+
+
+@dataclass(frozen=True)
+class AssetLabels:
+    """What search results and payloads carry for one asset."""
+
+    people: tuple[PersonRegion, ...] = ()
+    tags: tuple[str, ...] = ()
+    caption: str | None = None
+    title: str | None = None
+
+    @property
+    def people_keys(self) -> list[str]:
+        return sorted({normalise_name(p.name) for p in self.people})
+
+    @property
+    def tag_keys(self) -> list[str]:
+        return sorted({normalise_name(t) for t in self.tags})
+
+
+@dataclass(frozen=True)
+class NameCount:
+    id: int
+    name: str
+    count: int
+
+
+def apply_file_metadata(
+    session: Session, asset_id: uuid.UUID, meta: PhotoMetadata, *, sidecar: str | None
+) -> None:
+    """Record what the file (and its sidecar) says, leaving every field the user edited
+    through the API alone."""
+    asset = session.get(Asset, asset_id)
+    if asset is None:
+        return
+    asset.metadata_error = meta.problem
+    asset.sidecar_signature = sidecar
+    if not asset.caption_edited:
+        asset.caption, asset.title = meta.caption, meta.title
+    if not asset.people_edited:
+        set_people(session, asset_id, meta.people)
+    if not asset.tags_edited:
+        set_tags(session, asset_id, meta.tags)
+
+
+def _get_or_create(session: Session, model: type[Person] | type[Tag], name: str) -> int:
+    key = normalise_name(name)
+    found = session.scalar(select(model.id).where(model.name_key == key))
+    if found is not None:
+        return int(found)
+    row = model(name=display_name(name), name_key=key)
+    session.add(row)
+    session.flush()
+    return int(row.id)
+
+
+def set_people(session: Session, asset_id: uuid.UUID, people: Sequence[PersonRegion]) -> None:
+    session.execute(delete(AssetPerson).where(AssetPerson.asset_id == asset_id))
+    seen: set[int] = set()
+    for person in people:
+        if not normalise_name(person.name):
+            continue
+        person_id = _get_or_create(session, Person, person.name)
+        if person_id in seen:
+            continue
+        seen.add(person_id)
+        box = person.box
+        session.add(
+            AssetPerson(
+                asset_id=asset_id,
+                person_id=person_id,
+                box_x=box.x if box else None,
+                box_y=box.y if box else None,
+                box_w=box.w if box else None,
+                box_h=box.h if box else None,
+            )
+        )
+    session.flush()
+
+
+def set_tags(session: Session, asset_id: uuid.UUID, tags: Sequence[str]) -> None:
+    session.execute(delete(AssetTag).where(AssetTag.asset_id == asset_id))
+    seen: set[int] = set()
+    for tag in tags:
+        if not normalise_name(tag):
+            continue
+        tag_id = _get_or_create(session, Tag, tag)
+        if tag_id not in seen:
+            seen.add(tag_id)
+            session.add(AssetTag(asset_id=asset_id, tag_id=tag_id))
+    session.flush()
+
+
+def labels_for(session: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, AssetLabels]:
+    """People (with boxes), tags, caption and title of each of ``ids`` that exists."""
+    if not ids:
+        return {}
+    id_list = list(ids)
+    people: dict[uuid.UUID, list[PersonRegion]] = {}
+    rows = session.execute(
+        select(
+            AssetPerson.asset_id,
+            Person.name,
+            AssetPerson.box_x,
+            AssetPerson.box_y,
+            AssetPerson.box_w,
+            AssetPerson.box_h,
+        )
+        .join(Person, Person.id == AssetPerson.person_id)
+        .where(AssetPerson.asset_id.in_(id_list))
+        .order_by(Person.name_key)
+    ).all()
+    for asset_id, name, x, y, w, h in rows:
+        box = Box(x, y, w, h) if x is not None and y is not None and w and h else None
+        people.setdefault(asset_id, []).append(PersonRegion(name, box))
+    tags: dict[uuid.UUID, list[str]] = {}
+    for asset_id, name in session.execute(
+        select(AssetTag.asset_id, Tag.name)
+        .join(Tag, Tag.id == AssetTag.tag_id)
+        .where(AssetTag.asset_id.in_(id_list))
+        .order_by(Tag.name_key)
+    ):
+        tags.setdefault(asset_id, []).append(name)
+    out: dict[uuid.UUID, AssetLabels] = {}
+    for asset_id, caption, title in session.execute(
+        select(Asset.id, Asset.caption, Asset.title).where(Asset.id.in_(id_list))
+    ):
+        out[asset_id] = AssetLabels(
+            people=tuple(people.get(asset_id, ())),
+            tags=tuple(tags.get(asset_id, ())),
+            caption=caption,
+            title=title,
+        )
+    return out
+
+
+def known_people(session: Session) -> dict[str, str]:
+    """Every person in at least one photo of the library: name key -> name as written."""
+    present = (
+        select(AssetPerson.person_id)
+        .join(Asset, Asset.id == AssetPerson.asset_id)
+        .where(Asset.status != AssetStatus.MISSING)
+    )
+    rows = session.execute(select(Person.name_key, Person.name).where(Person.id.in_(present)))
+    return {str(key): str(name) for key, name in rows}
+
+
+def _counts(session: Session, model: type[Person] | type[Tag]) -> list[NameCount]:
+    link, key = (
+        (AssetPerson, AssetPerson.person_id) if model is Person else (AssetTag, AssetTag.tag_id)
+    )
+    count = func.count(link.asset_id)
+    rows = session.execute(
+        select(model.id, model.name, count)
+        .join(link, key == model.id)
+        .join(Asset, Asset.id == link.asset_id)
+        .where(Asset.status != AssetStatus.MISSING)
+        .group_by(model.id, model.name, model.name_key)
+        .order_by(count.desc(), model.name_key)
+    ).all()
+    return [NameCount(int(i), n, int(c)) for i, n, c in rows]
+
+
+def people_counts(session: Session) -> list[NameCount]:
+    """People in the library with how many photos each is in, most photographed first."""
+    return _counts(session, Person)
+
+
+def tag_counts(session: Session) -> list[NameCount]:
+    return _counts(session, Tag)
+
+
+def get_person(session: Session, person_id: int) -> Person | None:
+    return session.get(Person, person_id)
+
+
+def person_by_key(session: Session, key: str) -> Person | None:
+    return session.scalar(select(Person).where(Person.name_key == key))
+
+
+def asset_ids_with_person(session: Session, person_id: int) -> list[uuid.UUID]:
+    return list(
+        session.scalars(select(AssetPerson.asset_id).where(AssetPerson.person_id == person_id))
+    )
+
+
+def rename_person(session: Session, person: Person, new_name: str) -> Person:
+    """Rename ``person``; when the new name is another person's, merge into that one
+    (their photos become theirs, boxes kept) and return the survivor."""
+    key = normalise_name(new_name)
+    target = person_by_key(session, key)
+    if target is None or target.id == person.id:
+        person.name, person.name_key = display_name(new_name), key
+        session.flush()
+        return person
+    already = set(
+        session.scalars(select(AssetPerson.asset_id).where(AssetPerson.person_id == target.id))
+    )
+    if already:
+        session.execute(
+            delete(AssetPerson).where(
+                AssetPerson.person_id == person.id, AssetPerson.asset_id.in_(list(already))
+            )
+        )
+    session.execute(
+        update(AssetPerson)
+        .where(AssetPerson.person_id == person.id)
+        .values(person_id=target.id)
+        .execution_options(synchronize_session=False)
+    )
+    session.delete(person)
+    session.flush()
+    return target
+
+
+def mark_edited(session: Session, asset: Asset, *, people: bool, tags: bool, caption: bool) -> None:
+    asset.people_edited = asset.people_edited or people
+    asset.tags_edited = asset.tags_edited or tags
+    asset.caption_edited = asset.caption_edited or caption
+    session.flush()
+
+
+def mark_people_edited(session: Session, ids: Sequence[uuid.UUID]) -> None:
+    if ids:
+        session.execute(
+            update(Asset)
+            .where(Asset.id.in_(list(ids)))
+            .values(people_edited=True)
+            .execution_options(synchronize_session=False)
+        )
