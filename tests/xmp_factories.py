@@ -149,3 +149,18 @@ def jpeg_with_iptc(
     base = jpeg_bytes((64, 48), exif=exif)
     segment = b"\xff\xed" + (len(app13) + 2).to_bytes(2, "big") + app13
     return base[:2] + segment + base[2:]
+
+
+def png_bytes_with_raw_xmp(xmp: bytes) -> bytes:
+    """A PNG whose XMP iTXt chunk holds ``xmp`` byte for byte (even invalid UTF-8)."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), (90, 90, 90)).save(buf, "PNG")
+    png = buf.getvalue()
+    data = b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp
+    chunk = struct.pack(">I", len(data)) + b"iTXt" + data
+    chunk += struct.pack(">I", zlib.crc32(b"iTXt" + data) & 0xFFFFFFFF)
+    iend = png.rindex(b"IEND") - 4
+    return png[:iend] + chunk + png[iend:]

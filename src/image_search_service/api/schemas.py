@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from image_search_service.core.config import ModelKey
+from image_search_service.images.metadata import MAX_NAME_CHARS, PersonRegion
 from image_search_service.services.assets import MAX_PAGE, AssetPage, AssetView
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, RouteDecision
 from image_search_service.services.search import (
@@ -17,10 +18,12 @@ from image_search_service.services.search import (
     MAX_QUERY_CHARS,
     SearchOptions,
     SearchOutcome,
+    name_filter,
 )
 from image_search_service.vector.base import SearchFilter
 
 ImageFormat = Literal["JPEG", "PNG", "WEBP"]
+MAX_FILTER_NAMES = 20
 
 
 # -- search requests -------------------------------------------------------------------
@@ -42,21 +45,62 @@ class SearchParams(BaseModel):
         max_length=MAX_USER_ID_CHARS,
         description="routes the request (the X-User-Id header wins when both are given)",
     )
+    people: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_FILTER_NAMES,
+        description="only photos with ALL these people (comma-separated or repeated; "
+        "case-insensitive)",
+    )
+    people_any: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_FILTER_NAMES,
+        description="only photos with AT LEAST ONE of these people",
+    )
+    tags: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_FILTER_NAMES,
+        description="only photos with ALL these tags (keywords)",
+    )
+    understand: bool = Field(
+        True,
+        description="text searches: known person names in the query become people filters",
+    )
 
     @field_validator("format", mode="before")
     @classmethod
     def _upper_format(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("people", "people_any", "tags", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        """``people=Pat,Jack`` and ``people=Pat&people=Jack`` mean the same."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return value
+        out: list[Any] = []
+        for item in items:
+            if isinstance(item, str):
+                out.extend(part.strip() for part in item.split(",") if part.strip())
+            else:
+                out.append(item)
+        return out
+
     def options(self) -> SearchOptions:
         search_filter = SearchFilter(
-            taken_after=self.taken_after, taken_before=self.taken_before, format=self.format
+            taken_after=self.taken_after,
+            taken_before=self.taken_before,
+            format=self.format,
+            people=name_filter(self.people),
+            people_any=name_filter(self.people_any),
+            tags=name_filter(self.tags),
         )
         return SearchOptions(
             limit=self.limit,
             offset=self.offset,
             min_score=self.min_score,
             search_filter=None if search_filter.is_empty else search_filter,
+            understand=self.understand,
         )
 
 
@@ -72,6 +116,28 @@ class TextSearchBody(TextSearchParams):
 
 
 # -- search responses ------------------------------------------------------------------
+class BoxOut(BaseModel):
+    """A face region: left, top, width, height as fractions of the image."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+class PersonInPhoto(BaseModel):
+    name: str
+    box: BoxOut | None = None
+
+    @classmethod
+    def of(cls, person: PersonRegion) -> PersonInPhoto:
+        box = person.box
+        return cls(
+            name=person.name,
+            box=BoxOut(x=box.x, y=box.y, w=box.w, h=box.h) if box else None,
+        )
+
+
 class SearchResult(BaseModel):
     asset_id: UUID
     score: float = Field(description="cosine similarity")
@@ -83,9 +149,27 @@ class SearchResult(BaseModel):
     height: int | None
     format: str | None
     taken_at: datetime | None
+    people: list[PersonInPhoto] = Field(description="who is in the photo, with face regions")
+    tags: list[str]
+    caption: str | None
+    title: str | None
+
+
+class UnderstoodOut(BaseModel):
+    """How the search was read, so a client can show it and a user correct it."""
+
+    query: str | None = Field(description="the text as given")
+    concept: str | None = Field(description="the part of the text that was embedded")
+    people: list[str] = Field(description="people filter applied: all of these (normalised)")
+    people_any: list[str] = Field(description="people filter applied: any of these")
+    tags: list[str] = Field(description="tag filter applied: all of these (normalised)")
+    recognised_people: list[str] = Field(
+        description="people recognised in the text (send understand=false to embed it as is)"
+    )
 
 
 class SearchResponse(BaseModel):
+    understood: UnderstoodOut | None = None
     results: list[SearchResult]
     model: ModelKey = Field(description="the model that answered")
     collection: str
@@ -111,9 +195,18 @@ class SearchResponse(BaseModel):
                     height=hit.height,
                     format=hit.format,
                     taken_at=hit.taken_at,
+                    people=[PersonInPhoto.of(p) for p in hit.labels.people],
+                    tags=list(hit.labels.tags),
+                    caption=hit.labels.caption,
+                    title=hit.labels.title,
                 )
                 for hit in outcome.results
             ],
+            understood=(
+                UnderstoodOut.model_validate(outcome.understood.as_dict())
+                if outcome.understood
+                else None
+            ),
             model=outcome.model,
             collection=outcome.collection,
             limit=outcome.limit,

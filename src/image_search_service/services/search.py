@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,16 +18,22 @@ from cachetools import LRUCache
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import AssetNotFound, InvalidRequest
 from image_search_service.core.specs import ModelSpec
+from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
+from image_search_service.db.metadata_repository import AssetLabels
 from image_search_service.db.models import AssetStatus
 from image_search_service.encoders.base import Encoder, FloatArray
 from image_search_service.images.loading import load_image
+from image_search_service.images.metadata import normalise_name
 from image_search_service.services.context import ServiceContext
+from image_search_service.services.query import understand
 from image_search_service.vector.base import SearchFilter
 
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 100
 MAX_OFFSET = 10_000
+# What is embedded when a query named only people: the filter does the selecting.
+PEOPLE_ONLY_CONCEPT = "a photo"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class SearchHit:
     height: int | None
     format: str | None
     taken_at: datetime | None
+    labels: AssetLabels = AssetLabels()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +60,10 @@ class SearchHit:
             "height": self.height,
             "format": self.format,
             "taken_at": self.taken_at.isoformat() if self.taken_at else None,
+            "people": [p.name for p in self.labels.people],
+            "tags": list(self.labels.tags),
+            "caption": self.labels.caption,
+            "title": self.labels.title,
         }
 
 
@@ -63,9 +75,11 @@ class SearchOutcome:
     limit: int
     offset: int
     took_ms: float
+    understood: Understood | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "understood": self.understood.as_dict() if self.understood else None,
             "results": [hit.as_dict() for hit in self.results],
             "model": self.model,
             "collection": self.collection,
@@ -76,11 +90,35 @@ class SearchOutcome:
 
 
 @dataclass(frozen=True)
+class Understood:
+    """How a search was read: the concept embedded and the filters applied."""
+
+    query: str | None  # the text as given (None for image and similar searches)
+    concept: str | None  # the text that was embedded
+    people: tuple[str, ...] = ()  # all of these (recognised in the text or given)
+    people_any: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    recognised_people: tuple[str, ...] = ()  # the subset found in the text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "concept": self.concept,
+            "people": list(self.people),
+            "people_any": list(self.people_any),
+            "tags": list(self.tags),
+            "recognised_people": list(self.recognised_people),
+        }
+
+
+@dataclass(frozen=True)
 class SearchOptions:
     limit: int = 20
     offset: int = 0
     min_score: float | None = None
     search_filter: SearchFilter | None = None
+    # Read known person names out of a text query as filters (False: embed it as is).
+    understand: bool = True
 
     def validate(self) -> None:
         if not 1 <= self.limit <= MAX_LIMIT:
@@ -134,9 +172,30 @@ class SearchService:
         started = time.perf_counter()
         # A missing or mismatched collection is reported before paying for a model load.
         self.ctx.verify_collection(model)
+        concept: str = text
+        recognised: tuple[str, ...] = ()
+        if options.understand:
+            with self.ctx.transaction() as session:
+                known = meta_repo.known_people(session)
+            parsed = understand(text, known) if known else None
+            if parsed is not None and parsed.people:
+                concept, recognised = parsed.concept, parsed.people
+                base = options.search_filter or SearchFilter()
+                people = tuple(dict.fromkeys((*base.people, *parsed.people_keys)))
+                options = dataclasses.replace(
+                    options, search_filter=dataclasses.replace(base, people=people)
+                )
         encoder = self.ctx.encoder(model)
-        vector = self.text_cache.get(encoder, text)
-        return self._search(vector, model=model, options=options, started=started, text=True)
+        # Only names: the filter selects the photos and any neutral vector orders them.
+        vector = self.text_cache.get(encoder, concept or PEOPLE_ONLY_CONCEPT)
+        return self._search(
+            vector,
+            model=model,
+            options=options,
+            started=started,
+            text=True,
+            understood=_understood(text, concept, options, recognised),
+        )
 
     def search_image(
         self, source: bytes | Path, *, model: ModelKey, options: SearchOptions
@@ -149,7 +208,13 @@ class SearchService:
             source, max_pixels=self.ctx.settings.max_image_pixels, min_side=encoder.image_size
         )
         vector = encoder.encode_images([loaded.image])[0]
-        return self._search(vector, model=model, options=options, started=started)
+        return self._search(
+            vector,
+            model=model,
+            options=options,
+            started=started,
+            understood=_understood(None, None, options, ()),
+        )
 
     def search_similar(
         self, asset_id: UUID, *, model: ModelKey, options: SearchOptions
@@ -175,7 +240,13 @@ class SearchService:
             min_score=options.min_score,
             search_filter=exclude,
         )
-        return self._search(stored, model=model, options=options, started=started)
+        return self._search(
+            stored,
+            model=model,
+            options=options,
+            started=started,
+            understood=_understood(None, None, options, ()),
+        )
 
     def _search(
         self,
@@ -185,6 +256,7 @@ class SearchService:
         options: SearchOptions,
         started: float,
         text: bool = False,
+        understood: Understood | None = None,
     ) -> SearchOutcome:
         spec = self.ctx.spec(model)
         hits = self.ctx.store.search(
@@ -198,6 +270,7 @@ class SearchService:
         encoder = self.ctx.encoder(model) if text else None
         with self.ctx.transaction() as session:
             assets = repo.get_assets(session, [h.id for h in hits])
+            labels = meta_repo.labels_for(session, [h.id for h in hits])
         results = []
         for hit in hits:
             asset = assets.get(hit.id)
@@ -213,6 +286,7 @@ class SearchService:
                     height=asset.height,
                     format=asset.format,
                     taken_at=asset.taken_at,
+                    labels=labels.get(hit.id, AssetLabels()),
                 )
             )
         return SearchOutcome(
@@ -222,4 +296,25 @@ class SearchService:
             limit=options.limit,
             offset=options.offset,
             took_ms=(time.perf_counter() - started) * 1000,
+            understood=understood,
         )
+
+
+def _understood(
+    query: str | None, concept: str | None, options: SearchOptions, recognised: tuple[str, ...]
+) -> Understood:
+    f = options.search_filter or SearchFilter()
+    return Understood(
+        query=query,
+        concept=concept,
+        people=f.people,
+        people_any=f.people_any,
+        tags=f.tags,
+        recognised_people=recognised,
+    )
+
+
+def name_filter(names: Sequence[str] | None) -> tuple[str, ...]:
+    """Names a client gave (people or tags) as the normalised keys payloads hold."""
+    keys = (normalise_name(n) for n in names or ())
+    return tuple(dict.fromkeys(k for k in keys if k))
