@@ -9,9 +9,11 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from image_search_service.core.config import ModelKey
-from image_search_service.images.metadata import MAX_NAME_CHARS, PersonRegion
+from image_search_service.db.metadata_repository import NameCount
+from image_search_service.images.metadata import MAX_CAPTION_CHARS, MAX_NAME_CHARS, PersonRegion
 from image_search_service.services.assets import MAX_PAGE, AssetPage, AssetView
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, RouteDecision
+from image_search_service.services.metadata import AssetEdit
 from image_search_service.services.search import (
     MAX_LIMIT,
     MAX_OFFSET,
@@ -237,10 +239,74 @@ class AssetOut(BaseModel):
     embeddings: dict[str, str] = Field(
         default_factory=dict, description="per model: pending, done or failed (single asset only)"
     )
+    people: list[PersonInPhoto]
+    tags: list[str]
+    caption: str | None
+    title: str | None
+    metadata_error: str | None = Field(
+        description="why some of the file's metadata could not be read (the photo is indexed)"
+    )
+    edited: list[str] = Field(
+        description="fields edited through the API: re-indexing leaves them as edited"
+    )
 
     @classmethod
     def of(cls, view: AssetView) -> AssetOut:
-        return cls.model_validate(view)
+        data = {f: getattr(view, f) for f in cls.model_fields if f != "people"}
+        return cls.model_validate({**data, "people": [PersonInPhoto.of(p) for p in view.people]})
+
+
+class AssetEditIn(BaseModel):
+    """``PATCH /api/v1/assets/{id}``: the fields given replace the asset's; a field left
+    out is unchanged. An edited field is yours from then on: re-indexing keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    people: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]] | None = Field(
+        None, max_length=200, description="everyone in the photo (replaces the list)"
+    )
+    tags: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]] | None = Field(
+        None, max_length=200, description="every keyword (replaces the list)"
+    )
+    caption: str | None = Field(
+        None, max_length=MAX_CAPTION_CHARS, description="null clears the caption"
+    )
+
+    def edit(self) -> AssetEdit:
+        return AssetEdit(
+            people=self.people,
+            tags=self.tags,
+            caption=self.caption,
+            set_caption="caption" in self.model_fields_set,
+        )
+
+
+class NameCountOut(BaseModel):
+    id: int
+    name: str = Field(description="as written")
+    count: int = Field(description="photos in the library")
+
+    @classmethod
+    def of(cls, item: NameCount) -> NameCountOut:
+        return cls(id=item.id, name=item.name, count=item.count)
+
+
+class NameListOut(BaseModel):
+    items: list[NameCountOut]
+
+    @classmethod
+    def of(cls, items: list[NameCount]) -> NameListOut:
+        return cls(items=[NameCountOut.of(i) for i in items])
+
+
+class PersonRenameIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="the new name; another person's name merges the two",
+    )
 
 
 class AssetPageOut(BaseModel):
