@@ -7,11 +7,12 @@ Names are stored as written (``name``) and matched by ``name_key``
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from image_search_service.db.models import (
@@ -72,6 +73,75 @@ def apply_file_metadata(
         set_people(session, asset_id, meta.people)
     if not asset.tags_edited:
         set_tags(session, asset_id, meta.tags)
+    refresh_search_text(session, asset_id)
+
+
+def refresh_search_text(session: Session, asset_id: uuid.UUID) -> None:
+    """Rebuild the text full-text search matches for one asset: caption, title, tags."""
+    asset = session.get(Asset, asset_id)
+    if asset is None:
+        return
+    tags = session.scalars(
+        select(Tag.name)
+        .join(AssetTag, AssetTag.tag_id == Tag.id)
+        .where(AssetTag.asset_id == asset_id)
+    ).all()
+    parts = [asset.caption, asset.title, *tags]
+    body = " ".join(p for p in parts if p) or None
+    asset.search_text = body
+    session.flush()
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("DELETE FROM asset_search WHERE asset_id = :id"), {"id": asset_id.hex})
+        if body:
+            session.execute(
+                text("INSERT INTO asset_search (asset_id, body) VALUES (:id, :body)"),
+                {"id": asset_id.hex, "body": body},
+            )
+
+
+_STOPWORDS = frozenset(
+    "a an and the of with in on at to for by from or is are was be this that these those "
+    "it its my our your their photo photos picture pictures image images".split()
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def full_text_terms(query: str) -> list[str]:
+    """The words of ``query`` worth matching: no stop words, no syntax (word characters
+    only, so nothing a user types can reach FTS5's or tsquery's query language)."""
+    words = (w.casefold() for w in _WORD.findall(query))
+    return list(dict.fromkeys(w for w in words if len(w) > 1 and w not in _STOPWORDS))[:32]
+
+
+def text_matches(session: Session, query: str, *, limit: int) -> list[uuid.UUID]:
+    """Searchable assets whose caption, title or tags match any word of ``query``, best
+    first (SQLite FTS5 bm25; PostgreSQL ts_rank). Empty on other databases."""
+    terms = full_text_terms(query)
+    if not terms:
+        return []
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        rows = session.execute(
+            text(
+                "SELECT s.asset_id FROM asset_search s JOIN assets a ON a.id = s.asset_id "
+                "WHERE asset_search MATCH :q AND a.status = 'active' "
+                "ORDER BY bm25(asset_search) LIMIT :n"
+            ),
+            {"q": " OR ".join(f'"{t}"' for t in terms), "n": limit},
+        ).scalars()
+        return [uuid.UUID(hex=str(r)) for r in rows]
+    if dialect == "postgresql":
+        vector = "to_tsvector('simple', coalesce(search_text, ''))"
+        rows = session.execute(
+            text(
+                f"SELECT id FROM assets WHERE {vector} @@ to_tsquery('simple', :q) "
+                f"AND status = 'active' ORDER BY ts_rank({vector}, to_tsquery('simple', :q)) "
+                "DESC, id LIMIT :n"
+            ),
+            {"q": " | ".join(terms), "n": limit},
+        ).scalars()
+        return [r if isinstance(r, uuid.UUID) else uuid.UUID(str(r)) for r in rows]
+    return []
 
 
 def _get_or_create(session: Session, model: type[Person] | type[Tag], name: str) -> int:

@@ -77,6 +77,9 @@ class Asset(Base):
     # From XMP/IPTC/EXIF (images/metadata.py) or edited through the API.
     caption: Mapped[str | None] = mapped_column(Text, default=None)
     title: Mapped[str | None] = mapped_column(Text, default=None)
+    # Caption, title and tags in one string: what full-text search matches (kept in step
+    # by metadata_repository; SQLite mirrors it into the FTS5 table ``asset_search``).
+    search_text: Mapped[str | None] = mapped_column(Text, default=None)
     # Why some metadata could not be read (the photo is indexed without it).
     metadata_error: Mapped[str | None] = mapped_column(Text, default=None)
     # The XMP sidecar's name, size and mtime when last read: a change is re-read.

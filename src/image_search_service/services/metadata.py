@@ -112,6 +112,7 @@ def edit_asset(ctx: ServiceContext, asset_id: UUID, edit: AssetEdit) -> AssetLab
             meta_repo.set_tags(session, asset_id, list(edit.tags))
         if edit.set_caption:
             asset.caption = (edit.caption or "").strip() or None
+        meta_repo.refresh_search_text(session, asset_id)
         meta_repo.mark_edited(
             session,
             asset,

@@ -108,3 +108,16 @@ def _rejoin(text: str, tokens: list[tuple[str, int, int]]) -> str:
         out.append(token)
         previous_end = end
     return "".join(out)
+
+
+# "beach sunset -people" / -"red car": words to push the search away from.
+_NEGATIVE = re.compile(r'(?:(?<=\s)|^)-(?:"([^"]+)"|(\w[\w\'’-]*))')
+
+
+def split_negatives(text: str) -> tuple[str, list[str]]:
+    """Take ``-word`` and ``-"a phrase"`` out of ``text``: (what remains, negatives)."""
+    negatives = [quoted or word for quoted, word in _NEGATIVE.findall(text)]
+    if not negatives:
+        return text, []
+    rest = " ".join(_NEGATIVE.sub(" ", text).split())
+    return rest, negatives

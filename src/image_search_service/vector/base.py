@@ -99,6 +99,8 @@ class SearchFilter:
     # ... at least one of these must be.
     people_any: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()  # every one must be set
+    # Only these points (full-text matches being scored visually); empty: no restriction.
+    include_ids: tuple[UUID, ...] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -110,6 +112,7 @@ class SearchFilter:
             or self.people
             or self.people_any
             or self.tags
+            or self.include_ids
         )
 
 

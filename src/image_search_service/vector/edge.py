@@ -340,6 +340,8 @@ def _edge_filter(search_filter: SearchFilter | None) -> qe.Filter | None:
                 key=PayloadField.PEOPLE, match=qe.MatchAny(list(search_filter.people_any))
             )
         )
+    if search_filter.include_ids:
+        must.append(qe.HasIdCondition({str(i) for i in search_filter.include_ids}))
     must_not: list[Any] = []
     if search_filter.exclude_ids:
         must_not.append(qe.HasIdCondition({str(i) for i in search_filter.exclude_ids}))

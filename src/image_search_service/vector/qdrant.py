@@ -326,6 +326,8 @@ def _qdrant_filter(search_filter: SearchFilter | None) -> qm.Filter | None:
                 key=PayloadField.PEOPLE, match=qm.MatchAny(any=list(search_filter.people_any))
             )
         )
+    if search_filter.include_ids:
+        must.append(qm.HasIdCondition(has_id=[str(i) for i in search_filter.include_ids]))
     must_not: list[qm.Condition] = []
     if search_filter.exclude_ids:
         must_not.append(qm.HasIdCondition(has_id=[str(i) for i in search_filter.exclude_ids]))

@@ -22,6 +22,7 @@ def upgrade() -> None:
     with op.batch_alter_table("assets") as batch:
         batch.add_column(sa.Column("caption", sa.Text(), nullable=True))
         batch.add_column(sa.Column("title", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("search_text", sa.Text(), nullable=True))
         batch.add_column(sa.Column("metadata_error", sa.Text(), nullable=True))
         batch.add_column(sa.Column("sidecar_signature", sa.String(length=255), nullable=True))
         for flag in _FLAGS:
@@ -74,9 +75,26 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("asset_id", "tag_id", name=op.f("pk_asset_tags")),
     )
     op.create_index(op.f("ix_asset_tags_tag_id"), "asset_tags", ["tag_id"])
+    # Full-text search over captions, titles and tags. SQLite: an FTS5 table the
+    # repository writes next to assets.search_text (no triggers: a later batch migration
+    # that rebuilds ``assets`` cannot break it). PostgreSQL: a GIN index on the tsvector.
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute(
+            "CREATE VIRTUAL TABLE asset_search USING fts5("
+            "asset_id UNINDEXED, body, tokenize='unicode61 remove_diacritics 2')"
+        )
+    elif op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "CREATE INDEX ix_assets_search_tsv ON assets "
+            "USING gin (to_tsvector('simple', coalesce(search_text, '')))"
+        )
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("DROP TABLE IF EXISTS asset_search")
+    elif op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP INDEX IF EXISTS ix_assets_search_tsv")
     op.drop_index(op.f("ix_asset_tags_tag_id"), table_name="asset_tags")
     op.drop_table("asset_tags")
     op.drop_index(op.f("ix_asset_people_person_id"), table_name="asset_people")
@@ -88,5 +106,6 @@ def downgrade() -> None:
             batch.drop_column(flag)
         batch.drop_column("sidecar_signature")
         batch.drop_column("metadata_error")
+        batch.drop_column("search_text")
         batch.drop_column("title")
         batch.drop_column("caption")
