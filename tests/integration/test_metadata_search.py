@@ -70,14 +70,22 @@ def write_people_library(root: Path) -> dict[str, Path]:
     return files
 
 
-@pytest.fixture(params=["edge", "qdrant-client"])
+@pytest.fixture(
+    params=["edge", "qdrant-client", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def client(
     request: pytest.FixtureRequest,
     make_settings: Callable[..., Settings],
     encoders: EncoderRegistry,
     tmp_path: Path,
 ) -> Iterator[TestClient]:
-    overrides: dict[str, Any] = {"qdrant_url": ":memory:"} if request.param != "edge" else {}
+    """Qdrant Edge + SQLite (the embedded default), qdrant-client's Qdrant + SQLite, and
+    Qdrant Edge + PostgreSQL (its full-text search)."""
+    overrides: dict[str, Any] = {}
+    if request.param == "qdrant-client":
+        overrides["qdrant_url"] = ":memory:"
+    if request.param == "postgresql":
+        overrides["database_url"] = request.getfixturevalue("postgres_url")
     with api_client(make_settings(**overrides), encoders=encoders) as test_client:
         yield test_client
 
@@ -260,3 +268,71 @@ def test_people_and_tags_with_counts_rename_and_merge(
     )
     assert_error(client.patch("/api/v1/people/999999", json={"name": "X"}), 404)
     assert_error(client.patch(f"/api/v1/people/{people['Pat']['id']}", json={"name": ""}), 422)
+
+
+def test_a_caption_only_match_is_fused_in(client: TestClient, library: dict[str, Path]) -> None:
+    body = client.get("/api/v1/search", params={"q": "Christmas", "limit": 3}).json()
+    assert body["understood"]["full_text"] is True
+    first = body["results"][0]
+    assert Path(first["path"]).name == "cabin.jpg"
+    assert first["matched_by"] in {"text", "both"}
+    assert first["caption"] == "Christmas morning at the cabin"
+    assert first["title"] == "Cabin"
+    assert all(r["matched_by"] == "image" for r in body["results"][1:])
+    # An edited caption is searchable at once; the old words no longer match.
+    items = client.get("/api/v1/assets", params={"limit": 50}).json()["items"]
+    pat = next(a for a in items if a["path"].endswith("pat.jpg"))
+    client.patch(f"/api/v1/assets/{pat['id']}", json={"caption": "Lighthouse at dawn"})
+    hits = client.get("/api/v1/search", params={"q": "lighthouse", "limit": 2}).json()["results"]
+    assert Path(hits[0]["path"]).name == "pat.jpg"
+    assert hits[0]["matched_by"] != "image"
+    # Filters still hold for text matches: the caption photo has neither Pat nor Jack.
+    both = client.get("/api/v1/search", params={"q": "Christmas with Pat and Jack"}).json()
+    assert _paths(both) == {"both.jpg", "both_sidecar.jpg"}
+    # FTS syntax typed by a user is just words.
+    odd = client.get("/api/v1/search", params={"q": 'NEAR(" OR * christmas:'})
+    assert odd.status_code == 200
+
+
+def test_combined_queries(client: TestClient, library: dict[str, Path]) -> None:
+    items = client.get("/api/v1/assets", params={"limit": 50}).json()["items"]
+    ids = {Path(a["path"]).name: a["id"] for a in items}
+    # An uploaded example alone finds itself first.
+    upload = client.post(
+        "/api/v1/search/combined",
+        files=[("file", ("a.jpg", library["pat_only"].read_bytes(), "image/jpeg"))],
+    ).json()
+    assert Path(upload["results"][0]["path"]).name == "pat.jpg"
+    assert upload["understood"]["examples"] == 1
+    # Text + uploaded example + stored example + a negative, with weights.
+    mixed = client.post(
+        "/api/v1/search/combined",
+        files=[("file", ("a.jpg", library["jack_only"].read_bytes(), "image/jpeg"))],
+        data={
+            "q": "a photo -dogs",
+            "like": ids["both.jpg"],
+            "not": "cats",
+            "text_weight": "0.5",
+            "example_weight": "2",
+            "limit": "50",
+        },
+    ).json()
+    assert mixed["understood"]["negative"] == ["cats", "dogs"]  # given, then inline
+    assert mixed["understood"]["concept"] == "a photo"
+    assert mixed["understood"]["examples"] == 2
+    names = [Path(r["path"]).name for r in mixed["results"]]
+    assert "both.jpg" not in names  # a stored example is not its own result
+    assert len(names) == len(library) - 1
+    # The same through GET /search: stored examples by id, negatives repeated.
+    get = client.get(
+        "/api/v1/search",
+        params=[("q", "beach"), ("not", "people"), ("like", ids["cabin.jpg"]), ("limit", "50")],
+    ).json()
+    assert get["understood"]["negative"] == ["people"]
+    assert "cabin.jpg" not in _paths(get)
+    # Weights that cancel everything, nothing positive, an unknown asset: 4xx, never 500.
+    assert_error(client.get("/api/v1/search", params={"q": "x", "text_weight": "0"}), 422)
+    assert_error(client.post("/api/v1/search/combined", data={"q": ""}), (415, 422))
+    unknown = "00000000-0000-0000-0000-000000000000"
+    assert_error(client.get("/api/v1/search", params={"q": "x", "like": unknown}), 404)
+    assert_error(client.get("/api/v1/search", params={"q": "x", "text_weight": "11"}), 422)

@@ -65,7 +65,13 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimitMiddleware,
-        upload_paths=frozenset({f"{API_PREFIX}/assets", f"{API_PREFIX}/search/image"}),
+        upload_paths=frozenset(
+            {
+                f"{API_PREFIX}/assets",
+                f"{API_PREFIX}/search/image",
+                f"{API_PREFIX}/search/combined",
+            }
+        ),
         max_upload_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything

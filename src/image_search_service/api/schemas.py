@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -15,9 +16,14 @@ from image_search_service.services.assets import MAX_PAGE, AssetPage, AssetView
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, RouteDecision
 from image_search_service.services.metadata import AssetEdit
 from image_search_service.services.search import (
+    MAX_EXAMPLES,
     MAX_LIMIT,
+    MAX_NEGATIVES,
     MAX_OFFSET,
     MAX_QUERY_CHARS,
+    MAX_WEIGHT,
+    CombinedQuery,
+    Example,
     SearchOptions,
     SearchOutcome,
     name_filter,
@@ -106,15 +112,60 @@ class SearchParams(BaseModel):
         )
 
 
-class TextSearchParams(SearchParams):
+class CombineParams(SearchParams):
+    """What a text query may add: negative texts, stored example assets, weights."""
+
+    negative: list[Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_NEGATIVES,
+        alias="not",
+        description='texts to push away from (repeat for several); "-word" in q does the same',
+    )
+    like: list[UUID] = Field(
+        default_factory=list,
+        max_length=MAX_EXAMPLES,
+        description="stored asset ids whose vectors are added as examples",
+    )
+    text_weight: float = Field(1.0, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
+    example_weight: float = Field(
+        1.0, ge=0, le=MAX_WEIGHT, allow_inf_nan=False, description="each example image's weight"
+    )
+    not_weight: float = Field(1.0, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("negative", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def combined(self, text: str | None, uploads: Sequence[bytes] = ()) -> CombinedQuery:
+        examples = [Example(data, self.example_weight) for data in uploads]
+        examples += [Example(asset_id, self.example_weight) for asset_id in self.like]
+        return CombinedQuery(
+            text=text,
+            text_weight=self.text_weight,
+            examples=tuple(examples),
+            negatives=tuple(self.negative),
+            negative_weight=self.not_weight,
+        )
+
+
+class TextSearchParams(CombineParams):
     q: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="what to look for")
+
+
+class CombinedSearchParams(CombineParams):
+    """The form fields of ``POST /api/v1/search/combined`` (files go in ``file``)."""
+
+    q: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="what to look for")
 
 
 class TextSearchBody(TextSearchParams):
     """The JSON body of ``POST /api/v1/search``: the query string's names."""
 
     # A misspelt option in a body is a mistake worth reporting, not ignoring.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 # -- search responses ------------------------------------------------------------------
@@ -151,6 +202,13 @@ class SearchResult(BaseModel):
     height: int | None
     format: str | None
     taken_at: datetime | None
+    matched_by: Literal["image", "text", "both"] = Field(
+        description="image: the visual ranking found it; text: its caption, title or tags "
+        "matched; both"
+    )
+    fused_score: float | None = Field(
+        None, description="reciprocal rank fusion score, when full text took part"
+    )
     people: list[PersonInPhoto] = Field(description="who is in the photo, with face regions")
     tags: list[str]
     caption: str | None
@@ -167,6 +225,11 @@ class UnderstoodOut(BaseModel):
     tags: list[str] = Field(description="tag filter applied: all of these (normalised)")
     recognised_people: list[str] = Field(
         description="people recognised in the text (send understand=false to embed it as is)"
+    )
+    negative: list[str] = Field(description="texts the search was pushed away from")
+    examples: int = Field(description="example images in the query")
+    full_text: bool = Field(
+        description="captions, titles and tags matched and were fused into the ranking"
     )
 
 
@@ -197,6 +260,10 @@ class SearchResponse(BaseModel):
                     height=hit.height,
                     format=hit.format,
                     taken_at=hit.taken_at,
+                    matched_by=hit.matched_by,
+                    fused_score=(
+                        round(hit.fused_score, 6) if hit.fused_score is not None else None
+                    ),
                     people=[PersonInPhoto.of(p) for p in hit.labels.people],
                     tags=list(hit.labels.tags),
                     caption=hit.labels.caption,

@@ -39,8 +39,10 @@ MAX_NEGATIVES = 8
 MAX_WEIGHT = 10.0
 # Reciprocal rank fusion constant (Cormack et al. 2009): 1 / (k + rank) per list.
 RRF_K = 60
-# Full-text matches considered for fusion, beyond the page asked for.
+# Candidates each ranking contributes to the fusion, however small the page: a caption
+# match that the visual ranking places 40th still gets credit for both.
 TEXT_CANDIDATES = 200
+FUSION_DEPTH = 100
 
 MatchedBy = Literal["image", "text", "both"]
 
@@ -427,7 +429,7 @@ class SearchService:
         visual = self.ctx.store.search(
             collection,
             vector,
-            limit=depth,
+            limit=max(depth, FUSION_DEPTH),
             search_filter=options.search_filter,
             min_score=options.min_score,
         )
