@@ -99,6 +99,13 @@ def refresh_search_text(session: Session, asset_id: uuid.UUID) -> None:
             )
 
 
+def forget_search_text(session: Session, asset_id: uuid.UUID) -> None:
+    """The asset is being deleted: its full-text row goes too (SQLite's FTS5 table has
+    no foreign key to cascade)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("DELETE FROM asset_search WHERE asset_id = :id"), {"id": asset_id.hex})
+
+
 _STOPWORDS = frozenset(
     "a an and the of with in on at to for by from or is are was be this that these those "
     "it its my our your their photo photos picture pictures image images".split()

@@ -248,6 +248,7 @@ class AssetService:
                 if asset is None or asset.status == AssetStatus.MISSING:
                     raise AssetNotFound(f"asset {asset_id} not found")
                 path, digest = Path(asset.path), asset.content_hash
+                meta_repo.forget_search_text(session, asset_id)
                 session.delete(asset)
             # After the commit: a point left behind by a failure here is never shown
             # (search drops hits without an asset row); a row without points would be.

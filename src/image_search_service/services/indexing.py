@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.core.specs import BASELINE, ModelSpec
+from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.images.scan import content_hash, scan_images
@@ -224,6 +225,7 @@ def _upsert_file(
 
 def _forget(ctx: ServiceContext, session: Session, asset: Asset) -> None:
     ctx.delete_points([asset.id])
+    meta_repo.forget_search_text(session, asset.id)
     session.delete(asset)
     session.flush()
 

@@ -100,6 +100,7 @@ class EdgeVectorStore:
             meta = self._meta(spec.name)
             if meta is not None:
                 check_identity(spec.name, ModelIdentity.from_dict(meta["model"]), spec.identity)
+                self._ensure_indexes(self._shard(spec.name))
                 return False
             directory = self._dir(spec.name)
             shard_dir = directory / _SHARD_DIR
@@ -119,11 +120,7 @@ class EdgeVectorStore:
                 ),
             )
             shard = qe.EdgeShard.create(str(shard_dir), config)
-            for field_name, schema in [
-                *((f, qe.PayloadSchemaType.Keyword) for f in KEYWORD_INDEXES),
-                *((f, qe.PayloadSchemaType.Float) for f in FLOAT_INDEXES),
-            ]:
-                shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
+            self._ensure_indexes(shard)
             self._shards[spec.name] = shard
             meta = {
                 "model": spec.identity.as_dict(),
@@ -137,6 +134,18 @@ class EdgeVectorStore:
             tmp.write_text(json.dumps(meta, indent=2))
             os.replace(tmp, directory / _META_FILE)  # the stamp appears atomically, last
             return True
+
+    @staticmethod
+    def _ensure_indexes(shard: qe.EdgeShard) -> None:
+        """Payload indexes of the recipe; a collection made by an older version gets the
+        ones it lacks (filters work without them, only slower)."""
+        existing = set(shard.info().payload_schema)
+        for field_name, schema in [
+            *((f, qe.PayloadSchemaType.Keyword) for f in KEYWORD_INDEXES),
+            *((f, qe.PayloadSchemaType.Float) for f in FLOAT_INDEXES),
+        ]:
+            if field_name not in existing:
+                shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
 
     def has_collection(self, name: str) -> bool:
         return self._meta(name) is not None

@@ -108,6 +108,7 @@ class QdrantServerStore:
     def ensure_collection(self, spec: CollectionSpec) -> bool:
         if self._exists(spec.name):
             check_identity(spec.name, self.collection_stamp(spec.name), spec.identity)
+            self._ensure_indexes(spec.name)
             return False
         self._call(
             lambda: self.client.create_collection(
@@ -124,18 +125,26 @@ class QdrantServerStore:
                 metadata={"model": spec.identity.as_dict()},
             )
         )
+        self._ensure_indexes(spec.name)
+        return True
+
+    def _ensure_indexes(self, name: str) -> None:
+        """Payload indexes of the recipe; a collection made by an older version gets the
+        ones it lacks (filters work without them, only slower)."""
         if not self.capabilities.payload_indexes:
-            return True
+            return
+        existing = set(self._get(name).payload_schema)
         for field_name, schema in [
             *((f, qm.PayloadSchemaType.KEYWORD) for f in KEYWORD_INDEXES),
             *((f, qm.PayloadSchemaType.FLOAT) for f in FLOAT_INDEXES),
         ]:
+            if field_name in existing:
+                continue
             self._call(
                 lambda f=field_name, s=schema: self.client.create_payload_index(  # type: ignore[misc]
-                    spec.name, field_name=f, field_schema=s
+                    name, field_name=f, field_schema=s
                 )
             )
-        return True
 
     def has_collection(self, name: str) -> bool:
         return self._exists(name)
