@@ -2,8 +2,10 @@
 
 "Find all images that include Pat, Jack, and an automobile" -> people Pat AND Jack,
 concept "an automobile". Names match whole words, case-insensitively, longest name
-first; a name nobody in the library has stays part of the concept. Requests such as
-"find all images that include" or "photos of" are boilerplate, not part of the concept.
+first; a name nobody in the library has stays part of the concept. When names are
+taken out, requests such as "find all images that include" or "photos of" around them
+are boilerplate, not part of the concept; a query without known names is embedded as
+written.
 """
 
 from __future__ import annotations
@@ -74,9 +76,8 @@ def understand(query: str, known_people: Mapping[str, str]) -> UnderstoodQuery:
                 break
         else:
             i += 1
-    if not found:
-        concept = _EDGE_JUNK.sub("", body) or text
-        return UnderstoodQuery(query=text, concept=concept, people=())
+    if not found:  # nothing to take out: the text is embedded exactly as before
+        return UnderstoodQuery(query=text, concept=text, people=())
     # Drop every run of names and connectors that holds at least one name.
     drop = [False] * len(tokens)
     start = 0
