@@ -308,7 +308,8 @@ class SearchService:
             model=model,
             options=options,
             started=started,
-            text=bool(text) and not query.examples,
+            # A probability is only meaningful for one plain text against an image.
+            text=bool(text) and not query.examples and not negatives,
             understood=dataclasses.replace(understood, full_text=bool(text_ids)),
             text_ids=text_ids,
         )
@@ -466,6 +467,8 @@ class SearchService:
 
 def _combine(parts: Sequence[tuple[float, FloatArray]]) -> FloatArray:
     """The normalised weighted sum of unit vectors (negative weights push away)."""
+    if not parts:
+        raise InvalidRequest("the query has nothing to search for")
     total = np.zeros_like(np.asarray(parts[0][1], dtype=np.float32))
     for weight, vector in parts:
         unit = np.asarray(vector, dtype=np.float32)
