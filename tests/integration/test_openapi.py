@@ -149,7 +149,7 @@ class TestSchemaPoints:
         any_id = "00000000-0000-4000-8000-000000000000"
         response = httpx.put(f"{base_url}/api/v1/assets/{any_id}")
         assert response.status_code == 405
-        assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "DELETE"}
+        assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "PATCH", "DELETE"}
         response = httpx.put(f"{base_url}/api/v1/search")
         assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
 

@@ -24,6 +24,7 @@ from image_search_service.services.context import open_context
 from image_search_service.services.indexing import index_paths
 from tests.factories import jpeg_bytes
 from tests.integration.api_support import write_library
+from tests.xmp_factories import jpeg_with_xmp, xmp_packet
 
 pytestmark = pytest.mark.slow
 
@@ -266,3 +267,27 @@ def test_real_server_refuses_hostile_requests(server: Server) -> None:
     twice = client.get("/health", headers=[("X-API-Key", "a"), ("X-API-Key", "b")])
     assert twice.status_code == 200
     assert client.get("/health").status_code == 200
+
+
+def test_people_and_captions_over_real_http(server: Server) -> None:
+    """An upload carrying XMP people and a caption, found by the example query over HTTP."""
+    client = server.client
+    xmp = xmp_packet(people=["Pat", "Jack"], caption="Christmas morning at the cabin")
+    both = client.post(
+        "/api/v1/assets", files={"file": ("pj.jpg", jpeg_with_xmp(xmp, seed=7), "image/jpeg")}
+    )
+    assert both.status_code == 201, both.text
+    assert {p["name"] for p in both.json()["people"]} == {"Pat", "Jack"}
+    only_pat = jpeg_with_xmp(xmp_packet(people=["Pat"]), seed=8)
+    client.post("/api/v1/assets", files={"file": ("p.jpg", only_pat, "image/jpeg")})
+    body = client.get(
+        "/api/v1/search",
+        params={"q": "Find all images that include Pat, Jack, and an automobile"},
+    ).json()
+    assert [r["asset_id"] for r in body["results"]] == [both.json()["id"]]
+    assert body["understood"]["concept"] == "an automobile"
+    caption = client.get("/api/v1/search", params={"q": "Christmas", "limit": 1}).json()
+    assert caption["results"][0]["asset_id"] == both.json()["id"]
+    assert caption["results"][0]["matched_by"] in {"text", "both"}
+    people = client.get("/api/v1/people").json()["items"]
+    assert {(p["name"], p["count"]) for p in people} == {("Pat", 2), ("Jack", 1)}

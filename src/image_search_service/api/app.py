@@ -22,7 +22,7 @@ from image_search_service.api.deps import AppServices
 from image_search_service.api.errors import install_error_handlers
 from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
 from image_search_service.api.openapi import install_openapi
-from image_search_service.api.routes import API_PREFIX, admin, assets, health, search
+from image_search_service.api.routes import API_PREFIX, admin, assets, health, metadata, search
 from image_search_service.api.security import BrowserGuardMiddleware
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
@@ -72,7 +72,13 @@ def create_app(
     install_openapi(app)
     app.add_middleware(
         BodySizeLimitMiddleware,
-        upload_paths=frozenset({f"{API_PREFIX}/assets", f"{API_PREFIX}/search/image"}),
+        upload_paths=frozenset(
+            {
+                f"{API_PREFIX}/assets",
+                f"{API_PREFIX}/search/image",
+                f"{API_PREFIX}/search/combined",
+            }
+        ),
         max_upload_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(
@@ -81,7 +87,7 @@ def create_app(
         trusted_origins=settings.trusted_origin_list,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, search, assets, admin):
+    for module in (health, search, assets, metadata, admin):
         app.include_router(module.router)
     return app
 

@@ -3,26 +3,37 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from image_search_service.core.config import ModelKey
+from image_search_service.db.metadata_repository import NameCount
+from image_search_service.images.metadata import MAX_CAPTION_CHARS, MAX_NAME_CHARS, PersonRegion
 from image_search_service.services.assets import MAX_PAGE, AssetPage, AssetView
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, RouteDecision
+from image_search_service.services.metadata import AssetEdit
 from image_search_service.services.search import (
+    MAX_EXAMPLES,
     MAX_LIMIT,
+    MAX_NEGATIVES,
     MAX_OFFSET,
     MAX_QUERY_CHARS,
+    MAX_WEIGHT,
+    CombinedQuery,
+    Example,
     SearchOptions,
     SearchOutcome,
+    name_filter,
 )
 from image_search_service.vector.base import SearchFilter
 
 ImageFormat = Literal["JPEG", "PNG", "WEBP"]
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+MAX_FILTER_NAMES = 20
 
 
 # -- search requests -------------------------------------------------------------------
@@ -46,6 +57,26 @@ class SearchParams(BaseModel):
         max_length=MAX_USER_ID_CHARS,
         description="routes the request (the X-User-Id header wins when both are given)",
     )
+    people: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_FILTER_NAMES,
+        description="only photos with ALL these people (comma-separated or repeated; "
+        "case-insensitive)",
+    )
+    people_any: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_FILTER_NAMES,
+        description="only photos with AT LEAST ONE of these people",
+    )
+    tags: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_FILTER_NAMES,
+        description="only photos with ALL these tags (keywords)",
+    )
+    understand: bool = Field(
+        True,
+        description="text searches: known person names in the query become people filters",
+    )
 
     @field_validator("taken_after", "taken_before", mode="before")
     @classmethod
@@ -67,30 +98,118 @@ class SearchParams(BaseModel):
     def _upper_format(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("people", "people_any", "tags", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        """``people=Pat,Jack`` and ``people=Pat&people=Jack`` mean the same."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return value
+        out: list[Any] = []
+        for item in items:
+            if isinstance(item, str):
+                out.extend(part.strip() for part in item.split(",") if part.strip())
+            else:
+                out.append(item)
+        return out
+
     def options(self) -> SearchOptions:
         search_filter = SearchFilter(
-            taken_after=self.taken_after, taken_before=self.taken_before, format=self.format
+            taken_after=self.taken_after,
+            taken_before=self.taken_before,
+            format=self.format,
+            people=name_filter(self.people),
+            people_any=name_filter(self.people_any),
+            tags=name_filter(self.tags),
         )
         return SearchOptions(
             limit=self.limit,
             offset=self.offset,
             min_score=self.min_score,
             search_filter=None if search_filter.is_empty else search_filter,
+            understand=self.understand,
         )
 
 
-class TextSearchParams(SearchParams):
+class CombineParams(SearchParams):
+    """What a text query may add: negative texts, stored example assets, weights."""
+
+    negative: list[Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_NEGATIVES,
+        alias="not",
+        description='texts to push away from (repeat for several); "-word" in q does the same',
+    )
+    like: list[UUID] = Field(
+        default_factory=list,
+        max_length=MAX_EXAMPLES,
+        description="stored asset ids whose vectors are added as examples",
+    )
+    text_weight: float = Field(1.0, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
+    example_weight: float = Field(
+        1.0, ge=0, le=MAX_WEIGHT, allow_inf_nan=False, description="each example image's weight"
+    )
+    not_weight: float = Field(1.0, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("negative", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def combined(self, text: str | None, uploads: Sequence[bytes] = ()) -> CombinedQuery:
+        examples = [Example(data, self.example_weight) for data in uploads]
+        examples += [Example(asset_id, self.example_weight) for asset_id in self.like]
+        return CombinedQuery(
+            text=text,
+            text_weight=self.text_weight,
+            examples=tuple(examples),
+            negatives=tuple(self.negative),
+            negative_weight=self.not_weight,
+        )
+
+
+class TextSearchParams(CombineParams):
     q: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="what to look for")
+
+
+class CombinedSearchParams(CombineParams):
+    """The form fields of ``POST /api/v1/search/combined`` (files go in ``file``)."""
+
+    q: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="what to look for")
 
 
 class TextSearchBody(TextSearchParams):
     """The JSON body of ``POST /api/v1/search``: the query string's names."""
 
     # A misspelt option in a body is a mistake worth reporting, not ignoring.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 # -- search responses ------------------------------------------------------------------
+class BoxOut(BaseModel):
+    """A face region: left, top, width, height as fractions of the image."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+class PersonInPhoto(BaseModel):
+    name: str
+    box: BoxOut | None = None
+
+    @classmethod
+    def of(cls, person: PersonRegion) -> PersonInPhoto:
+        box = person.box
+        return cls(
+            name=person.name,
+            box=BoxOut(x=box.x, y=box.y, w=box.w, h=box.h) if box else None,
+        )
+
+
 class SearchResult(BaseModel):
     asset_id: UUID
     score: float = Field(description="cosine similarity")
@@ -102,9 +221,39 @@ class SearchResult(BaseModel):
     height: int | None
     format: str | None
     taken_at: datetime | None
+    matched_by: Literal["image", "text", "both"] = Field(
+        description="image: the visual ranking found it; text: its caption, title or tags "
+        "matched; both"
+    )
+    fused_score: float | None = Field(
+        None, description="reciprocal rank fusion score, when full text took part"
+    )
+    people: list[PersonInPhoto] = Field(description="who is in the photo, with face regions")
+    tags: list[str]
+    caption: str | None
+    title: str | None
+
+
+class UnderstoodOut(BaseModel):
+    """How the search was read, so a client can show it and a user correct it."""
+
+    query: str | None = Field(description="the text as given")
+    concept: str | None = Field(description="the part of the text that was embedded")
+    people: list[str] = Field(description="people filter applied: all of these (normalised)")
+    people_any: list[str] = Field(description="people filter applied: any of these")
+    tags: list[str] = Field(description="tag filter applied: all of these (normalised)")
+    recognised_people: list[str] = Field(
+        description="people recognised in the text (send understand=false to embed it as is)"
+    )
+    negative: list[str] = Field(description="texts the search was pushed away from")
+    examples: int = Field(description="example images in the query")
+    full_text: bool = Field(
+        description="captions, titles and tags matched and were fused into the ranking"
+    )
 
 
 class SearchResponse(BaseModel):
+    understood: UnderstoodOut | None = None
     results: list[SearchResult]
     model: ModelKey = Field(description="the model that answered")
     collection: str
@@ -130,9 +279,22 @@ class SearchResponse(BaseModel):
                     height=hit.height,
                     format=hit.format,
                     taken_at=hit.taken_at,
+                    matched_by=hit.matched_by,
+                    fused_score=(
+                        round(hit.fused_score, 6) if hit.fused_score is not None else None
+                    ),
+                    people=[PersonInPhoto.of(p) for p in hit.labels.people],
+                    tags=list(hit.labels.tags),
+                    caption=hit.labels.caption,
+                    title=hit.labels.title,
                 )
                 for hit in outcome.results
             ],
+            understood=(
+                UnderstoodOut.model_validate(outcome.understood.as_dict())
+                if outcome.understood
+                else None
+            ),
             model=outcome.model,
             collection=outcome.collection,
             limit=outcome.limit,
@@ -163,10 +325,74 @@ class AssetOut(BaseModel):
     embeddings: dict[str, str] = Field(
         default_factory=dict, description="per model: pending, done or failed (single asset only)"
     )
+    people: list[PersonInPhoto]
+    tags: list[str]
+    caption: str | None
+    title: str | None
+    metadata_error: str | None = Field(
+        description="why some of the file's metadata could not be read (the photo is indexed)"
+    )
+    edited: list[str] = Field(
+        description="fields edited through the API: re-indexing leaves them as edited"
+    )
 
     @classmethod
     def of(cls, view: AssetView) -> AssetOut:
-        return cls.model_validate(view)
+        data = {f: getattr(view, f) for f in cls.model_fields if f != "people"}
+        return cls.model_validate({**data, "people": [PersonInPhoto.of(p) for p in view.people]})
+
+
+class AssetEditIn(BaseModel):
+    """``PATCH /api/v1/assets/{id}``: the fields given replace the asset's; a field left
+    out is unchanged. An edited field is yours from then on: re-indexing keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    people: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]] | None = Field(
+        None, max_length=200, description="everyone in the photo (replaces the list)"
+    )
+    tags: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]] | None = Field(
+        None, max_length=200, description="every keyword (replaces the list)"
+    )
+    caption: str | None = Field(
+        None, max_length=MAX_CAPTION_CHARS, description="null clears the caption"
+    )
+
+    def edit(self) -> AssetEdit:
+        return AssetEdit(
+            people=self.people,
+            tags=self.tags,
+            caption=self.caption,
+            set_caption="caption" in self.model_fields_set,
+        )
+
+
+class NameCountOut(BaseModel):
+    id: int
+    name: str = Field(description="as written")
+    count: int = Field(description="photos in the library")
+
+    @classmethod
+    def of(cls, item: NameCount) -> NameCountOut:
+        return cls(id=item.id, name=item.name, count=item.count)
+
+
+class NameListOut(BaseModel):
+    items: list[NameCountOut]
+
+    @classmethod
+    def of(cls, items: list[NameCount]) -> NameListOut:
+        return cls(items=[NameCountOut.of(i) for i in items])
+
+
+class PersonRenameIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="the new name; another person's name merges the two",
+    )
 
 
 class AssetPageOut(BaseModel):

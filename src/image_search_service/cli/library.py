@@ -53,12 +53,31 @@ def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
         click.echo(f"  ... and {extra} more failures", err=True)
 
 
+def _names(values: tuple[str, ...]) -> list[str]:
+    """``--people Pat,Jack`` and ``--people Pat --people Jack`` mean the same."""
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
 @click.command()
 @click.argument("text", required=False)
 @click.option(
-    "--image", "image", type=click.Path(path_type=Path, dir_okay=False), help="search by example"
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="an example image (repeat for several; combines with TEXT)",
 )
-@click.option("--similar", "similar", help="asset id: photos like this one")
+@click.option("--similar", "similar", multiple=True, help="asset id: photos like this one")
+@click.option("--not", "negatives", multiple=True, help="text to push away from (repeatable)")
+@click.option("--people", multiple=True, help="only photos with ALL these people (Pat,Jack)")
+@click.option("--people-any", multiple=True, help="only photos with ANY of these people")
+@click.option("--tags", multiple=True, help="only photos with ALL these tags")
+@click.option("--text-weight", type=click.FloatRange(0, 10), default=1.0, show_default=True)
+@click.option("--image-weight", type=click.FloatRange(0, 10), default=1.0, show_default=True)
+@click.option("--not-weight", type=click.FloatRange(0, 10), default=1.0, show_default=True)
+@click.option(
+    "--literal", is_flag=True, help="embed TEXT as is: do not read person names out of it"
+)
 @click.option("--limit", type=click.IntRange(1, 100), default=10, show_default=True)
 @click.option("--offset", type=click.IntRange(0, 10_000), default=0)
 @click.option("--min-score", type=click.FloatRange(-1, 1), default=None)
@@ -69,8 +88,16 @@ def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def search(
     text: str | None,
-    image: Path | None,
-    similar: str | None,
+    images: tuple[Path, ...],
+    similar: tuple[str, ...],
+    negatives: tuple[str, ...],
+    people: tuple[str, ...],
+    people_any: tuple[str, ...],
+    tags: tuple[str, ...],
+    text_weight: float,
+    image_weight: float,
+    not_weight: float,
+    literal: bool,
     limit: int,
     offset: int,
     min_score: float | None,
@@ -80,35 +107,55 @@ def search(
     taken_before: datetime | None,
     as_json: bool,
 ) -> None:
-    """Search by TEXT, by an example --image, or --similar to an indexed asset."""
-    from image_search_service.services.search import SearchOptions, SearchService
+    """Search by TEXT, by example --image files, --similar to indexed assets, or any
+    mix of them; --not pushes away from a text ("beach" --not "people", or "beach -people").
+
+    Known person names in TEXT become filters: "Pat and Jack at the beach" finds photos
+    with both Pat and Jack, ranked by "at the beach".
+    """
+    from image_search_service.services.search import (
+        CombinedQuery,
+        Example,
+        SearchOptions,
+        SearchService,
+        name_filter,
+    )
     from image_search_service.vector.base import SearchFilter
 
-    given = [x for x in (text, image, similar) if x]
-    if len(given) != 1:
-        raise click.UsageError("give exactly one of TEXT, --image FILE or --similar ASSET_ID")
+    if not (text or images or similar):
+        raise click.UsageError("give TEXT, --image FILE or --similar ASSET_ID (or several)")
+    examples: list[Example] = [Example(path, image_weight) for path in images]
+    for value in similar:
+        try:
+            examples.append(Example(UUID(value), image_weight))
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is not a valid asset id (UUID)", param_hint="--similar"
+            ) from None
+    search_filter = SearchFilter(
+        format=image_format,
+        taken_after=taken_after,
+        taken_before=taken_before,
+        people=name_filter(_names(people)),
+        people_any=name_filter(_names(people_any)),
+        tags=name_filter(_names(tags)),
+    )
     options = SearchOptions(
         limit=limit,
         offset=offset,
         min_score=min_score,
-        search_filter=SearchFilter(
-            format=image_format, taken_after=taken_after, taken_before=taken_before
-        ),
+        search_filter=None if search_filter.is_empty else search_filter,
+        understand=not literal,
+    )
+    query = CombinedQuery(
+        text=text,
+        text_weight=text_weight,
+        examples=tuple(examples),
+        negatives=negatives,
+        negative_weight=not_weight,
     )
     with opened_context() as ctx:
-        service = SearchService(ctx)
-        if text:
-            outcome = service.search_text(text, model=model, options=options)
-        elif image:
-            outcome = service.search_image(image, model=model, options=options)
-        else:
-            try:
-                asset_id = UUID(str(similar))
-            except ValueError:
-                raise click.BadParameter(
-                    "not a valid asset id (UUID)", param_hint="--similar"
-                ) from None
-            outcome = service.search_similar(asset_id, model=model, options=options)
+        outcome = SearchService(ctx).search_combined(query, model=model, options=options)
     if as_json:
         echo_json(outcome.as_dict())
         return
@@ -116,9 +163,34 @@ def search(
         f"{len(outcome.results)} results from {outcome.collection} ({outcome.model}) "
         f"in {outcome.took_ms:.0f} ms"
     )
+    understood = outcome.understood
+    if understood is not None:
+        read = []
+        if understood.concept is not None:
+            read.append(f"concept {understood.concept!r}")
+        if understood.people:
+            read.append(f"people: all of {', '.join(understood.people)}")
+        if understood.people_any:
+            read.append(f"people: any of {', '.join(understood.people_any)}")
+        if understood.tags:
+            read.append(f"tags: {', '.join(understood.tags)}")
+        if understood.negative:
+            read.append(f"not: {', '.join(understood.negative)}")
+        if understood.full_text:
+            read.append("captions/tags matched")
+        if read:
+            click.echo("understood: " + "; ".join(read))
     for rank, hit in enumerate(outcome.results, start=offset + 1):
         calibrated = f"  p={hit.calibrated_score:.3f}" if hit.calibrated_score is not None else ""
-        click.echo(f"{rank:3d}. {hit.score:.4f}{calibrated}  {hit.path}  [{hit.asset_id}]")
+        via = f"  ({hit.matched_by})" if hit.matched_by != "image" else ""
+        click.echo(f"{rank:3d}. {hit.score:.4f}{calibrated}{via}  {hit.path}  [{hit.asset_id}]")
+        labels = hit.labels
+        if labels.people:
+            click.echo(f"       people: {', '.join(p.name for p in labels.people)}")
+        if labels.tags:
+            click.echo(f"       tags: {', '.join(labels.tags)}")
+        if labels.caption:
+            click.echo(f"       caption: {labels.caption}")
 
 
 @click.command()

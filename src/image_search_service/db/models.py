@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -72,6 +74,20 @@ class Asset(Base):
     taken_at: Mapped[datetime | None] = mapped_column(DateTime, default=None, index=True)
     camera_make: Mapped[str | None] = mapped_column(String(128), default=None)
     camera_model: Mapped[str | None] = mapped_column(String(128), default=None)
+    # From XMP/IPTC/EXIF (images/metadata.py) or edited through the API.
+    caption: Mapped[str | None] = mapped_column(Text, default=None)
+    title: Mapped[str | None] = mapped_column(Text, default=None)
+    # Caption, title and tags in one string: what full-text search matches (kept in step
+    # by metadata_repository; SQLite mirrors it into the FTS5 table ``asset_search``).
+    search_text: Mapped[str | None] = mapped_column(Text, default=None)
+    # Why some metadata could not be read (the photo is indexed without it).
+    metadata_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The XMP sidecar's name, size and mtime when last read: a change is re-read.
+    sidecar_signature: Mapped[str | None] = mapped_column(String(255), default=None)
+    # A field edited through the API belongs to the user: re-indexing leaves it alone.
+    people_edited: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    tags_edited: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    caption_edited: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -110,3 +126,49 @@ class AssetEmbedding(Base):
     )
 
     asset: Mapped[Asset] = relationship(back_populates="embeddings")
+
+
+class Person(Base):
+    """A person named in photos: ``name`` as written, ``name_key`` for matching."""
+
+    __tablename__ = "people"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class AssetPerson(Base):
+    """A person in a photo, with the face region (left, top, width, height in 0..1)."""
+
+    __tablename__ = "asset_people"
+
+    asset_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True
+    )
+    person_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("people.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    box_x: Mapped[float | None] = mapped_column(Float, default=None)
+    box_y: Mapped[float | None] = mapped_column(Float, default=None)
+    box_w: Mapped[float | None] = mapped_column(Float, default=None)
+    box_h: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class AssetTag(Base):
+    __tablename__ = "asset_tags"
+
+    asset_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True
+    )

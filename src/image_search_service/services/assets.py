@@ -29,9 +29,12 @@ from image_search_service.core.errors import (
     ServiceError,
     UnsupportedImage,
 )
+from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
+from image_search_service.db.metadata_repository import AssetLabels
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.images.loading import load_image
+from image_search_service.images.metadata import PersonRegion
 from image_search_service.images.scan import bytes_hash, content_hash
 from image_search_service.services.context import ServiceContext
 from image_search_service.services.indexing import index_paths, models_to_index
@@ -93,9 +96,21 @@ class AssetView:
     updated_at: datetime
     mtime_ns: int
     embeddings: dict[str, str] = field(default_factory=dict)  # model key -> state
+    people: tuple[PersonRegion, ...] = ()
+    tags: tuple[str, ...] = ()
+    caption: str | None = None
+    title: str | None = None
+    metadata_error: str | None = None  # why some of the file's metadata was not read
+    edited: tuple[str, ...] = ()  # fields the user owns: people, tags, caption
 
     @classmethod
-    def of(cls, asset: Asset, embeddings: dict[str, str] | None = None) -> AssetView:
+    def of(
+        cls,
+        asset: Asset,
+        embeddings: dict[str, str] | None = None,
+        labels: AssetLabels | None = None,
+    ) -> AssetView:
+        labels = labels or AssetLabels()
         return cls(
             id=asset.id,
             path=asset.path,
@@ -113,6 +128,20 @@ class AssetView:
             updated_at=as_utc(asset.updated_at),
             mtime_ns=asset.mtime_ns,
             embeddings=embeddings or {},
+            people=labels.people,
+            tags=labels.tags,
+            caption=asset.caption,
+            title=asset.title,
+            metadata_error=asset.metadata_error,
+            edited=tuple(
+                name
+                for name, flag in (
+                    ("people", asset.people_edited),
+                    ("tags", asset.tags_edited),
+                    ("caption", asset.caption_edited),
+                )
+                if flag
+            ),
         )
 
     @property
@@ -152,14 +181,17 @@ class AssetService:
         if not 0 <= offset <= MAX_PAGE_OFFSET:
             raise InvalidRequest(f"offset must be between 0 and {MAX_PAGE_OFFSET}")
         rows, total = repo.list_assets(session, limit=limit, offset=offset)
-        return AssetPage([AssetView.of(a) for a in rows], total=total, limit=limit, offset=offset)
+        labels = meta_repo.labels_for(session, [a.id for a in rows])
+        items = [AssetView.of(a, labels=labels.get(a.id)) for a in rows]
+        return AssetPage(items, total=total, limit=limit, offset=offset)
 
     def get(self, session: Session, asset_id: UUID) -> AssetView:
         asset = repo.get_asset(session, asset_id)
         if asset is None or asset.status == AssetStatus.MISSING:
             raise AssetNotFound(f"asset {asset_id} not found")
         states = {k: row.state.value for k, row in repo.embedded_keys(session, asset_id).items()}
-        return AssetView.of(asset, states)
+        labels = meta_repo.labels_for(session, [asset_id]).get(asset_id)
+        return AssetView.of(asset, states, labels)
 
     def file(self, asset: AssetView) -> Path:
         """The file to serve: only a valid image of the library, and only while it is
@@ -266,6 +298,7 @@ class AssetService:
                 if asset is None or asset.status == AssetStatus.MISSING:
                     raise AssetNotFound(f"asset {asset_id} not found")
                 path, digest = Path(asset.path), asset.content_hash
+                meta_repo.forget_search_text(session, asset_id)
                 repo.delete_asset(session, asset)
             # After the commit: a point left behind by a failure here is never shown
             # (search drops hits without an asset row); a row without points would be.

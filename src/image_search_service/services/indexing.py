@@ -14,16 +14,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy.orm import Session
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.core.errors import ModelMismatch
 from image_search_service.core.specs import BASELINE, ModelSpec
+from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.images.scan import content_hash, scan_images
 from image_search_service.services.context import ServiceContext
+from image_search_service.services.metadata import needs_metadata_refresh, refresh_metadata
 from image_search_service.services.pipeline import AssetRef, embed_assets
 from image_search_service.vector.base import verify_collection
 
@@ -38,6 +41,7 @@ class IndexReport:
     duplicates: int = 0
     failed: int = 0
     missing: int = 0
+    metadata_refreshed: int = 0  # unchanged photos whose sidecar changed: re-read
     seconds: float = 0.0
     images_per_second: float = 0.0
     models: list[str] = field(default_factory=list)
@@ -77,8 +81,9 @@ def index_paths(
         # Before anything is written: a stamp mismatch stops the run with nothing changed.
         _check_or_renew_collection(ctx, key)
 
+    refresh: list[tuple[UUID, Path]] = []
     with ctx.transaction() as session:
-        to_embed = _reconcile(ctx, session, roots, specs, report)
+        to_embed = _reconcile(ctx, session, roots, specs, report, refresh)
     needed = {key for _, keys in to_embed for key in keys}
     for key in model_keys:
         if key in needed:
@@ -109,6 +114,7 @@ def index_paths(
         report.failures.extend(
             {"path": paths[asset_id], "error": reason} for asset_id, reason in result.failures
         )
+    report.metadata_refreshed = refresh_metadata(ctx, refresh)
     if to_embed:
         for spec in specs:
             ctx.store.optimize(spec.collection)
@@ -141,6 +147,7 @@ def _reconcile(
     roots: Sequence[Path],
     specs: Sequence[ModelSpec],
     report: IndexReport,
+    refresh: list[tuple[UUID, Path]],
 ) -> list[tuple[AssetRef, tuple[ModelKey, ...]]]:
     to_embed: list[tuple[AssetRef, tuple[ModelKey, ...]]] = []
     seen: set[str] = set()
@@ -193,9 +200,11 @@ def _reconcile(
             rows = repo.embedded_keys(session, asset.id)
             needed = tuple(s.key for s in specs if not repo.is_done_for(rows.get(s.key), s))
             if needed:
-                to_embed.append((AssetRef(asset.id, path), needed))
+                to_embed.append((AssetRef(asset.id, path), needed))  # reads metadata too
             else:
                 report.skipped += 1
+                if needs_metadata_refresh(path, asset.sidecar_signature):
+                    refresh.append((asset.id, path))
     for path in refused:  # it was a library file once: it is not one now
         known = repo.asset_by_path(session, str(path))
         if known is not None:
@@ -248,6 +257,7 @@ def _upsert_file(
 
 def _forget(ctx: ServiceContext, session: Session, asset: Asset) -> None:
     ctx.delete_points([asset.id])
+    meta_repo.forget_search_text(session, asset.id)
     repo.delete_asset(session, asset)
 
 

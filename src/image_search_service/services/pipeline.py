@@ -21,10 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import ImageTooLarge, UnsupportedImage
+from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
+from image_search_service.db.metadata_repository import AssetLabels
 from image_search_service.db.session import session_scope
 from image_search_service.encoders.base import Encoder
 from image_search_service.images.loading import ImageMeta, load_image
+from image_search_service.images.metadata import PhotoMetadata, read_metadata, sidecar_signature
 from image_search_service.vector.base import VectorPoint, VectorStore
 from image_search_service.vector.schema import point_payload
 
@@ -51,6 +54,8 @@ class _Decoded:
     meta: ImageMeta | None
     tensors: dict[ModelKey, Any] | None  # each encoder's preprocessed input
     error: str | None
+    photo: PhotoMetadata | None = None  # people, tags, caption, title (never fails)
+    sidecar: str | None = None
 
 
 ProgressFn = Callable[[int], None]
@@ -61,7 +66,8 @@ def _decode(ref: AssetRef, encoders: Sequence[Encoder], max_pixels: int) -> _Dec
         min_side = max(enc.image_size for enc in encoders)
         loaded = load_image(ref.path, max_pixels=max_pixels, min_side=min_side)
         tensors = {enc.spec.key: enc.preprocess(loaded.image) for enc in encoders}
-        return _Decoded(ref, loaded.meta, tensors, None)
+        photo = read_metadata(ref.path)
+        return _Decoded(ref, loaded.meta, tensors, None, photo, sidecar_signature(ref.path))
     except (UnsupportedImage, ImageTooLarge) as exc:
         return _Decoded(ref, None, None, exc.detail)
     except Exception as exc:  # one file's failure, whatever it is, never the batch's
@@ -145,7 +151,15 @@ def _flush(
     if not batch and not failed:
         return
     vectors_by_key = {}
+    labels: dict[UUID, AssetLabels] = {}
     if batch:
+        # What the file says, merged with the user's edits, before the vectors: the
+        # payload carries the people and tags search filters on.
+        with session_scope(session_factory) as session:
+            for d in batch:
+                if d.photo is not None:
+                    meta_repo.apply_file_metadata(session, d.ref.id, d.photo, sidecar=d.sidecar)
+            labels = meta_repo.labels_for(session, [d.ref.id for d in batch])
         started = time.perf_counter()
         for enc in encoders:
             vectors = enc.encode_preprocessed([d.tensors[enc.spec.key] for d in batch if d.tensors])
@@ -155,9 +169,9 @@ def _flush(
             points = []
             for d, vec in zip(batch, vectors_by_key[enc.spec.key], strict=True):
                 assert d.meta is not None
-                points.append(
-                    VectorPoint(id=d.ref.id, vector=vec, payload=point_payload(d.ref.id, d.meta))
-                )
+                own = labels.get(d.ref.id, AssetLabels())
+                payload = point_payload(d.ref.id, d.meta, people=own.people_keys, tags=own.tag_keys)
+                points.append(VectorPoint(id=d.ref.id, vector=vec, payload=payload))
             store.upsert(enc.spec.collection, points)
     # The vectors are stored before the DB says "done": a crash in between leaves
     # "pending", which the next run redoes (upserts are idempotent by asset id).

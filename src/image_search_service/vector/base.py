@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -97,10 +97,26 @@ class SearchFilter:
     taken_before: datetime | None = None
     format: str | None = None
     exclude_ids: tuple[UUID, ...] = ()
+    # Normalised names (images.metadata.normalise_name): every one must be in the photo.
+    people: tuple[str, ...] = ()
+    # ... at least one of these must be.
+    people_any: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # every one must be set
+    # Only these points (full-text matches being scored visually); empty: no restriction.
+    include_ids: tuple[UUID, ...] = ()
 
     @property
     def is_empty(self) -> bool:
-        return not (self.taken_after or self.taken_before or self.format or self.exclude_ids)
+        return not (
+            self.taken_after
+            or self.taken_before
+            or self.format
+            or self.exclude_ids
+            or self.people
+            or self.people_any
+            or self.tags
+            or self.include_ids
+        )
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,11 @@ class VectorStore(Protocol):
     def upsert(self, name: str, points: Sequence[VectorPoint]) -> None: ...
 
     def delete(self, name: str, ids: Iterable[UUID]) -> None: ...
+
+    def set_payload(self, name: str, payloads: Mapping[UUID, dict[str, Any]]) -> None:
+        """Merge these fields into the payloads of existing points (missing points are
+        skipped): how an edit reaches the filters without re-embedding."""
+        ...
 
     def search(
         self,

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -38,7 +38,9 @@ from image_search_service.vector.base import (
 )
 from image_search_service.vector.schema import (
     DISTANCE,
+    FLOAT_INDEXES,
     FULL_SCAN_THRESHOLD,
+    KEYWORD_INDEXES,
     QUANTIZATION,
     QUANTIZATION_ALWAYS_RAM,
     QUANTIZATION_QUANTILE,
@@ -56,7 +58,7 @@ _SCROLL_PAGE = 1024
 class EdgeVectorStore:
     kind = "embedded"
     capabilities = StoreCapabilities(
-        applies_index_config=True, payload_indexes=False, shared=False, indexes_on_optimize=True
+        applies_index_config=True, payload_indexes=True, shared=False, indexes_on_optimize=True
     )
 
     def __init__(self, root: Path, *, oversampling: float = 2.0, lock_timeout_s: float = 10.0):
@@ -98,6 +100,7 @@ class EdgeVectorStore:
             meta = self._meta(spec.name)
             if meta is not None:
                 check_identity(spec.name, ModelIdentity.from_dict(meta["model"]), spec.identity)
+                self._ensure_indexes(self._shard(spec.name))
                 return False
             directory = self._dir(spec.name)
             shard_dir = directory / _SHARD_DIR
@@ -116,7 +119,9 @@ class EdgeVectorStore:
                     always_ram=QUANTIZATION_ALWAYS_RAM,
                 ),
             )
-            self._shards[spec.name] = qe.EdgeShard.create(str(shard_dir), config)
+            shard = qe.EdgeShard.create(str(shard_dir), config)
+            self._ensure_indexes(shard)
+            self._shards[spec.name] = shard
             meta = {
                 "model": spec.identity.as_dict(),
                 "dim": spec.dim,
@@ -129,6 +134,18 @@ class EdgeVectorStore:
             tmp.write_text(json.dumps(meta, indent=2))
             os.replace(tmp, directory / _META_FILE)  # the stamp appears atomically, last
             return True
+
+    @staticmethod
+    def _ensure_indexes(shard: qe.EdgeShard) -> None:
+        """Payload indexes of the recipe; a collection made by an older version gets the
+        ones it lacks (filters work without them, only slower)."""
+        existing = set(shard.info().payload_schema)
+        for field_name, schema in [
+            *((f, qe.PayloadSchemaType.Keyword) for f in KEYWORD_INDEXES),
+            *((f, qe.PayloadSchemaType.Float) for f in FLOAT_INDEXES),
+        ]:
+            if field_name not in existing:
+                shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
 
     def has_collection(self, name: str) -> bool:
         return self._meta(name) is not None
@@ -203,6 +220,22 @@ class EdgeVectorStore:
         with self._mutex:
             shard = self._shard(name)
             shard.update(qe.UpdateOperation.delete_points(id_list))
+            shard.flush()
+
+    def set_payload(self, name: str, payloads: Mapping[UUID, dict[str, Any]]) -> None:
+        if not payloads:
+            return
+        with self._mutex:
+            shard = self._shard(name)
+            present = {
+                str(r.id)
+                for r in shard.retrieve(
+                    [str(i) for i in payloads], with_payload=False, with_vector=False
+                )
+            }
+            for point_id, payload in payloads.items():
+                if str(point_id) in present:
+                    shard.update(qe.UpdateOperation.set_payload([str(point_id)], payload))
             shard.flush()
 
     def search(
@@ -320,6 +353,19 @@ def _edge_filter(search_filter: SearchFilter | None) -> qe.Filter | None:
                 ),
             )
         )
+    for key, values in (
+        (PayloadField.PEOPLE, search_filter.people),
+        (PayloadField.TAGS, search_filter.tags),
+    ):
+        must.extend(qe.FieldCondition(key=key, match=qe.MatchValue(v)) for v in values)
+    if search_filter.people_any:
+        must.append(
+            qe.FieldCondition(
+                key=PayloadField.PEOPLE, match=qe.MatchAny(list(search_filter.people_any))
+            )
+        )
+    if search_filter.include_ids:
+        must.append(qe.HasIdCondition({str(i) for i in search_filter.include_ids}))
     must_not: list[Any] = []
     if search_filter.exclude_ids:
         must_not.append(qe.HasIdCondition({str(i) for i in search_filter.exclude_ids}))

@@ -9,7 +9,7 @@ the folder), which lets tests hand the vectors from a worker subprocess to the t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -108,6 +108,7 @@ class QdrantServerStore:
     def ensure_collection(self, spec: CollectionSpec) -> bool:
         if self._exists(spec.name):
             check_identity(spec.name, self.collection_stamp(spec.name), spec.identity)
+            self._ensure_indexes(spec.name)
             return False
         self._call(
             lambda: self.client.create_collection(
@@ -124,18 +125,26 @@ class QdrantServerStore:
                 metadata={"model": spec.identity.as_dict()},
             )
         )
+        self._ensure_indexes(spec.name)
+        return True
+
+    def _ensure_indexes(self, name: str) -> None:
+        """Payload indexes of the recipe; a collection made by an older version gets the
+        ones it lacks (filters work without them, only slower)."""
         if not self.capabilities.payload_indexes:
-            return True
+            return
+        existing = set(self._get(name).payload_schema)
         for field_name, schema in [
             *((f, qm.PayloadSchemaType.KEYWORD) for f in KEYWORD_INDEXES),
             *((f, qm.PayloadSchemaType.FLOAT) for f in FLOAT_INDEXES),
         ]:
+            if field_name in existing:
+                continue
             self._call(
                 lambda f=field_name, s=schema: self.client.create_payload_index(  # type: ignore[misc]
-                    spec.name, field_name=f, field_schema=s
+                    name, field_name=f, field_schema=s
                 )
             )
-        return True
 
     def has_collection(self, name: str) -> bool:
         return self._exists(name)
@@ -200,6 +209,25 @@ class QdrantServerStore:
                     name, points_selector=qm.PointIdsList(points=id_list), wait=True
                 )
             )
+
+    def set_payload(self, name: str, payloads: Mapping[UUID, dict[str, Any]]) -> None:
+        if not payloads:
+            return
+        present = {
+            str(r.id)
+            for r in self._call(
+                lambda: self.client.retrieve(
+                    name, ids=[str(i) for i in payloads], with_payload=False, with_vectors=False
+                )
+            )
+        }
+        for point_id, payload in payloads.items():
+            if str(point_id) in present:
+                self._call(
+                    lambda p=payload, i=point_id: self.client.set_payload(  # type: ignore[misc]
+                        name, payload=p, points=[str(i)], wait=True
+                    )
+                )
 
     @property
     def _search_params(self) -> qm.SearchParams:
@@ -309,6 +337,19 @@ def _qdrant_filter(search_filter: SearchFilter | None) -> qm.Filter | None:
                 ),
             )
         )
+    for key, values in (
+        (PayloadField.PEOPLE, search_filter.people),
+        (PayloadField.TAGS, search_filter.tags),
+    ):
+        must.extend(qm.FieldCondition(key=key, match=qm.MatchValue(value=v)) for v in values)
+    if search_filter.people_any:
+        must.append(
+            qm.FieldCondition(
+                key=PayloadField.PEOPLE, match=qm.MatchAny(any=list(search_filter.people_any))
+            )
+        )
+    if search_filter.include_ids:
+        must.append(qm.HasIdCondition(has_id=[str(i) for i in search_filter.include_ids]))
     must_not: list[qm.Condition] = []
     if search_filter.exclude_ids:
         must_not.append(qm.HasIdCondition(has_id=[str(i) for i in search_filter.exclude_ids]))

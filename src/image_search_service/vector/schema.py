@@ -7,6 +7,7 @@ adapters translate them into their own API, and nothing else spells a field name
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -69,21 +70,35 @@ class PayloadField:
     TAKEN_TS = "taken_ts"  # float: capture time, epoch seconds (UTC)
     WIDTH = "width"
     HEIGHT = "height"
+    PEOPLE = "people"  # keyword[]: normalised names of the people in the photo
+    TAGS = "tags"  # keyword[]: normalised keywords
 
 
-# Fields a server-side payload index is made for, by type (filters run inside HNSW).
-KEYWORD_INDEXES = (PayloadField.FORMAT,)
+# Fields a payload index is made for, by type (filters run inside HNSW).
+KEYWORD_INDEXES = (PayloadField.FORMAT, PayloadField.PEOPLE, PayloadField.TAGS)
 FLOAT_INDEXES = (PayloadField.TAKEN_TS,)
 
 
-def point_payload(asset_id: UUID, meta: ImageMeta) -> dict[str, Any]:
+def point_payload(
+    asset_id: UUID,
+    meta: ImageMeta,
+    *,
+    people: Sequence[str] = (),
+    tags: Sequence[str] = (),
+) -> dict[str, Any]:
     return {
         PayloadField.ASSET_ID: str(asset_id),
         PayloadField.FORMAT: meta.format,
         PayloadField.TAKEN_TS: payload_timestamp(meta.taken_at),
         PayloadField.WIDTH: meta.width,
         PayloadField.HEIGHT: meta.height,
+        **label_payload(people=people, tags=tags),
     }
+
+
+def label_payload(*, people: Sequence[str], tags: Sequence[str]) -> dict[str, Any]:
+    """The people and tags part of a payload (normalised keys), set again on an edit."""
+    return {PayloadField.PEOPLE: sorted(set(people)), PayloadField.TAGS: sorted(set(tags))}
 
 
 def payload_timestamp(value: datetime | None) -> float | None:

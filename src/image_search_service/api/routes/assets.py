@@ -14,12 +14,13 @@ from image_search_service.api.deps import (
     AssetServiceDep,
     DbSession,
     RequireApiKey,
+    RequireJson,
     RequireMultipart,
     ServicesDep,
 )
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
-from image_search_service.api.schemas import AssetOut, AssetPageOut
+from image_search_service.api.schemas import AssetEditIn, AssetOut, AssetPageOut
 from image_search_service.api.uploads import read_upload
 from image_search_service.core.errors import (
     AssetNotFound,
@@ -39,7 +40,9 @@ from image_search_service.services.assets import (
     AssetFileChanged,
     AssetFileMissing,
     AssetUnreadable,
+    AssetView,
 )
+from image_search_service.services.metadata import edit_asset as edit_metadata
 
 router = APIRouter(prefix=f"{API_PREFIX}/assets", tags=["assets"])
 
@@ -128,6 +131,28 @@ async def upload_asset(
         response.status_code = 200
     response.headers["Location"] = str(request.url_for("get_asset", asset_id=result.asset.id))
     return AssetOut.of(result.asset)
+
+
+@router.patch(
+    "/{asset_id}",
+    summary="Edit people, tags or caption (edits survive re-indexing)",
+    dependencies=[RequireApiKey, RequireJson],
+    responses=error_responses(
+        Unauthorized,
+        UnsupportedMediaType,
+        InvalidRequest,
+        AssetNotFound,
+        DatabaseUnavailable,
+        VectorStoreUnavailable,
+    ),
+)
+async def edit_asset(asset_id: UUID, body: AssetEditIn, services: ServicesDep) -> AssetOut:
+    def work() -> AssetView:
+        edit_metadata(services.ctx, asset_id, body.edit())
+        with services.ctx.transaction() as session:
+            return services.assets.get(session, asset_id)
+
+    return AssetOut.of(await anyio.to_thread.run_sync(work))
 
 
 @router.delete(

@@ -20,6 +20,7 @@ from image_search_service.api.deps import (
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import (
+    CombinedSearchParams,
     SearchParams,
     SearchResponse,
     TextSearchBody,
@@ -40,7 +41,7 @@ from image_search_service.core.errors import (
     VectorStoreUnavailable,
 )
 from image_search_service.services.embedding_router import RouteDecision, clean_user_id
-from image_search_service.services.search import SearchOutcome
+from image_search_service.services.search import MAX_EXAMPLES, SearchOutcome
 
 router = APIRouter(prefix=f"{API_PREFIX}/search", tags=["search"])
 
@@ -79,8 +80,8 @@ async def _routed(
 
 @router.get(
     "",
-    summary="Search by text",
-    responses=error_responses(*_COMMON_ERRORS),
+    summary="Search by text (and stored example assets, with `like`)",
+    responses=error_responses(*_COMMON_ERRORS, AssetNotFound),
 )
 async def search_text(
     request: Request,
@@ -93,8 +94,8 @@ async def search_text(
         services,
         header_user or clean_user_id(params.user_id),
         kind="text",
-        search=lambda model: services.search.search_text(
-            params.q, model=model, options=params.options()
+        search=lambda model: services.search.search_combined(
+            params.combined(params.q), model=model, options=params.options()
         ),
     )
 
@@ -103,7 +104,7 @@ async def search_text(
     "",
     summary="Search by text (JSON body)",
     dependencies=[RequireJson],
-    responses=error_responses(*_COMMON_ERRORS, UnsupportedMediaType),
+    responses=error_responses(*_COMMON_ERRORS, UnsupportedMediaType, AssetNotFound),
 )
 async def search_text_json(
     request: Request, services: ServicesDep, body: TextSearchBody, header_user: UserIdHeader
@@ -113,8 +114,8 @@ async def search_text_json(
         services,
         header_user or clean_user_id(body.user_id),
         kind="text",
-        search=lambda model: services.search.search_text(
-            body.q, model=model, options=body.options()
+        search=lambda model: services.search.search_combined(
+            body.combined(body.q), model=model, options=body.options()
         ),
     )
 
@@ -146,6 +147,40 @@ async def search_image(
         kind="image",
         search=lambda model: services.search.search_image(
             data, model=model, options=params.options()
+        ),
+    )
+
+
+@router.post(
+    "/combined",
+    summary="Text, example images (uploaded or stored) and negative texts in one query",
+    dependencies=[RequireMultipart],
+    responses=error_responses(
+        *_COMMON_ERRORS, UnsupportedMediaType, UnsupportedImage, ImageTooLarge, AssetNotFound
+    ),
+)
+async def search_combined(
+    request: Request,
+    services: ServicesDep,
+    params: Annotated[CombinedSearchParams, Form()],
+    header_user: UserIdHeader,
+    file: Annotated[
+        list[UploadFile] | None,
+        File(description="example images (JPEG, PNG or WebP), all together under the upload limit"),
+    ] = None,
+) -> SearchResponse:
+    files = file or []
+    if len(files) > MAX_EXAMPLES:
+        raise InvalidRequest(f"at most {MAX_EXAMPLES} example images")
+    limit = services.ctx.settings.max_upload_bytes
+    uploads = [await read_upload(f, limit) for f in files]
+    return await _routed(
+        request,
+        services,
+        header_user or clean_user_id(params.user_id),
+        kind="combined",
+        search=lambda model: services.search.search_combined(
+            params.combined(params.q, uploads), model=model, options=params.options()
         ),
     )
 
