@@ -120,3 +120,36 @@ def bomb_png_bytes(side: int = 20_000) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG", optimize=True)
     return buf.getvalue()
+
+
+# Formats phones and cameras write, besides JPEG and PNG. MPO and GIF get a second frame
+# of another colour, so a test can tell that the first frame was read.
+PHONE_FORMATS = ("HEIF", "MPO", "GIF", "TIFF", "AVIF", "WEBP")
+SUFFIX = {"HEIF": ".heic", "MPO": ".mpo", "GIF": ".gif", "TIFF": ".tif", "AVIF": ".avif"}
+
+
+def photo_bytes(
+    fmt: str,
+    size: tuple[int, int] = (64, 48),
+    colour: tuple[int, int, int] = (200, 30, 30),
+    *,
+    seed: int = 0,
+) -> bytes:
+    """A real image file of ``fmt`` (a Pillow format name, HEIF through pillow-heif)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    first = Image.open(io.BytesIO(jpeg_bytes(size, colour, seed=seed))).convert("RGB")
+    buf = io.BytesIO()
+    if fmt in ("MPO", "GIF"):
+        second = Image.new("RGB", size, (0, 0, 255))
+        first.save(buf, fmt, save_all=True, append_images=[second])
+    else:
+        first.save(buf, fmt)
+    return buf.getvalue()
+
+
+def write_photo(path: Path, fmt: str, **kwargs: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(photo_bytes(fmt, **kwargs))
+    return path

@@ -17,6 +17,7 @@ from image_search_service.cli.common import (
 )
 from image_search_service.core.config import MODEL_KEYS, ModelKey, load_settings
 from image_search_service.core.specs import BASELINE
+from image_search_service.images.loading import SUPPORTED_FORMATS
 
 
 @click.command()
@@ -31,7 +32,8 @@ from image_search_service.core.specs import BASELINE
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
-    """Index image files (JPEG, PNG, WebP) below PATHS, incrementally."""
+    """Index image files (JPEG, PNG, WebP, HEIC, MPO, GIF, TIFF, AVIF) below PATHS,
+    incrementally; other files are listed as unsupported."""
     from image_search_service.services.indexing import index_paths, models_to_index
 
     with opened_context() as ctx, ProgressBar("indexing") as bar:
@@ -46,6 +48,10 @@ def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
         f"- {report.scanned} files scanned in {report.seconds:.1f}s "
         f"({report.images_per_second:.1f} images/s) with {', '.join(report.models)}"
     )
+    if report.unsupported:
+        click.echo(f"  not indexed: {report.unsupported} files of unsupported formats", err=True)
+        for path in report.unsupported_files[:FAILURES_SHOWN]:
+            click.echo(f"  unsupported: {path}", err=True)
     for failure in report.failures[:FAILURES_SHOWN]:
         click.echo(f"  failed: {failure['path']}: {failure['error']}", err=True)
     if len(report.failures) > FAILURES_SHOWN:
@@ -63,7 +69,7 @@ def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
 @click.option("--offset", type=click.IntRange(0, 10_000), default=0)
 @click.option("--min-score", type=click.FloatRange(-1, 1), default=None)
 @click.option("--model", type=MODEL_CHOICE, default=BASELINE, show_default=True)
-@click.option("--format", "image_format", type=click.Choice(["JPEG", "PNG", "WEBP"]))
+@click.option("--format", "image_format", type=click.Choice(sorted(SUPPORTED_FORMATS)))
 @click.option("--taken-after", type=click.DateTime(), help="EXIF capture time on or after")
 @click.option("--taken-before", type=click.DateTime(), help="EXIF capture time before")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")

@@ -12,12 +12,41 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+from pillow_heif import register_heif_opener
 
 from image_search_service.core.errors import ImageTooLarge, UnsupportedImage
 
-SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
-SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp"})
+# HEIC/HEIF (iPhone) through pillow-heif's Pillow plugin; registering is idempotent.
+register_heif_opener()
+
+# Pillow's format name -> the file suffixes the scanner picks up. MPO (camera JPEGs with a
+# second frame), GIF and multi-page TIFF are read by their first frame, the one Pillow
+# opens on. AVIF only where this Pillow was built with libavif.
+_FORMATS: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "MPO": (".mpo",),
+    "PNG": (".png",),
+    "WEBP": (".webp",),
+    "HEIF": (".heic", ".heif", ".hif"),
+    "GIF": (".gif",),
+    "TIFF": (".tif", ".tiff"),
+    **({"AVIF": (".avif",)} if features.check("avif") else {}),
+}
+SUPPORTED_FORMATS = frozenset(_FORMATS)
+SUPPORTED_SUFFIXES = frozenset(s for suffixes in _FORMATS.values() for s in suffixes)
+MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",  # served as the JPEG its first frame is
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "HEIF": "image/heic",
+    "GIF": "image/gif",
+    "TIFF": "image/tiff",
+    "AVIF": "image/avif",
+}
+# The suffix an upload of each format is stored under.
+FORMAT_SUFFIX = {fmt: suffixes[0] for fmt, suffixes in _FORMATS.items()}
 
 _EXIF_IFD = 0x8769
 _TAG_MAKE, _TAG_MODEL = 0x010F, 0x0110
@@ -78,7 +107,11 @@ def load_image(
 def _decode(img: Image.Image, *, name: str, max_pixels: int, min_side: int | None) -> LoadedImage:
     fmt = img.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
-        raise UnsupportedImage(f"{name}: unsupported format {fmt} (JPEG, PNG or WebP)")
+        raise UnsupportedImage(
+            f"{name}: unsupported format {fmt} ({', '.join(sorted(SUPPORTED_FORMATS))})"
+        )
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)  # MPO, animated GIF, multi-page TIFF: the first frame is the photo
     width, height = img.size
     if width <= 0 or height <= 0:
         raise UnsupportedImage(f"{name}: image has no pixels")

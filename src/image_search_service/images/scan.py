@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from image_search_service.images.loading import SUPPORTED_SUFFIXES
@@ -12,8 +12,13 @@ from image_search_service.images.loading import SUPPORTED_SUFFIXES
 _HASH_CHUNK = 1 << 20
 
 
-def scan_images(roots: Iterable[Path]) -> Iterator[Path]:
-    """Yield image files (by suffix) below each root, sorted, skipping hidden entries."""
+def scan_images(
+    roots: Iterable[Path], *, on_skipped: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
+    """Yield image files (by suffix) below each root, sorted, skipping hidden entries.
+
+    Every other (non-hidden) file is passed to ``on_skipped``, so a caller can report
+    what it did not index instead of leaving it out silently."""
     seen: set[Path] = set()
     for root in roots:
         root = root.resolve()
@@ -22,9 +27,18 @@ def scan_images(roots: Iterable[Path]) -> Iterator[Path]:
         else:
             candidates = _walk(root)
         for path in candidates:
-            if path.suffix.lower() in SUPPORTED_SUFFIXES and path not in seen:
-                seen.add(path)
+            if path in seen:
+                continue
+            seen.add(path)
+            if is_image_name(path.name):
                 yield path
+            elif on_skipped is not None:
+                on_skipped(path)
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file (or object key) has the suffix of a format we decode."""
+    return Path(name).suffix.lower() in SUPPORTED_SUFFIXES
 
 
 def _walk(root: Path) -> Iterator[Path]:

@@ -31,7 +31,7 @@ from image_search_service.core.errors import (
 )
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
-from image_search_service.images.loading import load_image
+from image_search_service.images.loading import FORMAT_SUFFIX, MEDIA_TYPES, load_image
 from image_search_service.images.scan import bytes_hash
 from image_search_service.services.context import ServiceContext
 from image_search_service.services.indexing import index_paths, models_to_index
@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 THUMBNAIL_SIZES = (128, 256, 512)
 MAX_PAGE = 500
 MAX_PAGE_OFFSET = 1_000_000_000  # far past any library, and inside SQL's integer range
-MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 
 
 class AssetFileMissing(ServiceError):
@@ -190,7 +188,7 @@ class AssetService:
             if known_path is not None and known_path.is_file():
                 target, created = known_path, False
             else:
-                target = settings.uploads_dir / digest[:2] / f"{digest}{_SUFFIXES[meta.format]}"
+                target = settings.uploads_dir / digest[:2] / f"{digest}{FORMAT_SUFFIX[meta.format]}"
                 created = True
                 if not target.is_file():
                     _write_atomically(target, lambda fh: fh.write(data))

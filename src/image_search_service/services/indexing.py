@@ -28,6 +28,9 @@ from image_search_service.services.pipeline import AssetRef, embed_assets
 logger = logging.getLogger(__name__)
 
 
+MAX_LISTED_UNSUPPORTED = 1000
+
+
 @dataclass
 class IndexReport:
     scanned: int = 0
@@ -40,6 +43,15 @@ class IndexReport:
     images_per_second: float = 0.0
     models: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
+    # Files not indexed because their format is not one we decode (by suffix): counted,
+    # and listed up to MAX_LISTED_UNSUPPORTED paths.
+    unsupported: int = 0
+    unsupported_files: list[str] = field(default_factory=list)
+
+    def note_unsupported(self, path: str) -> None:
+        self.unsupported += 1
+        if len(self.unsupported_files) < MAX_LISTED_UNSUPPORTED:
+            self.unsupported_files.append(path)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,7 +132,7 @@ def _reconcile(
     # DB work instead of serially before the model can start.
     with ThreadPoolExecutor(max_workers=ctx.settings.decode_workers) as pool:
         probes: list[tuple[Path, Asset | None, Future[str] | None, int, int]] = []
-        for path in scan_images(roots):
+        for path in scan_images(roots, on_skipped=lambda p: report.note_unsupported(str(p))):
             report.scanned += 1
             key = str(path)
             seen.add(key)

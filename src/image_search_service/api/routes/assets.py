@@ -115,7 +115,7 @@ async def upload_asset(
     request: Request,
     response: Response,
     services: ServicesDep,
-    file: Annotated[UploadFile, File(description="JPEG, PNG or WebP")],
+    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, HEIC, MPO, GIF, TIFF or AVIF")],
 ) -> AssetOut:
     data = await read_upload(file, services.ctx.settings.max_upload_bytes)
     result = await anyio.to_thread.run_sync(
