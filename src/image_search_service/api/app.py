@@ -20,7 +20,7 @@ from image_search_service.api.body_limit import BodySizeLimitMiddleware
 from image_search_service.api.deps import AppServices
 from image_search_service.api.errors import install_error_handlers
 from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
-from image_search_service.api.routes import API_PREFIX, admin, assets, health, search
+from image_search_service.api.routes import API_PREFIX, admin, assets, embed, health, search
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
 from image_search_service.encoders.registry import EncoderRegistry
@@ -65,11 +65,14 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimitMiddleware,
-        upload_paths=frozenset({f"{API_PREFIX}/assets", f"{API_PREFIX}/search/image"}),
+        upload_paths=frozenset(
+            {f"{API_PREFIX}/assets", f"{API_PREFIX}/search/image", f"{API_PREFIX}/embed/image"}
+        ),
         max_upload_bytes=settings.max_upload_bytes,
+        extra_limits={f"{API_PREFIX}/embed/batch": settings.embed_max_batch_bytes},
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, search, assets, admin):
+    for module in (health, search, assets, embed, admin):
         app.include_router(module.router)
     return app
 

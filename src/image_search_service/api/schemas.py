@@ -9,7 +9,9 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from image_search_service.core.config import ModelKey
+from image_search_service.core.specs import BASELINE
 from image_search_service.services.assets import MAX_PAGE, AssetPage, AssetView
+from image_search_service.services.embed import MAX_TEXTS, EmbedOutcome
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, RouteDecision
 from image_search_service.services.search import (
     MAX_LIMIT,
@@ -20,7 +22,7 @@ from image_search_service.services.search import (
 )
 from image_search_service.vector.base import SearchFilter
 
-ImageFormat = Literal["JPEG", "PNG", "WEBP"]
+ImageFormat = Literal["JPEG", "MPO", "PNG", "WEBP", "HEIF", "GIF", "TIFF", "AVIF"]
 
 
 # -- search requests -------------------------------------------------------------------
@@ -280,3 +282,56 @@ class ReembedSubmissionOut(BaseModel):
     running_in_background: bool | None = Field(
         None, description="in-process: the run goes on in this server; watch GET /reembed"
     )
+
+
+# -- embeddings for other services -----------------------------------------------------
+class ModelIdentityOut(BaseModel):
+    model_name: str
+    pretrained: str
+    dim: int
+
+
+class EmbedTextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description="texts to embed")
+    model: ModelKey = Field(BASELINE, description="the model to embed with (default: baseline)")
+
+
+class EmbedItemError(BaseModel):
+    index: int = Field(description="position of the failed input")
+    filename: str | None
+    error: str
+    detail: str
+
+
+class _EmbedInfo(BaseModel):
+    model: ModelKey
+    dim: int
+    model_identity: ModelIdentityOut
+    took_ms: float
+
+
+class EmbedImageOut(_EmbedInfo):
+    embedding: list[float] = Field(description="L2-normalised (unit) vector")
+
+
+class EmbedBatchOut(_EmbedInfo):
+    embeddings: list[list[float] | None] = Field(
+        description="one per input, in input order; null where that input failed"
+    )
+    errors: list[EmbedItemError] = Field(description="the inputs that failed, and why")
+
+
+class EmbedTextOut(_EmbedInfo):
+    embeddings: list[list[float]]
+
+
+def embed_info(outcome: EmbedOutcome) -> dict[str, Any]:
+    identity = outcome.spec.identity
+    return {
+        "model": outcome.spec.key,
+        "dim": identity.dim,
+        "model_identity": ModelIdentityOut(**identity.as_dict()),
+        "took_ms": round(outcome.took_ms, 2),
+    }

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # binds to 127.0.0.1 unless told otherwise.
     api_key: str | None = None
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    # POST /api/v1/embed/batch: at most this many files and this many bytes in all.
+    embed_max_batch_files: int = Field(32, ge=1, le=1024)
+    embed_max_batch_bytes: int = Field(64 * 1024 * 1024, ge=1)
     # Share of the library (0..1) the candidate model must cover before the router lets it
     # serve; unset means "every asset the baseline covers".
     min_rollout_coverage: float | None = Field(None, ge=0.0, le=1.0)
