@@ -153,3 +153,33 @@ def write_photo(path: Path, fmt: str, **kwargs: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(photo_bytes(fmt, **kwargs))
     return path
+
+
+def textured_photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A photo-like picture (blurred shapes plus noise): distinct seeds look unrelated."""
+    from PIL import ImageFilter
+
+    rng = random.Random(seed)
+    small = Image.new("RGB", (size[0] // 8, size[1] // 8))
+    draw = ImageDraw.Draw(small)
+    max_radius = max(8, min(small.size) // 3)
+    for _ in range(40):
+        x, y = rng.randrange(small.width), rng.randrange(small.height)
+        r = rng.randrange(4, max_radius)
+        fill = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+    big = small.resize(size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(2))
+    noise = Image.effect_noise(size, 24).convert("RGB")
+    return Image.blend(big, noise, 0.15)
+
+
+def near_duplicates(image: Image.Image) -> dict[str, Image.Image]:
+    """What a library collects of one photo: a re-save, a smaller copy, a light crop."""
+    w, h = image.size
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=60)
+    return {
+        "resave": Image.open(io.BytesIO(buf.getvalue())).convert("RGB"),
+        "half": image.resize((w // 2, h // 2), Image.Resampling.LANCZOS),
+        "crop": image.crop((w // 20, h // 20, w - w // 20, h - h // 20)),
+    }

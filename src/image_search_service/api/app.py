@@ -20,7 +20,15 @@ from image_search_service.api.body_limit import BodySizeLimitMiddleware
 from image_search_service.api.deps import AppServices
 from image_search_service.api.errors import install_error_handlers
 from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
-from image_search_service.api.routes import API_PREFIX, admin, assets, embed, health, search
+from image_search_service.api.routes import (
+    API_PREFIX,
+    admin,
+    assets,
+    duplicates,
+    embed,
+    health,
+    search,
+)
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
 from image_search_service.encoders.registry import EncoderRegistry
@@ -72,7 +80,7 @@ def create_app(
         extra_limits={f"{API_PREFIX}/embed/batch": settings.embed_max_batch_bytes},
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, search, assets, embed, admin):
+    for module in (health, search, assets, embed, duplicates, admin):
         app.include_router(module.router)
     return app
 

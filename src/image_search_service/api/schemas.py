@@ -335,3 +335,29 @@ def embed_info(outcome: EmbedOutcome) -> dict[str, Any]:
         "model_identity": ModelIdentityOut(**identity.as_dict()),
         "took_ms": round(outcome.took_ms, 2),
     }
+
+
+# -- near-duplicates -------------------------------------------------------------------
+class DuplicateAssetOut(BaseModel):
+    asset_id: UUID
+    path: str
+    width: int | None
+    height: int | None
+    size_bytes: int
+
+
+class DuplicateGroupOut(BaseModel):
+    size: int
+    min_score: float = Field(description="the lowest similarity that joined this group")
+    assets: list[DuplicateAssetOut]
+
+
+class DuplicatesOut(BaseModel):
+    model: ModelKey
+    collection: str
+    threshold: float
+    scanned: int = Field(description="photos compared")
+    total_groups: int
+    duplicates: int = Field(description="photos beyond the first of each returned group")
+    seconds: float
+    groups: list[DuplicateGroupOut] = Field(description="biggest first")

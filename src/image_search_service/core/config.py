@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     siglip_embedding_dim: int = Field(768, gt=0)
     siglip_collection: str = "image_assets_siglip"
 
+    # Near-duplicate groups: cosine at or above which two photos are "the same picture"
+    # (re-save, resize, light crop). Measured per model, see docs/sources.md.
+    clip_duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    siglip_duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
+
     use_siglip: bool = False
     siglip_rollout_percentage: int = Field(0, ge=0, le=100)
 

@@ -357,3 +357,20 @@ def list_assets(session: Session, *, limit: int, offset: int) -> tuple[list[Asse
         .offset(offset)
     )
     return list(rows), int(total or 0)
+
+
+def embedded_ids_page(
+    session: Session, spec: ModelSpec, *, after: uuid.UUID | None, limit: int
+) -> list[uuid.UUID]:
+    """Active assets embedded by exactly ``spec``, in id order, the ``limit`` after
+    ``after`` (keyset paging: each page costs the same however deep it is)."""
+    query = (
+        select(AssetEmbedding.asset_id)
+        .join(Asset)
+        .where(*_done_by(spec), Asset.status == AssetStatus.ACTIVE)
+        .order_by(AssetEmbedding.asset_id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(AssetEmbedding.asset_id > after)
+    return list(session.scalars(query))
