@@ -4,7 +4,6 @@ demo CLIP model (random weights do not separate photos from their copies)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ def demo_settings(make_settings: Any) -> Any:
 
 
 @pytest.fixture
-def library(demo_settings: Any, encoders: EncoderRegistry, tmp_path: Path) -> Iterator[Any]:
+def library(demo_settings: Any, encoders: EncoderRegistry, tmp_path: Path) -> Any:
     expected = _write_library(tmp_path / "lib")
     ctx = open_context(demo_settings, encoders=encoders)
     try:
@@ -53,7 +52,7 @@ def library(demo_settings: Any, encoders: EncoderRegistry, tmp_path: Path) -> It
         assert report.indexed == 12
     finally:
         ctx.close()
-    yield expected
+    return expected
 
 
 def _names(group: list[str]) -> set[str]:
