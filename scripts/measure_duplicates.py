@@ -64,7 +64,7 @@ def measure(settings: Settings, key: ModelKey, library: Path, truth: set[frozens
     ctx = open_context(settings)
     try:
         index_paths(ctx, [library], model_keys=[key])
-        print(f"\n{key}: {settings.clip_model_name if key == 'clip' else settings.siglip_model_name}")
+        print(f"\n{key}: {ctx.spec(key).model_name}")
         print("threshold  precision  recall  groups")
         for threshold in THRESHOLDS:
             report = find_duplicates(ctx, model=key, threshold=threshold, limit=10_000)
