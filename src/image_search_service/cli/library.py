@@ -21,7 +21,7 @@ from image_search_service.images.loading import SUPPORTED_FORMATS
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True)
 @click.option(
     "--model",
     "model",
@@ -31,9 +31,12 @@ from image_search_service.images.loading import SUPPORTED_FORMATS
     help="auto = CLIP plus every model whose collection exists",
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
+def index(paths: tuple[str, ...], model: str, as_json: bool) -> None:
     """Index image files (JPEG, PNG, WebP, HEIC, MPO, GIF, TIFF, AVIF) below PATHS,
-    incrementally; other files are listed as unsupported."""
+    incrementally; other files are listed as unsupported.
+
+    A path may be a folder, a file or an S3-compatible bucket prefix
+    (s3://bucket/prefix/, configured by the standard AWS_* variables)."""
     from image_search_service.services.indexing import index_paths, models_to_index
 
     with opened_context() as ctx, ProgressBar("indexing") as bar:

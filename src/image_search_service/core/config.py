@@ -52,6 +52,8 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(16, ge=1, le=1024)
     decode_workers: int = Field(2, ge=1, le=64)
+    # Objects downloaded at once from an S3 bucket while indexing it.
+    s3_download_workers: int = Field(8, ge=1, le=64)
     max_image_pixels: int = Field(120_000_000, ge=1)
     search_oversampling: float = Field(2.0, ge=1.0, le=16.0)
     hnsw_m: int = Field(16, ge=4, le=128)

@@ -22,6 +22,7 @@ from image_search_service.db.session import (
     upgrade_database,
 )
 from image_search_service.encoders.registry import EncoderRegistry
+from image_search_service.images.s3 import S3Source
 from image_search_service.vector.base import VectorStore, verify_collection
 from image_search_service.vector.factory import open_vector_store
 from image_search_service.vector.schema import CollectionSpec, collection_spec
@@ -43,6 +44,8 @@ class ServiceContext:
     encoders: EncoderRegistry
     specs: dict[ModelKey, ModelSpec]
     collections: dict[ModelKey, CollectionSpec]
+    # S3-compatible buckets: one client per process, made on first use.
+    s3: S3Source = field(default_factory=S3Source)
     _verified_until: dict[ModelKey, float] = field(default_factory=dict)
     _verified_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -124,4 +127,5 @@ def open_context(
         or EncoderRegistry(device=settings.device, cache_dir=settings.model_cache_dir),
         specs=specs,
         collections={key: collection_spec(settings, spec) for key, spec in specs.items()},
+        s3=S3Source(max_connections=settings.s3_download_workers + 2),
     )

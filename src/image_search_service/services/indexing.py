@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy.orm import Session
 
@@ -21,6 +22,7 @@ from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.core.specs import BASELINE, ModelSpec
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
+from image_search_service.images.s3 import as_s3_uri
 from image_search_service.images.scan import content_hash, scan_images
 from image_search_service.services.context import ServiceContext
 from image_search_service.services.pipeline import AssetRef, embed_assets
@@ -72,28 +74,62 @@ def models_to_index(ctx: ServiceContext, requested: str) -> list[ModelKey]:
 
 def index_paths(
     ctx: ServiceContext,
-    roots: Sequence[Path],
+    roots: Sequence[Path | str],
     *,
     model_keys: Sequence[ModelKey],
     progress: ProgressFactory | None = None,
 ) -> IndexReport:
+    """Index folders, files and ``s3://bucket/prefix`` URIs (see services/buckets.py)."""
     started = time.perf_counter()
     report = IndexReport(models=list(model_keys))
     specs = [ctx.spec(k) for k in model_keys]
     for key in model_keys:
         ctx.ensure_collection(key)
+    local: list[Path] = []
+    buckets: list[str] = []
     for root in roots:
-        if not root.exists():
-            raise FileNotFoundError(f"no such file or folder: {root}")
+        uri = as_s3_uri(root)
+        if uri is not None:
+            buckets.append(uri)
+            continue
+        path = Path(root)
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        local.append(path)
 
-    with ctx.transaction() as session:
-        to_embed = _reconcile(ctx, session, roots, specs, report)
+    embedded = False
+    if local:
+        with ctx.transaction() as session:
+            to_embed = _reconcile(ctx, session, local, specs, report)
+        embed_refs(ctx, to_embed, report, progress=progress)
+        embedded = bool(to_embed)
+    if buckets:
+        from image_search_service.services.buckets import index_bucket
 
-    # Group by the models each asset still needs, so nothing is encoded twice.
+        for uri in buckets:
+            embedded |= index_bucket(ctx, uri, specs=specs, report=report, progress=progress)
+    if embedded:
+        for spec in specs:
+            ctx.store.optimize(spec.collection)
+    report.seconds = round(time.perf_counter() - started, 3)
+    report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
+    return report
+
+
+def embed_refs(
+    ctx: ServiceContext,
+    to_embed: Sequence[tuple[AssetRef, tuple[ModelKey, ...]]],
+    report: IndexReport,
+    *,
+    progress: ProgressFactory | None = None,
+    names: dict[UUID, str] | None = None,
+) -> None:
+    """Embed each asset with the models it still needs, grouped so that nothing is
+    encoded twice; ``names`` says what to call an asset in failures (default: its path)."""
     groups: dict[tuple[ModelKey, ...], list[AssetRef]] = {}
     for ref, keys in to_embed:
         groups.setdefault(keys, []).append(ref)
-    tick = progress(len(to_embed)) if progress else None
+    tick = progress(len(to_embed)) if progress and to_embed else None
     for keys, refs in groups.items():
         result = embed_assets(
             refs,
@@ -107,16 +143,17 @@ def index_paths(
         )
         report.indexed += result.done
         report.failed += result.failed
-        paths = {ref.id: str(ref.path) for ref in refs}
+        paths = {ref.id: (names or {}).get(ref.id, str(ref.path)) for ref in refs}
         report.failures.extend(
             {"path": paths[asset_id], "error": reason} for asset_id, reason in result.failures
         )
-    if to_embed:
-        for spec in specs:
-            ctx.store.optimize(spec.collection)
-    report.seconds = round(time.perf_counter() - started, 3)
-    report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
-    return report
+
+
+def models_needed(
+    session: Session, asset: Asset, specs: Sequence[ModelSpec]
+) -> tuple[ModelKey, ...]:
+    rows = repo.embedded_keys(session, asset.id)
+    return tuple(s.key for s in specs if not repo.is_done_for(rows.get(s.key), s))
 
 
 def _reconcile(
@@ -155,8 +192,15 @@ def _reconcile(
             unchanged = digest is None
             if digest is not None:
                 try:
-                    asset = _upsert_file(
-                        ctx, session, path, digest.result(), size, mtime_ns, report
+                    asset = upsert_asset(
+                        ctx,
+                        session,
+                        key=str(path),
+                        digest=digest.result(),
+                        size=size,
+                        mtime_ns=mtime_ns,
+                        report=report,
+                        present=_file_present,
                     )
                 except OSError as exc:
                     report.failed += 1
@@ -167,8 +211,7 @@ def _reconcile(
             if asset.status == AssetStatus.FAILED and unchanged:
                 report.skipped += 1  # unreadable and unchanged: its reason is already recorded
                 continue
-            rows = repo.embedded_keys(session, asset.id)
-            needed = tuple(s.key for s in specs if not repo.is_done_for(rows.get(s.key), s))
+            needed = models_needed(session, asset, specs)
             if needed:
                 to_embed.append((AssetRef(asset.id, path), needed))
             else:
@@ -178,37 +221,46 @@ def _reconcile(
     return to_embed
 
 
-def _upsert_file(
+def _file_present(asset: Asset) -> bool:
+    return asset.status != AssetStatus.MISSING and Path(asset.path).exists()
+
+
+def upsert_asset(
     ctx: ServiceContext,
     session: Session,
-    path: Path,
+    *,
+    key: str,
     digest: str,
     size: int,
     mtime_ns: int,
     report: IndexReport,
+    present: Callable[[Asset], bool],
+    etag: str | None = None,
 ) -> Asset | None:
-    """New or changed file: returns its asset, or None when it duplicates another file."""
-    key = str(path)
+    """New or changed file or object at ``key`` (its path or URI): returns its asset, or
+    None when it duplicates another asset that is still ``present``."""
     by_path = repo.asset_by_path(session, key)
     by_hash = repo.asset_by_hash(session, digest)
     if by_hash is not None and by_hash is not by_path:
-        if by_hash.status != AssetStatus.MISSING and Path(by_hash.path).exists():
+        if present(by_hash):
             report.duplicates += 1
             report.skipped += 1
             if by_path is not None:  # this path used to hold other content
-                _forget(ctx, session, by_path)
+                forget_asset(ctx, session, by_path)
             return None
         # The known content moved here: keep its id (and its points, unless it was missing).
         if by_path is not None:
-            _forget(ctx, session, by_path)
+            forget_asset(ctx, session, by_path)
         if by_hash.status == AssetStatus.MISSING:
             repo.clear_embeddings(session, by_hash.id)
             by_hash.status = AssetStatus.ACTIVE
         by_hash.path, by_hash.size_bytes, by_hash.mtime_ns = key, size, mtime_ns
+        by_hash.etag = etag
         return by_hash
     if by_path is not None:
         changed = by_path.content_hash != digest or by_path.status == AssetStatus.MISSING
         by_path.size_bytes, by_path.mtime_ns, by_path.content_hash = size, mtime_ns, digest
+        by_path.etag = etag
         if changed:  # new content under the old name: old vectors are wrong now
             ctx.delete_points([by_path.id])
             repo.clear_embeddings(session, by_path.id)
@@ -219,6 +271,7 @@ def _upsert_file(
         content_hash=digest,
         size_bytes=size,
         mtime_ns=mtime_ns,
+        etag=etag,
         status=AssetStatus.ACTIVE,
     )
     session.add(asset)
@@ -226,7 +279,7 @@ def _upsert_file(
     return asset
 
 
-def _forget(ctx: ServiceContext, session: Session, asset: Asset) -> None:
+def forget_asset(ctx: ServiceContext, session: Session, asset: Asset) -> None:
     ctx.delete_points([asset.id])
     session.delete(asset)
     session.flush()
