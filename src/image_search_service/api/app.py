@@ -27,6 +27,7 @@ from image_search_service.api.routes import (
     duplicates,
     embed,
     health,
+    ingest,
     search,
 )
 from image_search_service.core.config import Settings, load_settings
@@ -35,6 +36,7 @@ from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.assets import AssetService
 from image_search_service.services.context import open_context
 from image_search_service.services.embedding_router import EmbeddingRouter
+from image_search_service.services.ingest import InProcessIngest
 from image_search_service.services.search import SearchService, TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ def create_app(
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(services.ingest.close)
             await anyio.to_thread.run_sync(services.ctx.close)
 
     app = FastAPI(
@@ -80,7 +83,7 @@ def create_app(
         extra_limits={f"{API_PREFIX}/embed/batch": settings.embed_max_batch_bytes},
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, search, assets, embed, duplicates, admin):
+    for module in (health, search, assets, embed, duplicates, ingest, admin):
         app.include_router(module.router)
     return app
 
@@ -110,6 +113,7 @@ def _open_services(
             router=router,
             assets=AssetService(ctx),
             metrics=metrics,
+            ingest=InProcessIngest(ctx),
             encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
         )
     except BaseException:

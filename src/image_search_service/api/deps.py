@@ -25,6 +25,7 @@ from image_search_service.services.embedding_router import (
     EmbeddingRouter,
     clean_user_id,
 )
+from image_search_service.services.ingest import InProcessIngest
 from image_search_service.services.search import SearchService
 
 
@@ -37,6 +38,8 @@ class AppServices:
     router: EmbeddingRouter
     assets: AssetService
     metrics: ApiMetrics
+    # POST /api/v1/ingest without RQ: one background thread of this process.
+    ingest: InProcessIngest
     # Encoding saturates the CPU cores by itself; more concurrent forwards only add
     # memory and contention, so they queue here instead of in the generic thread pool.
     encode_limiter: anyio.CapacityLimiter

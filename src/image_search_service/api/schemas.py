@@ -361,3 +361,11 @@ class DuplicatesOut(BaseModel):
     duplicates: int = Field(description="photos beyond the first of each returned group")
     seconds: float
     groups: list[DuplicateGroupOut] = Field(description="biggest first")
+
+
+# -- ingest ----------------------------------------------------------------------------
+class IngestOut(BaseModel):
+    runner: Literal["rq", "in-process"]
+    accepted: int = Field(description="distinct objects in the request")
+    queued: int = Field(description="objects newly queued (the rest was already waiting)")
+    job_id: str | None = Field(None, description="RQ: the job, named after its objects")

@@ -222,8 +222,9 @@ class S3Source:
             last_modified_ns=_ns(head.get("LastModified")),
         )
 
-    def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
-        """The object's bytes in chunks, as they arrive (never the whole object)."""
+    def open(self, bucket: str, key: str) -> Iterator[bytes]:
+        """Start reading the object now (so a missing object fails here, not halfway
+        through a response) and return its bytes in chunks as they arrive."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         where = f"{SCHEME}{bucket}/{key}"
@@ -231,19 +232,23 @@ class S3Source:
             body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
         except (BotoCoreError, ClientError) as exc:
             raise _describe(exc, where) from None
-        try:
-            yield from body.iter_chunks(_CHUNK)
-        except (BotoCoreError, ClientError) as exc:
-            raise _describe(exc, where) from None
-        finally:
-            body.close()
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from body.iter_chunks(_CHUNK)
+            except (BotoCoreError, ClientError) as exc:
+                raise _describe(exc, where) from None
+            finally:
+                body.close()
+
+        return chunks()
 
     def download(self, bucket: str, key: str, target: Path) -> str:
         """Stream the object into ``target``; returns its SHA-256 (computed on the way)."""
         digest = hashlib.sha256()
         target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("wb") as fh:
-            for chunk in self.iter_bytes(bucket, key):
+            for chunk in self.open(bucket, key):
                 digest.update(chunk)
                 fh.write(chunk)
         return digest.hexdigest()

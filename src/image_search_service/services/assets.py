@@ -12,7 +12,8 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,14 @@ from image_search_service.core.errors import (
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.images.loading import FORMAT_SUFFIX, MEDIA_TYPES, load_image
+from image_search_service.images.s3 import (
+    ObjectGone,
+    SourceAccessDenied,
+    SourceNotFound,
+    SourceUnavailable,
+    as_s3_uri,
+    parse_object_uri,
+)
 from image_search_service.images.scan import bytes_hash
 from image_search_service.services.context import ServiceContext
 from image_search_service.services.indexing import index_paths, models_to_index
@@ -140,10 +149,30 @@ class AssetService:
         return AssetView.of(asset, states)
 
     def file(self, asset: AssetView) -> Path:
+        """The local file of an asset from a folder or an upload (see :meth:`content`)."""
         path = Path(asset.path)
-        if not path.is_file():
+        if as_s3_uri(asset.path) is not None or not path.is_file():
             raise AssetFileMissing(f"the file of asset {asset.id} is gone: {asset.path}")
         return path
+
+    def content(self, asset: AssetView) -> Path | Iterator[bytes]:
+        """A local file's path, or an S3 object's bytes streamed through this server.
+
+        Streamed rather than redirected to a presigned URL: the bucket's endpoint is
+        often private (a MinIO on the LAN, a loopback address) and unreachable by the
+        client; a presigned URL would also bypass the API's own checks (only indexed
+        library assets are served) and put a signature in browser histories and
+        proxy logs. The credentials never leave this process."""
+        uri = as_s3_uri(asset.path)
+        if uri is None:
+            return self.file(asset)
+        bucket, key = parse_object_uri(uri)
+        try:
+            return self.ctx.s3.open(bucket, key)
+        except (ObjectGone, SourceNotFound):
+            raise AssetFileMissing(f"the object of asset {asset.id} is gone: {uri}") from None
+        except SourceAccessDenied as exc:
+            raise SourceUnavailable(f"the bucket of asset {asset.id}: {exc.detail}") from None
 
     def thumbnail(self, asset: AssetView, *, size: int) -> Path:
         """A JPEG at most ``size`` pixels on its longer side, cached by content hash."""
@@ -153,17 +182,36 @@ class AssetService:
         cached = self.thumbnails_dir / digest[:2] / f"{digest}-{size}.jpg"
         if cached.is_file():
             return cached
-        source = self.file(asset)
-        try:
-            loaded = load_image(
-                source, max_pixels=self.ctx.settings.max_image_pixels, min_side=size
-            )
-        except (UnsupportedImage, ImageTooLarge) as exc:
-            raise AssetUnreadable(f"asset {asset.id} cannot be decoded: {exc.detail}") from None
+        with self._local_copy(asset) as source:
+            try:
+                loaded = load_image(
+                    source, max_pixels=self.ctx.settings.max_image_pixels, min_side=size
+                )
+            except (UnsupportedImage, ImageTooLarge) as exc:
+                raise AssetUnreadable(f"asset {asset.id} cannot be decoded: {exc.detail}") from None
         image = loaded.image
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         _write_atomically(cached, lambda fh: image.save(fh, "JPEG", quality=85, optimize=True))
         return cached
+
+    @contextmanager
+    def _local_copy(self, asset: AssetView) -> Iterator[Path]:
+        """The asset's file; an S3 object is streamed to a temporary file first."""
+        content = self.content(asset)
+        if isinstance(content, Path):
+            yield content
+            return
+        with tempfile.TemporaryDirectory(prefix="image-search-thumb-") as tmp:
+            target = Path(tmp) / asset.path.rsplit("/", 1)[-1]
+            try:
+                with target.open("wb") as fh:
+                    for chunk in content:
+                        fh.write(chunk)
+            except (ObjectGone, SourceNotFound):
+                raise AssetFileMissing(
+                    f"the object of asset {asset.id} is gone: {asset.path}"
+                ) from None
+            yield target
 
     # -- writing -------------------------------------------------------------------------
     def upload(self, data: bytes) -> UploadResult:

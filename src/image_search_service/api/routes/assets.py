@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 from uuid import UUID
 
 import anyio
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from image_search_service.api.deps import (
     AssetOr404,
@@ -32,6 +33,7 @@ from image_search_service.core.errors import (
     UnsupportedImage,
     VectorStoreUnavailable,
 )
+from image_search_service.images.s3 import SourceUnavailable
 from image_search_service.services.assets import (
     MAX_PAGE,
     MAX_PAGE_OFFSET,
@@ -61,12 +63,18 @@ def get_asset(asset: AssetOr404) -> AssetOut:
 
 @router.get(
     "/{asset_id}/file",
-    summary="The original file",
+    summary="The original file (an S3 object is streamed through the server)",
     response_class=FileResponse,
-    responses=error_responses(*_LOOKUP_ERRORS, AssetFileMissing),
+    responses=error_responses(*_LOOKUP_ERRORS, AssetFileMissing, SourceUnavailable),
 )
-def get_asset_file(asset: AssetOr404, assets: AssetServiceDep) -> FileResponse:
-    return FileResponse(assets.file(asset), media_type=asset.media_type)
+def get_asset_file(asset: AssetOr404, assets: AssetServiceDep) -> Response:
+    content = assets.content(asset)
+    if isinstance(content, Path):
+        return FileResponse(content, media_type=asset.media_type)
+    return StreamingResponse(
+        content,
+        media_type=asset.media_type,
+    )
 
 
 @router.get(
@@ -75,7 +83,7 @@ def get_asset_file(asset: AssetOr404, assets: AssetServiceDep) -> FileResponse:
     response_class=FileResponse,
     responses={
         200: {"content": {"image/jpeg": {}}},
-        **error_responses(*_LOOKUP_ERRORS, AssetFileMissing, AssetUnreadable),
+        **error_responses(*_LOOKUP_ERRORS, AssetFileMissing, AssetUnreadable, SourceUnavailable),
     },
 )
 def get_asset_thumbnail(
