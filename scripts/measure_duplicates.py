@@ -7,7 +7,7 @@ range of thresholds and prints pair precision and recall (a pair counts when bot
 photos land in one group). The best threshold is the lowest one with precision 1.0.
 
     python scripts/measure_duplicates.py [--originals 80] [--with-copies 30]
-        [--clip demo-clip] [--siglip demo-siglip]
+        [--clip demo-clip] [--siglip demo-siglip] [--clip-pretrained openai] ...
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--with-copies", type=int, default=30)
     parser.add_argument("--clip", default="demo-clip")
     parser.add_argument("--siglip", default="demo-siglip")
+    parser.add_argument("--clip-pretrained", default="")
+    parser.add_argument("--siglip-pretrained", default="")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -95,9 +97,9 @@ def main() -> None:
         settings = Settings(
             data_dir=root / "data",
             clip_model_name=args.clip,
-            clip_pretrained="",
+            clip_pretrained=args.clip_pretrained,
             siglip_model_name=args.siglip,
-            siglip_pretrained="",
+            siglip_pretrained=args.siglip_pretrained,
             _env_file=None,
         )
         for key in ("clip", "siglip"):

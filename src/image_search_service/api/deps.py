@@ -119,6 +119,21 @@ async def require_api_key(
 RequireApiKey = Depends(require_api_key)
 
 
+async def require_api_key_or_bearer(
+    services: ServicesDep,
+    provided: Annotated[str | None, Security(_api_key_header)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """The API key in ``X-API-Key`` or as ``Authorization: Bearer <key>``: webhook
+    senders such as MinIO's notification target can only set the latter."""
+    scheme, _, token = (authorization or "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    await require_api_key(services, provided if provided is not None else bearer)
+
+
+RequireApiKeyOrBearer = Depends(require_api_key_or_bearer)
+
+
 def require_content_type(*accepted: str) -> Callable[..., Awaitable[None]]:
     """A dependency refusing requests whose Content-Type is not one of ``accepted``."""
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Body
 
-from image_search_service.api.deps import RequireApiKey, RequireJson, ServicesDep
+from image_search_service.api.deps import RequireApiKeyOrBearer, RequireJson, ServicesDep
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import IngestOut
@@ -22,7 +22,7 @@ router = APIRouter(prefix=f"{API_PREFIX}/ingest", tags=["ingest"])
     "",
     status_code=202,
     summary="Queue indexing of S3 objects: an S3 event notification or a list of URIs",
-    dependencies=[RequireApiKey, RequireJson],
+    dependencies=[RequireApiKeyOrBearer, RequireJson],
     responses=error_responses(Unauthorized, InvalidRequest, UnsupportedMediaType, QueueUnavailable),
 )
 async def ingest(
