@@ -87,7 +87,9 @@ def _record_uri(record: Any) -> str | None:
     if not isinstance(record, dict):
         raise InvalidRequest("each record must be an object")
     event = str(record.get("eventName", ""))
-    if not event.startswith(("ObjectCreated", "ObjectRemoved", "s3:ObjectCreated", "s3:Object")):
+    if not event.startswith(
+        ("ObjectCreated", "ObjectRemoved", "s3:ObjectCreated", "s3:ObjectRemoved")
+    ):
         return None  # other notifications (replication, lifecycle, ...) are not ours
     try:
         bucket = record["s3"]["bucket"]["name"]
