@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,7 +102,8 @@ def test_batch_limits(client: TestClient) -> None:
     assert_error(client.post("/api/v1/embed/batch", files=too_big, headers=KEY), 413)
 
 
-def test_embed_text(client: TestClient) -> None:
+def test_embed_text(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="image_search_service.services.embed")
     response = client.post(
         "/api/v1/embed/text", json={"texts": ["a red photo", "a dog", "a red photo"]}, headers=KEY
     )
@@ -113,6 +115,10 @@ def test_embed_text(client: TestClient) -> None:
     assert vectors[0] == pytest.approx(vectors[2], abs=1e-6)
     assert vectors[0] != pytest.approx(vectors[1], abs=1e-3)
     assert _unit(vectors[1]) == pytest.approx(1.0, abs=1e-5)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("embed text")]
+    assert len(logged) == 1
+    assert "model=clip items=3 failed=0 bytes=" in logged[0]
+    assert "took_ms=" in logged[0]
     siglip = client.post(
         "/api/v1/embed/text", json={"texts": ["x"], "model": "siglip"}, headers=KEY
     ).json()
