@@ -140,7 +140,7 @@ def _plan(
             and asset.status != AssetStatus.MISSING
         )
         if asset is not None and unchanged:
-            if asset.status == AssetStatus.FAILED or not models_needed(session, asset, specs):
+            if asset.status == AssetStatus.FAILED or not models_needed(session, asset, specs=specs):
                 report.skipped += 1
                 continue
         work.append(obj)
@@ -181,7 +181,7 @@ def _process(
                 # The next chunk downloads while this one is decoded and encoded.
                 pending = start(number + 1) if number + 1 < len(chunks) else []
                 to_embed, names = _record(ctx, location, chunk, downloads, listed, specs, report)
-                embed_refs(ctx, to_embed, report, names=names)
+                embed_refs(ctx, to_embed, report=report, names=names)
                 embedded |= bool(to_embed)
                 shutil.rmtree(spool / str(number), ignore_errors=True)
                 if tick:
@@ -241,7 +241,7 @@ def _record(
             )
             if asset is None:
                 continue  # a duplicate of another asset
-            needed = models_needed(session, asset, specs)
+            needed = models_needed(session, asset, specs=specs)
             if needed:
                 to_embed.append((AssetRef(asset.id, local), needed))
                 names[asset.id] = obj.uri

@@ -101,7 +101,7 @@ def index_paths(
     if local:
         with ctx.transaction() as session:
             to_embed = _reconcile(ctx, session, local, specs, report)
-        embed_refs(ctx, to_embed, report, progress=progress)
+        embed_refs(ctx, to_embed, report=report, progress=progress)
         embedded = bool(to_embed)
     if buckets:
         from image_search_service.services.buckets import index_bucket
@@ -119,8 +119,8 @@ def index_paths(
 def embed_refs(
     ctx: ServiceContext,
     to_embed: Sequence[tuple[AssetRef, tuple[ModelKey, ...]]],
-    report: IndexReport,
     *,
+    report: IndexReport,
     progress: ProgressFactory | None = None,
     names: dict[UUID, str] | None = None,
 ) -> None:
@@ -150,7 +150,7 @@ def embed_refs(
 
 
 def models_needed(
-    session: Session, asset: Asset, specs: Sequence[ModelSpec]
+    session: Session, asset: Asset, *, specs: Sequence[ModelSpec]
 ) -> tuple[ModelKey, ...]:
     rows = repo.embedded_keys(session, asset.id)
     return tuple(s.key for s in specs if not repo.is_done_for(rows.get(s.key), s))
@@ -211,7 +211,7 @@ def _reconcile(
             if asset.status == AssetStatus.FAILED and unchanged:
                 report.skipped += 1  # unreadable and unchanged: its reason is already recorded
                 continue
-            needed = models_needed(session, asset, specs)
+            needed = models_needed(session, asset, specs=specs)
             if needed:
                 to_embed.append((AssetRef(asset.id, path), needed))
             else:
