@@ -15,6 +15,12 @@ with default settings, >= 2x with INT8). The ONNX export (once per model identit
 in production) is timed separately.
 
     python scripts/benchmark_ingest.py [--images 32] [--batch-size 16] [--e2e-torch]
+
+With ``--source s3`` it compares indexing the same photos from an S3 bucket (a moto
+server started on loopback) with indexing them from a local folder instead
+(``scripts/benchmark_s3.py``; target >= 0.9):
+
+    python scripts/benchmark_ingest.py --source s3 [--images 200] [--width 2000 --height 1500]
 """
 
 from __future__ import annotations
@@ -63,11 +69,14 @@ def loaded(registry: EncoderRegistry, settings: Settings) -> tuple[OpenClipEncod
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--source", choices=["folder", "s3"], default="folder")
+    parser.add_argument("--images", type=int, default=None, help="32 (folder), 200 (s3)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--width", type=int, default=4000)
-    parser.add_argument("--height", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=2, help="forward-only passes, alternated")
+    parser.add_argument("--width", type=int, default=None, help="4000 (folder), 2000 (s3)")
+    parser.add_argument("--height", type=int, default=None, help="3000 (folder), 1500 (s3)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="alternated passes: 2 (folder), 3 (s3)"
+    )
     parser.add_argument("--e2e-torch", action="store_true", help="also index with PyTorch")
     parser.add_argument(
         "--model-cache",
@@ -78,6 +87,17 @@ def main() -> None:
     parser.add_argument("--model-threads", type=int, default=0, help="0 = chosen for the cores")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    s3 = args.source == "s3"
+    args.images = args.images or (200 if s3 else 32)
+    args.width = args.width or (2000 if s3 else 4000)
+    args.height = args.height or (1500 if s3 else 3000)
+    args.rounds = args.rounds or (3 if s3 else 2)
+    if s3:
+        from benchmark_s3 import compare_s3
+
+        args.workers = args.decode_workers or 2
+        compare_s3(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

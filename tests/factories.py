@@ -195,3 +195,66 @@ def png_claiming(size: tuple[int, int]) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", size[0], size[1], 8, 0, 0, 0, 0)  # 8-bit grey
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+# Formats phones and cameras write, besides JPEG and PNG. MPO and GIF get a second frame
+# of another colour, so a test can tell that the first frame was read.
+PHONE_FORMATS = ("HEIF", "MPO", "GIF", "TIFF", "AVIF", "WEBP")
+SUFFIX = {"HEIF": ".heic", "MPO": ".mpo", "GIF": ".gif", "TIFF": ".tif", "AVIF": ".avif"}
+
+
+def photo_bytes(
+    fmt: str,
+    size: tuple[int, int] = (64, 48),
+    colour: tuple[int, int, int] = (200, 30, 30),
+    *,
+    seed: int = 0,
+) -> bytes:
+    """A real image file of ``fmt`` (a Pillow format name, HEIF through pillow-heif)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    first = Image.open(io.BytesIO(jpeg_bytes(size, colour, seed=seed))).convert("RGB")
+    buf = io.BytesIO()
+    if fmt in ("MPO", "GIF"):
+        second = Image.new("RGB", size, (0, 0, 255))
+        first.save(buf, fmt, save_all=True, append_images=[second])
+    else:
+        first.save(buf, fmt)
+    return buf.getvalue()
+
+
+def write_photo(path: Path, fmt: str, **kwargs: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(photo_bytes(fmt, **kwargs))
+    return path
+
+
+def textured_photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A photo-like picture (blurred shapes plus noise): distinct seeds look unrelated."""
+    from PIL import ImageFilter
+
+    rng = random.Random(seed)
+    small = Image.new("RGB", (size[0] // 8, size[1] // 8))
+    draw = ImageDraw.Draw(small)
+    max_radius = max(8, min(small.size) // 3)
+    for _ in range(40):
+        x, y = rng.randrange(small.width), rng.randrange(small.height)
+        r = rng.randrange(4, max_radius)
+        fill = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+    big = small.resize(size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(2))
+    noise = Image.effect_noise(size, 24).convert("RGB")
+    return Image.blend(big, noise, 0.15)
+
+
+def near_duplicates(image: Image.Image) -> dict[str, Image.Image]:
+    """What a library collects of one photo: a re-save, a smaller copy, a light crop."""
+    w, h = image.size
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=60)
+    return {
+        "resave": Image.open(io.BytesIO(buf.getvalue())).convert("RGB"),
+        "half": image.resize((w // 2, h // 2), Image.Resampling.LANCZOS),
+        "crop": image.crop((w // 20, h // 20, w - w // 20, h - h // 20)),
+    }

@@ -79,7 +79,9 @@ def app_ctx(client: TestClient) -> ServiceContext:
     return services(client).ctx
 
 
-def index(client: TestClient, roots: Sequence[Path], models: Sequence[ModelKey]) -> IndexReport:
+def index(
+    client: TestClient, roots: Sequence[Path | str], models: Sequence[ModelKey]
+) -> IndexReport:
     """Index through the app's own context (the embedded store allows one opener)."""
     report = index_paths(app_ctx(client), list(roots), model_keys=list(models))
     assert report.failed == 0, report.failures

@@ -156,7 +156,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
         "format unknown",
         "GET",
         "/api/v1/search",
-        {"params": {"q": "a", "format": "GIF"}},
+        {"params": {"q": "a", "format": "BMP"}},
         422,
         "InvalidRequest",
     ),
@@ -330,7 +330,7 @@ for _url in ("/api/v1/search/image", "/api/v1/assets"):
             "UnsupportedImage",
         ),
         (
-            f"{_tag}: gif",
+            f"{_tag}: gif without pixels",
             "POST",
             _url,
             _file(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "a.gif", "image/gif"),

@@ -123,7 +123,7 @@ def test_importing_the_cli_loads_no_model_runtime_or_store() -> None:
     code = (
         "import sys, image_search_service.cli; "
         "print(sorted(m for m in ('torch', 'open_clip', 'qdrant_edge', 'qdrant_client', "
-        "'onnxruntime', 'fastapi') if m in sys.modules))"
+        "'onnxruntime', 'fastapi', 'boto3', 'botocore') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60

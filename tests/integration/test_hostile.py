@@ -57,7 +57,7 @@ def test_a_folder_of_hostile_files_indexes_every_valid_photo(
     bad_exif = assets["bad_exif.jpg"]
     assert bad_exif.status == AssetStatus.ACTIVE
     assert (bad_exif.width, bad_exif.height, bad_exif.taken_at) == (72, 40, None)
-    assert assets["phone.jpg"].format == "JPEG"  # MPO: its first frame
+    assert assets["phone.jpg"].format == "MPO"  # read by its first frame
     assert assets["stereo.mpo"].status == AssetStatus.ACTIVE
     # A rerun is quiet and still does not crash.
     again = index_paths(ctx, [lib], model_keys=["clip"])
@@ -175,7 +175,7 @@ class TestHostileRequests:
         files = {"file": ("phone.jpg", mpo_bytes(), "image/jpeg")}
         upload = client.post("/api/v1/assets", files=files)
         assert upload.status_code == 201, upload.text
-        assert upload.json()["format"] == "JPEG"
+        assert upload.json()["format"] == "MPO"
         asset_id = upload.json()["id"]
         assert client.get(f"/api/v1/assets/{asset_id}/file").status_code == 200
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from uuid import UUID
 
 import httpx
+import numpy as np
 import pytest
 
 from image_search_service.core.config import Settings
@@ -167,7 +168,30 @@ def test_real_server_over_http(server: Server) -> None:
     assert streamed.status_code == 413
     assert streamed.json()["error"] == "RequestTooLarge"
 
+    # Embeddings for other services: a batch with one corrupt file fails that file alone.
+    batch = client.post(
+        "/api/v1/embed/batch",
+        files=[
+            ("files", ("a.jpg", data, "image/jpeg")),
+            ("files", ("bad.jpg", data[: len(data) // 3], "image/jpeg")),
+            ("files", ("c.jpg", jpeg_bytes(seed=5), "image/jpeg")),
+        ],
+    )
+    assert batch.status_code == 200, batch.text
+    assert [v is None for v in batch.json()["embeddings"]] == [False, True, False]
+    assert [e["index"] for e in batch.json()["errors"]] == [1]
+    one = client.post("/api/v1/embed/image", files={"file": ("a.jpg", data, "image/jpeg")})
+    # The same image alone and in a batch: INT8 dynamic quantization scales activations per
+    # batch, so the vectors agree closely rather than bit for bit (docs/api.md).
+    alone, batched = np.asarray(one.json()["embedding"]), np.asarray(batch.json()["embeddings"][0])
+    assert float(alone @ batched) > 0.999
+    again = client.post("/api/v1/embed/image", files={"file": ("a.jpg", data, "image/jpeg")})
+    assert again.json()["embedding"] == one.json()["embedding"]  # identical input, identical
+    texts = client.post("/api/v1/embed/text", json={"texts": ["a red photo"]})
+    assert len(texts.json()["embeddings"][0]) == texts.json()["dim"]
+
     metrics = client.get("/metrics").text
+    assert 'image_search_embed_requests_total{kind="batch",model="clip"} 1.0' in metrics
     assert 'route="/api/v1/search",status="200"' in metrics
     assert 'image_search_encoder_duration_seconds_count{kind="text",model="clip"}' in metrics
     assert client.get("/docs").status_code == 200

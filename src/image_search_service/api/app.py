@@ -22,7 +22,17 @@ from image_search_service.api.deps import AppServices
 from image_search_service.api.errors import install_error_handlers
 from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
 from image_search_service.api.openapi import install_openapi
-from image_search_service.api.routes import API_PREFIX, admin, assets, health, metadata, search
+from image_search_service.api.routes import (
+    API_PREFIX,
+    admin,
+    assets,
+    duplicates,
+    embed,
+    health,
+    ingest,
+    metadata,
+    search,
+)
 from image_search_service.api.security import BrowserGuardMiddleware
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
@@ -30,6 +40,7 @@ from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.assets import AssetService
 from image_search_service.services.context import open_context
 from image_search_service.services.embedding_router import EmbeddingRouter
+from image_search_service.services.ingest import InProcessIngest
 from image_search_service.services.search import SearchService, TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
@@ -56,6 +67,7 @@ def create_app(
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(services.ingest.close)
             await anyio.to_thread.run_sync(services.ctx.close)
 
     # /docs and /redoc with Swagger UI and ReDoc served from the package (no CDN):
@@ -77,9 +89,11 @@ def create_app(
                 f"{API_PREFIX}/assets",
                 f"{API_PREFIX}/search/image",
                 f"{API_PREFIX}/search/combined",
+                f"{API_PREFIX}/embed/image",
             }
         ),
         max_upload_bytes=settings.max_upload_bytes,
+        extra_limits={f"{API_PREFIX}/embed/batch": settings.embed_max_batch_bytes},
     )
     app.add_middleware(
         BrowserGuardMiddleware,
@@ -87,7 +101,7 @@ def create_app(
         trusted_origins=settings.trusted_origin_list,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, search, assets, metadata, admin):
+    for module in (health, search, assets, metadata, embed, duplicates, ingest, admin):
         app.include_router(module.router)
     return app
 
@@ -115,6 +129,7 @@ def _open_services(
             router=router,
             assets=AssetService(ctx),
             metrics=metrics,
+            ingest=InProcessIngest(ctx),
             encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
         )
     except BaseException:

@@ -21,17 +21,29 @@ MULTIPART_OVERHEAD_BYTES = 1 << 20
 
 class BodySizeLimitMiddleware:
     def __init__(
-        self, app: ASGIApp, *, upload_paths: frozenset[str], max_upload_bytes: int
+        self,
+        app: ASGIApp,
+        *,
+        upload_paths: frozenset[str],
+        max_upload_bytes: int,
+        extra_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.upload_paths = upload_paths
         self.upload_limit = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        # Other multipart routes with their own content cap (e.g. a batch of files).
+        self.extra_limits = {
+            path: limit + MULTIPART_OVERHEAD_BYTES for path, limit in (extra_limits or {}).items()
+        }
 
     def limit_for(self, scope: Scope) -> int:
         # endswith: behind a proxy the path may carry a root_path prefix.
         path = str(scope.get("path", "")).rstrip("/")
         if any(path.endswith(upload) for upload in self.upload_paths):
             return self.upload_limit
+        for route, limit in self.extra_limits.items():
+            if path.endswith(route):
+                return limit
         return SMALL_BODY_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

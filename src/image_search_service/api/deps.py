@@ -25,6 +25,7 @@ from image_search_service.services.embedding_router import (
     EmbeddingRouter,
     clean_user_id,
 )
+from image_search_service.services.ingest import InProcessIngest
 from image_search_service.services.search import SearchService
 
 
@@ -37,6 +38,8 @@ class AppServices:
     router: EmbeddingRouter
     assets: AssetService
     metrics: ApiMetrics
+    # POST /api/v1/ingest without RQ: one background thread of this process.
+    ingest: InProcessIngest
     # Encoding saturates the CPU cores by itself; more concurrent forwards only add
     # memory and contention, so they queue here instead of in the generic thread pool.
     encode_limiter: anyio.CapacityLimiter
@@ -120,6 +123,22 @@ async def require_api_key(
 
 
 RequireApiKey = Depends(require_api_key)
+
+
+async def require_api_key_or_bearer(
+    request: Request,
+    services: ServicesDep,
+    provided: Annotated[str | None, Security(_api_key_header)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """The API key in ``X-API-Key`` or as ``Authorization: Bearer <key>``: webhook
+    senders such as MinIO's notification target can only set the latter."""
+    scheme, _, token = (authorization or "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    await require_api_key(request, services, provided if provided is not None else bearer)
+
+
+RequireApiKeyOrBearer = Depends(require_api_key_or_bearer)
 
 
 def require_content_type(*accepted: str) -> Callable[..., Awaitable[None]]:

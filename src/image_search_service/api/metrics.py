@@ -49,6 +49,26 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        # Embeddings served to other services, apart from searches and from ingest.
+        self.embed_requests = Counter(
+            "image_search_embed_requests",
+            "Embedding requests (POST /api/v1/embed/*), by model and kind (image, batch, text)",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.embed_items = Counter(
+            "image_search_embed_items",
+            "Inputs embedded for other services, by model, kind and result (ok, failed)",
+            ["model", "kind", "result"],
+            registry=self.registry,
+        )
+
+    def record_embed(self, kind: str, model: str, items: int, failed: int) -> None:
+        self.embed_requests.labels(model=model, kind=kind).inc()
+        self.embed_items.labels(model=model, kind=kind, result="ok").inc(items - failed)
+        if failed:
+            self.embed_items.labels(model=model, kind=kind, result="failed").inc(failed)
+
     def observe_encode(self, model: str, kind: str, _batch: int, seconds: float) -> None:
         self.encoder_seconds.labels(model=model, kind=kind).observe(seconds)
 

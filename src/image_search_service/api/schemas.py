@@ -11,9 +11,11 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from image_search_service.core.config import ModelKey
+from image_search_service.core.specs import BASELINE
 from image_search_service.db.metadata_repository import NameCount
 from image_search_service.images.metadata import MAX_CAPTION_CHARS, MAX_NAME_CHARS, PersonRegion
 from image_search_service.services.assets import MAX_PAGE, AssetPage, AssetView
+from image_search_service.services.embed import MAX_TEXTS, EmbedOutcome
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, RouteDecision
 from image_search_service.services.metadata import AssetEdit
 from image_search_service.services.search import (
@@ -31,7 +33,7 @@ from image_search_service.services.search import (
 )
 from image_search_service.vector.base import SearchFilter
 
-ImageFormat = Literal["JPEG", "PNG", "WEBP"]
+ImageFormat = Literal["JPEG", "MPO", "PNG", "WEBP", "HEIF", "GIF", "TIFF", "AVIF"]
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 MAX_FILTER_NAMES = 20
 
@@ -525,3 +527,90 @@ class ReembedSubmissionOut(BaseModel):
     running_in_background: bool | None = Field(
         None, description="in-process: the run goes on in this server; watch GET /reembed"
     )
+
+
+# -- embeddings for other services -----------------------------------------------------
+class ModelIdentityOut(BaseModel):
+    model_name: str
+    pretrained: str
+    dim: int
+
+
+class EmbedTextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description="texts to embed")
+    model: ModelKey = Field(BASELINE, description="the model to embed with (default: baseline)")
+
+
+class EmbedItemError(BaseModel):
+    index: int = Field(description="position of the failed input")
+    filename: str | None
+    error: str
+    detail: str
+
+
+class _EmbedInfo(BaseModel):
+    model: ModelKey
+    dim: int
+    model_identity: ModelIdentityOut
+    took_ms: float
+
+
+class EmbedImageOut(_EmbedInfo):
+    embedding: list[float] = Field(description="L2-normalised (unit) vector")
+
+
+class EmbedBatchOut(_EmbedInfo):
+    embeddings: list[list[float] | None] = Field(
+        description="one per input, in input order; null where that input failed"
+    )
+    errors: list[EmbedItemError] = Field(description="the inputs that failed, and why")
+
+
+class EmbedTextOut(_EmbedInfo):
+    embeddings: list[list[float]]
+
+
+def embed_info(outcome: EmbedOutcome) -> dict[str, Any]:
+    identity = outcome.spec.identity
+    return {
+        "model": outcome.spec.key,
+        "dim": identity.dim,
+        "model_identity": ModelIdentityOut(**identity.as_dict()),
+        "took_ms": round(outcome.took_ms, 2),
+    }
+
+
+# -- near-duplicates -------------------------------------------------------------------
+class DuplicateAssetOut(BaseModel):
+    asset_id: UUID
+    path: str
+    width: int | None
+    height: int | None
+    size_bytes: int
+
+
+class DuplicateGroupOut(BaseModel):
+    size: int
+    min_score: float = Field(description="the lowest similarity that joined this group")
+    assets: list[DuplicateAssetOut]
+
+
+class DuplicatesOut(BaseModel):
+    model: ModelKey
+    collection: str
+    threshold: float
+    scanned: int = Field(description="photos compared")
+    total_groups: int
+    duplicates: int = Field(description="photos beyond the first of each returned group")
+    seconds: float
+    groups: list[DuplicateGroupOut] = Field(description="biggest first")
+
+
+# -- ingest ----------------------------------------------------------------------------
+class IngestOut(BaseModel):
+    runner: Literal["rq", "in-process"]
+    accepted: int = Field(description="distinct objects in the request")
+    queued: int = Field(description="objects newly queued (the rest was already waiting)")
+    job_id: str | None = Field(None, description="RQ: the job, named after its objects")

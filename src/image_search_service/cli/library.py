@@ -17,10 +17,11 @@ from image_search_service.cli.common import (
 )
 from image_search_service.core.config import MODEL_KEYS, ModelKey, load_settings
 from image_search_service.core.specs import BASELINE
+from image_search_service.images.loading import SUPPORTED_FORMATS
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True)
 @click.option(
     "--model",
     "model",
@@ -30,8 +31,12 @@ from image_search_service.core.specs import BASELINE
     help="auto = CLIP plus every model whose collection exists",
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
-    """Index image files (JPEG, PNG, WebP) below PATHS, incrementally."""
+def index(paths: tuple[str, ...], model: str, as_json: bool) -> None:
+    """Index image files (JPEG, PNG, WebP, HEIC, MPO, GIF, TIFF, AVIF) below PATHS,
+    incrementally; other files are listed as unsupported.
+
+    A path may be a folder, a file or an S3-compatible bucket prefix
+    (s3://bucket/prefix/, configured by the standard AWS_* variables)."""
     from image_search_service.services.indexing import index_paths, models_to_index
 
     with opened_context() as ctx, ProgressBar("indexing") as bar:
@@ -46,6 +51,10 @@ def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
         f"- {report.scanned} files scanned in {report.seconds:.1f}s "
         f"({report.images_per_second:.1f} images/s) with {', '.join(report.models)}"
     )
+    if report.unsupported:
+        click.echo(f"  not indexed: {report.unsupported} files of unsupported formats", err=True)
+        for path in report.unsupported_files[:FAILURES_SHOWN]:
+            click.echo(f"  unsupported: {path}", err=True)
     for failure in report.failures[:FAILURES_SHOWN]:
         click.echo(f"  failed: {failure['path']}: {failure['error']}", err=True)
     if len(report.failures) > FAILURES_SHOWN:
@@ -82,7 +91,7 @@ def _names(values: tuple[str, ...]) -> list[str]:
 @click.option("--offset", type=click.IntRange(0, 10_000), default=0)
 @click.option("--min-score", type=click.FloatRange(-1, 1), default=None)
 @click.option("--model", type=MODEL_CHOICE, default=BASELINE, show_default=True)
-@click.option("--format", "image_format", type=click.Choice(["JPEG", "PNG", "WEBP"]))
+@click.option("--format", "image_format", type=click.Choice(sorted(SUPPORTED_FORMATS)))
 @click.option("--taken-after", type=click.DateTime(), help="EXIF capture time on or after")
 @click.option("--taken-before", type=click.DateTime(), help="EXIF capture time before")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")

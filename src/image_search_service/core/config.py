@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     siglip_embedding_dim: int = Field(768, gt=0)
     siglip_collection: str = "image_assets_siglip"
 
+    # Near-duplicate groups: cosine at or above which two photos are "the same picture"
+    # (re-save, resize, light crop). Measured per model, see docs/sources.md.
+    clip_duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    siglip_duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
+
     use_siglip: bool = False
     siglip_rollout_percentage: int = Field(0, ge=0, le=100)
 
@@ -60,6 +65,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(16, ge=1, le=1024)
     # 0 = chosen with the model threads for the core count (core/threads.py).
     decode_workers: int = Field(0, ge=0, le=64)
+    # Objects downloaded at once from an S3 bucket while indexing it.
+    s3_download_workers: int = Field(8, ge=1, le=64)
     max_image_pixels: int = Field(120_000_000, ge=1)
     search_oversampling: float = Field(2.0, ge=1.0, le=16.0)
     hnsw_m: int = Field(16, ge=4, le=128)
@@ -84,6 +91,9 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     keep_alive_timeout_s: int = Field(5, ge=1, le=300)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    # POST /api/v1/embed/batch: at most this many files and this many bytes in all.
+    embed_max_batch_files: int = Field(32, ge=1, le=1024)
+    embed_max_batch_bytes: int = Field(64 * 1024 * 1024, ge=1)
     # Share of the library (0..1) the candidate model must cover before the router lets it
     # serve; unset means "every asset the baseline covers".
     min_rollout_coverage: float | None = Field(None, ge=0.0, le=1.0)

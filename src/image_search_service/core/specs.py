@@ -81,3 +81,11 @@ def model_spec(settings: Settings, key: ModelKey) -> ModelSpec:
         embedding_dim=settings.siglip_embedding_dim,
         collection=settings.siglip_collection,
     )
+
+
+def duplicate_threshold(settings: Settings, key: ModelKey) -> float:
+    """The cosine at or above which two photos count as near-duplicates for this model
+    (measured per model: docs/sources.md, Near-duplicates)."""
+    if key == BASELINE:
+        return settings.clip_duplicate_threshold
+    return settings.siglip_duplicate_threshold

@@ -58,6 +58,8 @@ class Asset(Base):
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    # S3 objects: the ETag last indexed (with size and last-modified: unchanged or not).
+    etag: Mapped[str | None] = mapped_column(String(256), default=None)
     status: Mapped[AssetStatus] = mapped_column(
         Enum(
             AssetStatus,

@@ -56,7 +56,13 @@ def assets_under(session: Session, prefixes: Sequence[str]) -> list[Asset]:
 
 
 def add_asset(
-    session: Session, *, path: str, content_hash: str, size_bytes: int, mtime_ns: int
+    session: Session,
+    *,
+    path: str,
+    content_hash: str,
+    size_bytes: int,
+    mtime_ns: int,
+    etag: str | None = None,
 ) -> Asset:
     """A new, readable-until-proven-otherwise asset (its id is set on flush)."""
     asset = Asset(
@@ -64,6 +70,7 @@ def add_asset(
         content_hash=content_hash,
         size_bytes=size_bytes,
         mtime_ns=mtime_ns,
+        etag=etag,
         status=AssetStatus.ACTIVE,
     )
     session.add(asset)
@@ -379,3 +386,20 @@ def list_assets(session: Session, *, limit: int, offset: int) -> tuple[list[Asse
         .offset(offset)
     )
     return list(rows), int(total or 0)
+
+
+def embedded_ids_page(
+    session: Session, spec: ModelSpec, *, after: uuid.UUID | None, limit: int
+) -> list[uuid.UUID]:
+    """Active assets embedded by exactly ``spec``, in id order, the ``limit`` after
+    ``after`` (keyset paging: each page costs the same however deep it is)."""
+    query = (
+        select(AssetEmbedding.asset_id)
+        .join(Asset)
+        .where(*_done_by(spec), Asset.status == AssetStatus.ACTIVE)
+        .order_by(AssetEmbedding.asset_id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(AssetEmbedding.asset_id > after)
+    return list(session.scalars(query))

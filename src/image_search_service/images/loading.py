@@ -21,18 +21,46 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+from pillow_heif import register_heif_opener
 
 from image_search_service.core.errors import ImageShapeRefused, ImageTooLarge, UnsupportedImage
 
 logger = logging.getLogger(__name__)
 
-# MPO is the two-frame JPEG phones write (stereo / depth); the first frame is the photo.
-SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
+# HEIC/HEIF (iPhone) through pillow-heif's Pillow plugin; registering is idempotent.
+register_heif_opener()
+
+# Pillow's format name -> the file suffixes the scanner picks up. MPO (camera JPEGs with a
+# second frame), GIF and multi-page TIFF are read by their first frame, the one Pillow
+# opens on. AVIF only where this Pillow was built with libavif.
+_FORMATS: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "MPO": (".mpo",),
+    "PNG": (".png",),
+    "WEBP": (".webp",),
+    "HEIF": (".heic", ".heif", ".hif"),
+    "GIF": (".gif",),
+    "TIFF": (".tif", ".tiff"),
+    **({"AVIF": (".avif",)} if features.check("avif") else {}),
+}
+SUPPORTED_FORMATS = frozenset(_FORMATS)
+SUPPORTED_SUFFIXES = frozenset(s for suffixes in _FORMATS.values() for s in suffixes)
+MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",  # served as the JPEG its first frame is
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "HEIF": "image/heic",
+    "GIF": "image/gif",
+    "TIFF": "image/tiff",
+    "AVIF": "image/avif",
+}
+# The suffix an upload of each format is stored under.
+FORMAT_SUFFIX = {fmt: suffixes[0] for fmt, suffixes in _FORMATS.items()}
 # Longer side / shorter side. Phone panoramas reach about 10:1; past this a model's
 # preprocessing (resize the short side to ~224 px) would produce millions of pixels.
 MAX_ASPECT_RATIO = 20
-SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".mpo", ".png", ".webp"})
 
 _EXIF_IFD = 0x8769
 _TAG_MAKE, _TAG_MODEL = 0x010F, 0x0110
@@ -118,7 +146,11 @@ def _decode(
 ) -> LoadedImage:
     fmt = img.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
-        raise UnsupportedImage(f"{name}: unsupported format {fmt} (JPEG, PNG or WebP)")
+        raise UnsupportedImage(
+            f"{name}: unsupported format {fmt} ({', '.join(sorted(SUPPORTED_FORMATS))})"
+        )
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)  # MPO, animated GIF, multi-page TIFF: the first frame is the photo
     width, height = img.size
     if width <= 0 or height <= 0:
         raise UnsupportedImage(f"{name}: image has no pixels")
@@ -132,13 +164,11 @@ def _decode(
             f"{name}: {width}x{height} is too elongated (longer side more than "
             f"{MAX_ASPECT_RATIO} times the shorter); crop it first"
         )
-    if fmt == "MPO":
-        img.seek(0)  # the first frame is the photo; the others are depth or stereo views
-        fmt = "JPEG"
     exif = _read_exif(img, name)
     orientation = exif.get(0x0112, 1) if exif is not None else 1
     image: Image.Image | None = None
-    if fmt == "JPEG" and min_side and min(width, height) >= 2 * min_side:
+    # MPO's first frame is a plain JPEG at the start of the file: same fast path.
+    if fmt in ("JPEG", "MPO") and min_side and min(width, height) >= 2 * min_side:
         # DCT scaling straight towards the model's input size (both sides stay >= it;
         # rotation does not change that): libjpeg-turbo through simplejpeg, measured
         # faster than Pillow's draft mode (docs/performance.md), which stays the fallback

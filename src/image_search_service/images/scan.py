@@ -13,9 +13,15 @@ _HASH_CHUNK = 1 << 20
 
 
 def scan_images(
-    roots: Iterable[Path], *, on_refused: Callable[[Path, str], None] | None = None
+    roots: Iterable[Path],
+    *,
+    on_refused: Callable[[Path, str], None] | None = None,
+    on_skipped: Callable[[Path], None] | None = None,
 ) -> Iterator[Path]:
     """Yield image files (by suffix) below each root, sorted, skipping hidden entries.
+
+    Every other (non-hidden) file is passed to ``on_skipped``, so a caller can report
+    what it did not index instead of leaving it out silently.
 
     Symlink policy: a root given by the user is resolved and trusted. Below it, a
     symlinked file is indexed only when its target lies inside the same root (so the
@@ -31,14 +37,23 @@ def scan_images(
         else:
             candidates = _walk(root)
         for path in candidates:
-            if path.suffix.lower() not in SUPPORTED_SUFFIXES or path in seen:
+            if path in seen:
                 continue
             seen.add(path)
+            if not is_image_name(path.name):
+                if on_skipped is not None:
+                    on_skipped(path)
+                continue
             if path.is_symlink() and not _inside(path, root):
                 if on_refused is not None:
                     on_refused(path, "symlink to a file outside the indexed folder; not indexed")
                 continue
             yield path
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file (or object key) has the suffix of a format we decode."""
+    return Path(name).suffix.lower() in SUPPORTED_SUFFIXES
 
 
 def _inside(path: Path, root: Path) -> bool:

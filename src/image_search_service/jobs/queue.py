@@ -10,7 +10,7 @@ from uuid import UUID
 
 import redis
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import ServiceError
@@ -144,3 +144,32 @@ def next_retry_at(queue: Queue) -> float | None:
     registry = queue.scheduled_job_registry
     first = queue.connection.zrange(registry.key, 0, 0, withscores=True)
     return float(first[0][1]) if first else None
+
+
+def enqueue_ingest(redis_url: str, uris: list[str], *, job_id: str) -> bool:
+    """Queue an ingest of ``uris`` under ``job_id``; False when a job with that id is
+    still waiting (a redelivered notification), so it is not queued twice."""
+    from image_search_service.jobs.tasks import ingest_objects_job
+
+    connection = connect(redis_url)
+    try:
+        queue = reembed_queue(connection)
+        existing = Job.fetch_many([job_id], connection=connection)[0]
+        if existing is not None and existing.get_status(refresh=False) in (
+            JobStatus.QUEUED,
+            JobStatus.SCHEDULED,
+            JobStatus.DEFERRED,
+        ):
+            return False
+        queue.enqueue(
+            ingest_objects_job,
+            uris,
+            job_id=job_id,
+            job_timeout=JOB_TIMEOUT_S,
+            result_ttl=RESULT_TTL_S,
+            description=f"ingest {len(uris)} objects",
+            retry=DEFAULT_POLICY.for_rq(),
+        )
+        return True
+    finally:
+        connection.close()

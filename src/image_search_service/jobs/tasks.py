@@ -78,3 +78,14 @@ def reembed_batch(model_key: str, asset_ids: list[str], force: bool = False) -> 
     return {k: v for k, v in result.as_dict().items() if k != "failures"} | {
         "failures": result.failures[:20]
     }
+
+
+def ingest_objects_job(uris: list[str]) -> dict[str, Any]:
+    """Bring these S3 objects up to date in the index (queued by POST /api/v1/ingest)."""
+    from image_search_service.services.ingest import ingest_objects
+
+    report = ingest_objects(worker_context(), uris)
+    data = report.as_dict()
+    data["failures"] = data["failures"][:20]
+    data["unsupported_files"] = data["unsupported_files"][:20]
+    return data

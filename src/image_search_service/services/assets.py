@@ -12,7 +12,8 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +34,16 @@ from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
 from image_search_service.db.metadata_repository import AssetLabels
 from image_search_service.db.models import Asset, AssetStatus
-from image_search_service.images.loading import load_image
+from image_search_service.images.loading import FORMAT_SUFFIX, MEDIA_TYPES, load_image
 from image_search_service.images.metadata import PersonRegion
+from image_search_service.images.s3 import (
+    ObjectGone,
+    SourceAccessDenied,
+    SourceNotFound,
+    SourceUnavailable,
+    as_s3_uri,
+    parse_object_uri,
+)
 from image_search_service.images.scan import bytes_hash, content_hash
 from image_search_service.services.context import ServiceContext
 from image_search_service.services.indexing import index_paths, models_to_index
@@ -44,8 +53,6 @@ logger = logging.getLogger(__name__)
 THUMBNAIL_SIZES = (128, 256, 512)
 MAX_PAGE = 500
 MAX_PAGE_OFFSET = 1_000_000_000  # far past any library, and inside SQL's integer range
-MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 
 
 class AssetFileMissing(ServiceError):
@@ -194,8 +201,9 @@ class AssetService:
         return AssetView.of(asset, states, labels)
 
     def file(self, asset: AssetView) -> Path:
-        """The file to serve: only a valid image of the library, and only while it is
-        still the file that was indexed (invariant 9).
+        """The local file to serve: only a valid image of the library, and only while it
+        is still the file that was indexed (invariant 9); S3 assets go through
+        :meth:`content`.
 
         A failed (non-image) asset is never served. The path is resolved now, not
         trusted from the DB: it must be a regular file with the recorded size and mtime
@@ -203,11 +211,9 @@ class AssetService:
         resolved path differs) its content hash must match too, so a link re-pointed
         after indexing serves nothing. The resolved path is what gets served.
         """
-        if asset.status != AssetStatus.ACTIVE.value or asset.format is None:
-            raise AssetUnreadable(
-                f"asset {asset.id} is not a readable image"
-                + (f": {asset.error}" if asset.error else " (not indexed yet)")
-            )
+        _check_servable(asset)
+        if as_s3_uri(asset.path) is not None:
+            raise AssetFileMissing(f"asset {asset.id} is an S3 object, not a file: {asset.path}")
         try:
             real = Path(asset.path).resolve(strict=True)
             stat = real.stat()
@@ -226,6 +232,26 @@ class AssetService:
             raise changed
         return real
 
+    def content(self, asset: AssetView) -> Path | Iterator[bytes]:
+        """A local file's path, or an S3 object's bytes streamed through this server.
+
+        Streamed rather than redirected to a presigned URL: the bucket's endpoint is
+        often private (a MinIO on the LAN, a loopback address) and unreachable by the
+        client; a presigned URL would also bypass the API's own checks (only indexed
+        library assets are served) and put a signature in browser histories and
+        proxy logs. The credentials never leave this process."""
+        uri = as_s3_uri(asset.path)
+        if uri is None:
+            return self.file(asset)
+        _check_servable(asset)
+        bucket, key = parse_object_uri(uri)
+        try:
+            return self.ctx.s3.open(bucket, key)
+        except (ObjectGone, SourceNotFound):
+            raise AssetFileMissing(f"the object of asset {asset.id} is gone: {uri}") from None
+        except SourceAccessDenied as exc:
+            raise SourceUnavailable(f"the bucket of asset {asset.id}: {exc.detail}") from None
+
     def thumbnail(self, asset: AssetView, *, size: int) -> Path:
         """A JPEG at most ``size`` pixels on its longer side, cached by content hash."""
         if size not in THUMBNAIL_SIZES:
@@ -234,17 +260,36 @@ class AssetService:
         cached = self.thumbnails_dir / digest[:2] / f"{digest}-{size}.jpg"
         if cached.is_file():
             return cached
-        source = self.file(asset)
-        try:
-            loaded = load_image(
-                source, max_pixels=self.ctx.settings.max_image_pixels, min_side=size
-            )
-        except (UnsupportedImage, ImageTooLarge) as exc:
-            raise AssetUnreadable(f"asset {asset.id} cannot be decoded: {exc.detail}") from None
+        with self._local_copy(asset) as source:
+            try:
+                loaded = load_image(
+                    source, max_pixels=self.ctx.settings.max_image_pixels, min_side=size
+                )
+            except (UnsupportedImage, ImageTooLarge) as exc:
+                raise AssetUnreadable(f"asset {asset.id} cannot be decoded: {exc.detail}") from None
         image = loaded.image
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         _write_atomically(cached, lambda fh: image.save(fh, "JPEG", quality=85, optimize=True))
         return cached
+
+    @contextmanager
+    def _local_copy(self, asset: AssetView) -> Iterator[Path]:
+        """The asset's file; an S3 object is streamed to a temporary file first."""
+        content = self.content(asset)
+        if isinstance(content, Path):
+            yield content
+            return
+        with tempfile.TemporaryDirectory(prefix="image-search-thumb-") as tmp:
+            target = Path(tmp) / asset.path.rsplit("/", 1)[-1]
+            try:
+                with target.open("wb") as fh:
+                    for chunk in content:
+                        fh.write(chunk)
+            except (ObjectGone, SourceNotFound):
+                raise AssetFileMissing(
+                    f"the object of asset {asset.id} is gone: {asset.path}"
+                ) from None
+            yield target
 
     # -- writing -------------------------------------------------------------------------
     def upload(self, data: bytes) -> UploadResult:
@@ -272,7 +317,7 @@ class AssetService:
             if known_path is not None and known_path.is_file():
                 target, created = known_path, False
             else:
-                target = settings.uploads_dir / digest[:2] / f"{digest}{_SUFFIXES[meta.format]}"
+                target = settings.uploads_dir / digest[:2] / f"{digest}{FORMAT_SUFFIX[meta.format]}"
                 created = True
                 if not target.is_file():
                     _write_atomically(target, lambda fh: fh.write(data))
@@ -317,7 +362,16 @@ def _sniff_format(path: Path) -> str | None:
             fmt = img.format
     except Exception:  # not an image at all, or unreadable: not what was indexed
         return None
-    return "JPEG" if fmt == "MPO" else fmt
+    return fmt
+
+
+def _check_servable(asset: AssetView) -> None:
+    """A failed (non-image) asset is never served, whatever its path points at."""
+    if asset.status != AssetStatus.ACTIVE.value or asset.format is None:
+        raise AssetUnreadable(
+            f"asset {asset.id} is not a readable image"
+            + (f": {asset.error}" if asset.error else " (not indexed yet)")
+        )
 
 
 def _write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None:

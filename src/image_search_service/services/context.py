@@ -27,6 +27,7 @@ from image_search_service.db.session import (
     upgrade_database,
 )
 from image_search_service.encoders.registry import EncoderRegistry
+from image_search_service.images.s3 import S3Source
 from image_search_service.vector.base import VectorStore, verify_collection
 from image_search_service.vector.factory import open_vector_store
 from image_search_service.vector.schema import CollectionSpec, collection_spec
@@ -51,6 +52,8 @@ class ServiceContext:
     specs: dict[ModelKey, ModelSpec]
     collections: dict[ModelKey, CollectionSpec]
     threads: ThreadPlan = field(default_factory=lambda: ThreadPlan(1, 1, 1))
+    # S3-compatible buckets: one client per process, made on first use.
+    s3: S3Source = field(default_factory=S3Source)
     _verified_until: dict[ModelKey, float] = field(default_factory=dict)
     _verified_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -149,4 +152,5 @@ def open_context(
         specs=specs,
         collections={key: collection_spec(settings, spec) for key, spec in specs.items()},
         threads=threads,
+        s3=S3Source(max_connections=settings.s3_download_workers + 2),
     )

@@ -24,6 +24,7 @@ from image_search_service.core.specs import BASELINE, ModelSpec
 from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
+from image_search_service.images.s3 import as_s3_uri
 from image_search_service.images.scan import content_hash, scan_images
 from image_search_service.services.context import ServiceContext
 from image_search_service.services.metadata import needs_metadata_refresh, refresh_metadata
@@ -31,6 +32,9 @@ from image_search_service.services.pipeline import AssetRef, embed_assets
 from image_search_service.vector.base import verify_collection
 
 logger = logging.getLogger(__name__)
+
+
+MAX_LISTED_UNSUPPORTED = 1000
 
 
 @dataclass
@@ -46,6 +50,15 @@ class IndexReport:
     images_per_second: float = 0.0
     models: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
+    # Files not indexed because their format is not one we decode (by suffix): counted,
+    # and listed up to MAX_LISTED_UNSUPPORTED paths.
+    unsupported: int = 0
+    unsupported_files: list[str] = field(default_factory=list)
+
+    def note_unsupported(self, path: str) -> None:
+        self.unsupported += 1
+        if len(self.unsupported_files) < MAX_LISTED_UNSUPPORTED:
+            self.unsupported_files.append(path)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,61 +79,68 @@ def models_to_index(ctx: ServiceContext, requested: str) -> list[ModelKey]:
 
 def index_paths(
     ctx: ServiceContext,
-    roots: Sequence[Path],
+    roots: Sequence[Path | str],
     *,
     model_keys: Sequence[ModelKey],
     progress: ProgressFactory | None = None,
 ) -> IndexReport:
+    """Index folders, files and ``s3://bucket/prefix`` URIs (see services/buckets.py)."""
     started = time.perf_counter()
     report = IndexReport(models=list(model_keys))
     specs = [ctx.spec(k) for k in model_keys]
+    local: list[Path] = []
+    buckets: list[str] = []
     for root in roots:
-        if not root.exists():
-            raise FileNotFoundError(f"no such file or folder: {root.absolute()}")
+        uri = as_s3_uri(root)
+        if uri is not None:
+            buckets.append(uri)
+            continue
+        path = Path(root)
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or folder: {path.absolute()}")
+        local.append(path)
     for key in model_keys:
         # Before anything is written: a stamp mismatch stops the run with nothing changed.
         _check_or_renew_collection(ctx, key)
 
-    refresh: list[tuple[UUID, Path]] = []
-    with ctx.transaction() as session:
-        to_embed = _reconcile(ctx, session, roots, specs, report, refresh)
-    needed = {key for _, keys in to_embed for key in keys}
-    for key in model_keys:
-        if key in needed:
-            # A model that cannot load (offline, wrong name) fails here, before its
-            # collection exists: no empty collection stamped with an unusable model.
-            ctx.encoder(key).load()
-        ctx.ensure_collection(key)
+    embedded = False
+    if local:
+        refresh: list[tuple[UUID, Path]] = []
+        with ctx.transaction() as session:
+            to_embed = _reconcile(ctx, session, local, specs, report, refresh)
+        prepare_collections(ctx, model_keys, to_embed)
+        embed_refs(ctx, to_embed, report=report, progress=progress)
+        embedded = bool(to_embed)
+        report.metadata_refreshed = refresh_metadata(ctx, refresh)
+    if buckets:
+        from image_search_service.services.buckets import index_bucket
 
-    # Group by the models each asset still needs, so nothing is encoded twice.
-    groups: dict[tuple[ModelKey, ...], list[AssetRef]] = {}
-    for ref, keys in to_embed:
-        groups.setdefault(keys, []).append(ref)
-    tick = progress(len(to_embed)) if progress else None
-    for keys, refs in groups.items():
-        result = embed_assets(
-            refs,
-            encoders=[ctx.encoder(k) for k in keys],
-            store=ctx.store,
-            session_factory=ctx.session_factory,
-            batch_size=ctx.settings.batch_size,
-            decode_workers=ctx.threads.decode_workers,
-            max_pixels=ctx.settings.max_image_pixels,
-            on_progress=tick,
-        )
-        report.indexed += result.done
-        report.failed += result.failed
-        paths = {ref.id: str(ref.path) for ref in refs}
-        report.failures.extend(
-            {"path": paths[asset_id], "error": reason} for asset_id, reason in result.failures
-        )
-    report.metadata_refreshed = refresh_metadata(ctx, refresh)
-    if to_embed:
+        prepare_collections(ctx, model_keys, [])
+        for uri in buckets:
+            embedded |= index_bucket(ctx, uri, specs=specs, report=report, progress=progress)
+    if not local and not buckets:
+        prepare_collections(ctx, model_keys, [])
+    if embedded:
         for spec in specs:
             ctx.store.optimize(spec.collection)
     report.seconds = round(time.perf_counter() - started, 3)
     report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
     return report
+
+
+def prepare_collections(
+    ctx: ServiceContext,
+    model_keys: Sequence[ModelKey],
+    to_embed: Sequence[tuple[AssetRef, tuple[ModelKey, ...]]],
+) -> None:
+    """Load the models that have work, then make sure every collection exists: a model
+    that cannot load (offline, wrong name) fails here, before its collection is made, so
+    no empty collection is stamped with an unusable model."""
+    needed = {key for _, keys in to_embed for key in keys}
+    for key in model_keys:
+        if key in needed:
+            ctx.encoder(key).load()
+        ctx.ensure_collection(key)
 
 
 def _check_or_renew_collection(ctx: ServiceContext, key: ModelKey) -> None:
@@ -141,6 +161,46 @@ def _check_or_renew_collection(ctx: ServiceContext, key: ModelKey) -> None:
         ctx.store.drop_collection(spec.name)
 
 
+def embed_refs(
+    ctx: ServiceContext,
+    to_embed: Sequence[tuple[AssetRef, tuple[ModelKey, ...]]],
+    *,
+    report: IndexReport,
+    progress: ProgressFactory | None = None,
+    names: dict[UUID, str] | None = None,
+) -> None:
+    """Embed each asset with the models it still needs, grouped so that nothing is
+    encoded twice; ``names`` says what to call an asset in failures (default: its path)."""
+    groups: dict[tuple[ModelKey, ...], list[AssetRef]] = {}
+    for ref, keys in to_embed:
+        groups.setdefault(keys, []).append(ref)
+    tick = progress(len(to_embed)) if progress and to_embed else None
+    for keys, refs in groups.items():
+        result = embed_assets(
+            refs,
+            encoders=[ctx.encoder(k) for k in keys],
+            store=ctx.store,
+            session_factory=ctx.session_factory,
+            batch_size=ctx.settings.batch_size,
+            decode_workers=ctx.threads.decode_workers,
+            max_pixels=ctx.settings.max_image_pixels,
+            on_progress=tick,
+        )
+        report.indexed += result.done
+        report.failed += result.failed
+        paths = {ref.id: (names or {}).get(ref.id, str(ref.path)) for ref in refs}
+        report.failures.extend(
+            {"path": paths[asset_id], "error": reason} for asset_id, reason in result.failures
+        )
+
+
+def models_needed(
+    session: Session, asset: Asset, *, specs: Sequence[ModelSpec]
+) -> tuple[ModelKey, ...]:
+    rows = repo.embedded_keys(session, asset.id)
+    return tuple(s.key for s in specs if not repo.is_done_for(rows.get(s.key), s))
+
+
 def _reconcile(
     ctx: ServiceContext,
     session: Session,
@@ -149,6 +209,8 @@ def _reconcile(
     report: IndexReport,
     refresh: list[tuple[UUID, Path]],
 ) -> list[tuple[AssetRef, tuple[ModelKey, ...]]]:
+    """Bring the DB in line with the files; returns what each asset still needs embedded
+    and fills ``refresh`` with unchanged photos whose sidecar metadata changed."""
     to_embed: list[tuple[AssetRef, tuple[ModelKey, ...]]] = []
     seen: set[str] = set()
     # Hashing new or changed files (a few ms per MB) runs in threads ahead of the
@@ -162,7 +224,11 @@ def _reconcile(
             report.failed += 1
             report.failures.append({"path": str(path), "error": reason})
 
-        for path in scan_images(roots, on_refused=refuse):
+        for path in scan_images(
+            roots,
+            on_refused=refuse,
+            on_skipped=lambda p: report.note_unsupported(str(p)),
+        ):
             report.scanned += 1
             key = str(path)
             seen.add(key)
@@ -185,8 +251,15 @@ def _reconcile(
             unchanged = digest is None
             if digest is not None:
                 try:
-                    asset = _upsert_file(
-                        ctx, session, path, digest.result(), size, mtime_ns, report
+                    asset = upsert_asset(
+                        ctx,
+                        session,
+                        key=str(path),
+                        digest=digest.result(),
+                        size=size,
+                        mtime_ns=mtime_ns,
+                        report=report,
+                        present=_file_present,
                     )
                 except OSError as exc:
                     report.failed += 1
@@ -197,8 +270,7 @@ def _reconcile(
             if asset.status == AssetStatus.FAILED and unchanged:
                 report.skipped += 1  # unreadable and unchanged: its reason is already recorded
                 continue
-            rows = repo.embedded_keys(session, asset.id)
-            needed = tuple(s.key for s in specs if not repo.is_done_for(rows.get(s.key), s))
+            needed = models_needed(session, asset, specs=specs)
             if needed:
                 to_embed.append((AssetRef(asset.id, path), needed))  # reads metadata too
             else:
@@ -208,54 +280,63 @@ def _reconcile(
     for path in refused:  # it was a library file once: it is not one now
         known = repo.asset_by_path(session, str(path))
         if known is not None:
-            _forget(ctx, session, known)
+            forget_asset(ctx, session, known)
     session.flush()
     _mark_missing(ctx, session, roots, seen, report)
     return to_embed
 
 
-def _upsert_file(
+def _file_present(asset: Asset) -> bool:
+    return asset.status != AssetStatus.MISSING and Path(asset.path).exists()
+
+
+def upsert_asset(
     ctx: ServiceContext,
     session: Session,
-    path: Path,
+    *,
+    key: str,
     digest: str,
     size: int,
     mtime_ns: int,
     report: IndexReport,
+    present: Callable[[Asset], bool],
+    etag: str | None = None,
 ) -> Asset | None:
-    """New or changed file: returns its asset, or None when it duplicates another file."""
-    key = str(path)
+    """New or changed file or object at ``key`` (its path or URI): returns its asset, or
+    None when it duplicates another asset that is still ``present``."""
     by_path = repo.asset_by_path(session, key)
     by_hash = repo.asset_by_hash(session, digest)
     if by_hash is not None and by_hash is not by_path:
-        if by_hash.status != AssetStatus.MISSING and Path(by_hash.path).exists():
+        if present(by_hash):
             report.duplicates += 1
             report.skipped += 1
             if by_path is not None:  # this path used to hold other content
-                _forget(ctx, session, by_path)
+                forget_asset(ctx, session, by_path)
             return None
         # The known content moved here: keep its id (and its points, unless it was missing).
         if by_path is not None:
-            _forget(ctx, session, by_path)
+            forget_asset(ctx, session, by_path)
         if by_hash.status == AssetStatus.MISSING:
             repo.clear_embeddings(session, by_hash.id)
             by_hash.status = AssetStatus.ACTIVE
         by_hash.path, by_hash.size_bytes, by_hash.mtime_ns = key, size, mtime_ns
+        by_hash.etag = etag
         return by_hash
     if by_path is not None:
         changed = by_path.content_hash != digest or by_path.status == AssetStatus.MISSING
         by_path.size_bytes, by_path.mtime_ns, by_path.content_hash = size, mtime_ns, digest
+        by_path.etag = etag
         if changed:  # new content under the old name: old vectors are wrong now
             ctx.delete_points([by_path.id])
             repo.clear_embeddings(session, by_path.id)
             by_path.status, by_path.error = AssetStatus.ACTIVE, None
         return by_path
     return repo.add_asset(
-        session, path=key, content_hash=digest, size_bytes=size, mtime_ns=mtime_ns
+        session, path=key, content_hash=digest, size_bytes=size, mtime_ns=mtime_ns, etag=etag
     )
 
 
-def _forget(ctx: ServiceContext, session: Session, asset: Asset) -> None:
+def forget_asset(ctx: ServiceContext, session: Session, asset: Asset) -> None:
     ctx.delete_points([asset.id])
     meta_repo.forget_search_text(session, asset.id)
     repo.delete_asset(session, asset)

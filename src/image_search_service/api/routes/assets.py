@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 from uuid import UUID
 
 import anyio
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from image_search_service.api.deps import (
     AssetOr404,
@@ -34,6 +35,7 @@ from image_search_service.core.errors import (
     UnsupportedImage,
     VectorStoreUnavailable,
 )
+from image_search_service.images.s3 import SourceUnavailable
 from image_search_service.services.assets import (
     MAX_PAGE,
     MAX_PAGE_OFFSET,
@@ -66,12 +68,20 @@ def get_asset(asset: AssetOr404) -> AssetOut:
 
 @router.get(
     "/{asset_id}/file",
-    summary="The original file",
+    summary="The original file (an S3 object is streamed through the server)",
     response_class=FileResponse,
-    responses=error_responses(*_LOOKUP_ERRORS, AssetFileMissing, AssetUnreadable, AssetFileChanged),
+    responses=error_responses(
+        *_LOOKUP_ERRORS, AssetFileMissing, AssetUnreadable, AssetFileChanged, SourceUnavailable
+    ),
 )
-def get_asset_file(asset: AssetOr404, assets: AssetServiceDep) -> FileResponse:
-    return FileResponse(assets.file(asset), media_type=asset.media_type)
+def get_asset_file(asset: AssetOr404, assets: AssetServiceDep) -> Response:
+    content = assets.content(asset)
+    if isinstance(content, Path):
+        return FileResponse(content, media_type=asset.media_type)
+    return StreamingResponse(
+        content,
+        media_type=asset.media_type,
+    )
 
 
 @router.get(
@@ -80,7 +90,9 @@ def get_asset_file(asset: AssetOr404, assets: AssetServiceDep) -> FileResponse:
     response_class=FileResponse,
     responses={
         200: {"content": {"image/jpeg": {}}},
-        **error_responses(*_LOOKUP_ERRORS, AssetFileMissing, AssetUnreadable, AssetFileChanged),
+        **error_responses(
+            *_LOOKUP_ERRORS, AssetFileMissing, AssetUnreadable, AssetFileChanged, SourceUnavailable
+        ),
     },
 )
 def get_asset_thumbnail(
@@ -121,7 +133,7 @@ async def upload_asset(
     request: Request,
     response: Response,
     services: ServicesDep,
-    file: Annotated[UploadFile, File(description="JPEG, PNG or WebP")],
+    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, HEIC, MPO, GIF, TIFF or AVIF")],
 ) -> AssetOut:
     data = await read_upload(file, services.ctx.settings.max_upload_bytes)
     result = await anyio.to_thread.run_sync(

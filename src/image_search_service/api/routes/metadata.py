@@ -3,8 +3,10 @@ renaming (or merging) a person."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from image_search_service.api.deps import RequireApiKey, RequireJson, ServicesDep
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
@@ -54,7 +56,9 @@ def list_tags(services: ServicesDep) -> NameListOut:
     ),
 )
 async def rename_person(
-    person_id: int, body: PersonRenameIn, services: ServicesDep
+    person_id: Annotated[int, Path(ge=1, le=2**63 - 1, description="a person's id")],
+    body: PersonRenameIn,
+    services: ServicesDep,
 ) -> NameCountOut:
     result = await anyio.to_thread.run_sync(
         lambda: metadata.rename_person(services.ctx, person_id, body.name)

@@ -135,7 +135,7 @@ async def search_text_json(
 async def search_image(
     request: Request,
     services: ServicesDep,
-    file: Annotated[UploadFile, File(description="JPEG, PNG or WebP")],
+    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, HEIC, MPO, GIF, TIFF or AVIF")],
     params: Annotated[SearchParams, Form()],
     header_user: UserIdHeader,
 ) -> SearchResponse:
