@@ -20,7 +20,7 @@ from image_search_service.api.body_limit import BodySizeLimitMiddleware
 from image_search_service.api.deps import AppServices
 from image_search_service.api.errors import install_error_handlers
 from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
-from image_search_service.api.routes import API_PREFIX, admin, assets, health, search
+from image_search_service.api.routes import API_PREFIX, admin, assets, health, page, search
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
 from image_search_service.encoders.registry import EncoderRegistry
@@ -69,8 +69,9 @@ def create_app(
         max_upload_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, search, assets, admin):
+    for module in (health, search, assets, admin, page):
         app.include_router(module.router)
+    app.mount(page.STATIC_PREFIX, page.static_files(), name="static")
     return app
 
 
