@@ -53,7 +53,8 @@ def main() -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:
@@ -69,8 +70,8 @@ def main() -> None:
                 page.goto(f"http://127.0.0.1:{port}/?q={quote_plus(args.query)}")
                 page.wait_for_function(
                     """() => {
-                        const imgs = Array.from(document.querySelectorAll('#grid img')).slice(0, 18);
-                        return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
+                        const imgs = [...document.querySelectorAll('#grid img')].slice(0, 18);
+                        return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0);
                     }"""
                 )
                 args.out.parent.mkdir(parents=True, exist_ok=True)
