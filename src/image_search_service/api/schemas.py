@@ -206,6 +206,10 @@ class UserRouteOut(BaseModel):
 class RolloutOut(BaseModel):
     use_siglip: bool
     siglip_rollout_percentage: int
+    flags_source: Literal["database", "environment"] = Field(
+        description="database: changed at run time (wins over the environment's flags)"
+    )
+    flags_refresh_s: float = Field(description="every process re-reads the flags this often")
     min_rollout_coverage: float | None
     coverage_cache_ttl_s: float
     baseline: ModelKey
@@ -280,3 +284,27 @@ class ReembedSubmissionOut(BaseModel):
     running_in_background: bool | None = Field(
         None, description="in-process: the run goes on in this server; watch GET /reembed"
     )
+
+
+class RolloutUpdate(BaseModel):
+    """``PUT /api/v1/admin/rollout``: a value left out keeps its current one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    use_siglip: bool | None = Field(None, description="send every user to the candidate")
+    siglip_rollout_percentage: int | None = Field(
+        None, ge=0, le=100, description="share of user buckets (0..100) sent to the candidate"
+    )
+
+
+class RolloutChangeOut(BaseModel):
+    changed_at: datetime
+    old_use_siglip: bool
+    old_siglip_rollout_percentage: int
+    new_use_siglip: bool
+    new_siglip_rollout_percentage: int
+    source: str
+
+
+class RolloutHistoryOut(BaseModel):
+    changes: list[RolloutChangeOut] = Field(description="newest first")

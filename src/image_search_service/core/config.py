@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # serve; unset means "every asset the baseline covers".
     min_rollout_coverage: float | None = Field(None, ge=0.0, le=1.0)
     rollout_coverage_ttl_s: float = Field(5.0, ge=0.0, le=3600.0)
+    # How often a process re-reads the live rollout flags from the metadata DB (a change
+    # made with PUT /api/v1/admin/rollout reaches every process within this time).
+    rollout_refresh_s: float = Field(2.0, ge=0.0, le=300.0)
 
     @field_validator("device")
     @classmethod

@@ -13,7 +13,9 @@ from image_search_service.api.schemas import (
     ReembedProgressOut,
     ReembedRequest,
     ReembedSubmissionOut,
+    RolloutHistoryOut,
     RolloutOut,
+    RolloutUpdate,
 )
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
@@ -27,6 +29,7 @@ from image_search_service.jobs.queue import QueueUnavailable
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, clean_user_id
 from image_search_service.services.migration import submit_reembed
 from image_search_service.services.reembed import reembed_progress
+from image_search_service.services.rollout import MAX_HISTORY
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireApiKey])
 
@@ -46,6 +49,50 @@ def rollout(
     ] = None,
 ) -> RolloutOut:
     return RolloutOut.model_validate(embedding_router.rollout_status(clean_user_id(user_id)))
+
+
+@router.put(
+    "/rollout",
+    summary="Change the rollout flags now, for every API process (stored in the metadata DB)",
+    dependencies=[RequireJson],
+    responses=error_responses(
+        Unauthorized,
+        InvalidRequest,
+        UnsupportedMediaType,
+        DatabaseUnavailable,
+        VectorStoreUnavailable,
+    ),
+)
+def change_rollout(embedding_router: RouterDep, body: RolloutUpdate) -> RolloutOut:
+    embedding_router.flags.set(
+        use_siglip=body.use_siglip,
+        siglip_rollout_percentage=body.siglip_rollout_percentage,
+        source="api",
+    )
+    return RolloutOut.model_validate(embedding_router.rollout_status())
+
+
+@router.delete(
+    "/rollout",
+    summary="Forget the run-time flags: USE_SIGLIP / SIGLIP_ROLLOUT_PERCENTAGE apply again",
+    responses=error_responses(Unauthorized, DatabaseUnavailable, VectorStoreUnavailable),
+)
+def reset_rollout(embedding_router: RouterDep) -> RolloutOut:
+    embedding_router.flags.reset(source="api")
+    return RolloutOut.model_validate(embedding_router.rollout_status())
+
+
+@router.get(
+    "/rollout/history",
+    summary="Every change of the rollout flags: when, old and new values",
+    responses=error_responses(Unauthorized, InvalidRequest, DatabaseUnavailable),
+)
+def rollout_history(
+    embedding_router: RouterDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_HISTORY)] = 50,
+) -> RolloutHistoryOut:
+    changes = embedding_router.flags.history(limit=limit)
+    return RolloutHistoryOut.model_validate({"changes": [c.as_dict() for c in changes]})
 
 
 @router.get(
