@@ -27,6 +27,7 @@ from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.assets import AssetService
 from image_search_service.services.context import open_context
 from image_search_service.services.embedding_router import EmbeddingRouter
+from image_search_service.services.library import LibraryIndexer, LibraryWatcher
 from image_search_service.services.search import SearchService, TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def create_app(
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(services.ctx.close)
+            await anyio.to_thread.run_sync(services.close)
 
     app = FastAPI(
         title="image-search-service",
@@ -94,17 +95,31 @@ def _open_services(
             for key in router.models_in_use():
                 ctx.encoder(key).load()
         _log_rollout(router)
-        return AppServices(
-            ctx=ctx,
-            search=SearchService(ctx, text_cache=text_cache),
-            router=router,
-            assets=AssetService(ctx),
-            metrics=metrics,
-            encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
-        )
+        # New vectors change coverage: the router re-checks it after each index run.
+        indexer = LibraryIndexer(ctx, on_finished=lambda _run: router.invalidate())
     except BaseException:
         ctx.close()
         raise
+    services = AppServices(
+        ctx=ctx,
+        search=SearchService(ctx, text_cache=text_cache),
+        router=router,
+        assets=AssetService(ctx),
+        metrics=metrics,
+        encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
+        indexer=indexer,
+    )
+    try:
+        if settings.library_paths:
+            services.watcher = LibraryWatcher(
+                indexer, settings.library_paths, debounce_ms=settings.library_debounce_ms
+            )
+            services.watcher.start()
+            logger.info("watching %s", ", ".join(map(str, settings.library_paths)))
+    except BaseException:
+        services.close()
+        raise
+    return services
 
 
 def _log_rollout(router: EmbeddingRouter) -> None:

@@ -308,3 +308,49 @@ class RolloutChangeOut(BaseModel):
 
 class RolloutHistoryOut(BaseModel):
     changes: list[RolloutChangeOut] = Field(description="newest first")
+
+
+# -- library indexing ------------------------------------------------------------------
+class IndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=4096, description="a folder on the server")
+
+
+class IndexReportOut(BaseModel):
+    scanned: int
+    indexed: int
+    skipped: int
+    duplicates: int
+    failed: int
+    missing: int
+    seconds: float
+    images_per_second: float
+    models: list[str]
+    failures: list[dict[str, str]]
+
+
+class IndexRunOut(BaseModel):
+    path: str
+    reason: str = Field(description="api, watch (a watched folder changed), start or cli")
+    phase: Literal["queued", "scanning", "embedding", "done", "failed"]
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    total: int | None = Field(description="photos to embed, once the folder is scanned")
+    done: int
+    report: IndexReportOut | None
+    error: str | None
+
+
+class IndexStatusOut(BaseModel):
+    running: bool
+    current: IndexRunOut | None
+    queued: list[IndexRunOut]
+    finished: list[IndexRunOut] = Field(description="the latest runs, newest first")
+    problems: list[str] = Field(description="e.g. a watched folder that is unavailable")
+
+
+class IndexSubmissionOut(BaseModel):
+    run: IndexRunOut = Field(description="the queued request (or the one already waiting)")
+    status: IndexStatusOut

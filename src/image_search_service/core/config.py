@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from image_search_service.core.errors import ConfigError
 
@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     # made with PUT /api/v1/admin/rollout reaches every process within this time).
     rollout_refresh_s: float = Field(2.0, ge=0.0, le=300.0)
 
+    # Folders (comma-separated) the server indexes at start and then watches: photos
+    # added, changed or deleted there are searchable or gone within seconds.
+    library_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # Changes are gathered for this long after the last one before a re-index starts.
+    library_debounce_ms: int = Field(1000, ge=10, le=600_000)
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -83,6 +89,13 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @field_validator("library_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(part.strip()).expanduser() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("database_url", "qdrant_url", "redis_url", "qdrant_api_key", "api_key")
     @classmethod

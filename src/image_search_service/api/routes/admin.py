@@ -10,6 +10,9 @@ from image_search_service.api.deps import RequireApiKey, RequireJson, RouterDep,
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import (
+    IndexRequest,
+    IndexStatusOut,
+    IndexSubmissionOut,
     ReembedProgressOut,
     ReembedRequest,
     ReembedSubmissionOut,
@@ -20,6 +23,8 @@ from image_search_service.api.schemas import (
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
     DatabaseUnavailable,
+    FolderNotFound,
+    FolderUnreadable,
     InvalidRequest,
     ModelMismatch,
     Unauthorized,
@@ -138,3 +143,28 @@ def start_reembed(services: ServicesDep, body: ReembedRequest) -> ReembedSubmiss
     )
     services.router.invalidate()
     return ReembedSubmissionOut.model_validate(submission.as_dict())
+
+
+@router.post(
+    "/index",
+    status_code=202,
+    summary="Index a folder on the server (in the background, one run at a time)",
+    dependencies=[RequireJson],
+    responses=error_responses(
+        Unauthorized, InvalidRequest, FolderNotFound, FolderUnreadable, UnsupportedMediaType
+    ),
+)
+def start_index(services: ServicesDep, body: IndexRequest) -> IndexSubmissionOut:
+    run = services.indexer.submit(body.path, reason="api")
+    return IndexSubmissionOut.model_validate(
+        {"run": run.as_dict(), "status": services.indexer.status()}
+    )
+
+
+@router.get(
+    "/index",
+    summary="Indexing progress: the run in progress, the waiting ones, the latest results",
+    responses=error_responses(Unauthorized),
+)
+async def index_status(services: ServicesDep) -> IndexStatusOut:
+    return IndexStatusOut.model_validate(services.indexer.status())
