@@ -43,6 +43,7 @@ class PipelineResult:
     failed: int = 0
     failures: list[tuple[UUID, str]] = field(default_factory=list)
     encode_seconds: float = 0.0
+    vanished: int = 0  # files gone before they were read: left pending
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class _Decoded:
     meta: ImageMeta | None
     tensors: dict[ModelKey, Any] | None  # each encoder's preprocessed input
     error: str | None
+    vanished: bool = False  # the file was deleted or moved away before it was read
 
 
 ProgressFn = Callable[[int], None]
@@ -63,6 +65,10 @@ def _decode(ref: AssetRef, encoders: Sequence[Encoder], max_pixels: int) -> _Dec
         tensors = {enc.spec.key: enc.preprocess(loaded.image) for enc in encoders}
         return _Decoded(ref, loaded.meta, tensors, None)
     except (UnsupportedImage, ImageTooLarge) as exc:
+        if not ref.path.exists():
+            # Not unreadable: gone (a watched folder changing under us, an unmounted disk).
+            # It stays pending; the next index run marks it missing or embeds it.
+            return _Decoded(ref, None, None, None, vanished=True)
         return _Decoded(ref, None, None, exc.detail)
 
 
@@ -118,6 +124,9 @@ def embed_assets(
     )
     failed_batch: list[_Decoded] = []
     for item in decoded:
+        if item.vanished:
+            result.vanished += 1
+            continue
         if item.error is not None:
             failed_batch.append(item)
         else:
