@@ -4,11 +4,8 @@ without a restart; a burst is batched; a folder that disappears is reported."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +17,7 @@ import pytest
 
 from tests.factories import write_jpeg
 from tests.integration.api_support import COLOURS
-from tests.integration.live_server import free_port
+from tests.integration.live_server import serve_process, tiny_model_env
 
 pytestmark = pytest.mark.slow
 
@@ -66,54 +63,10 @@ def watching(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[WatchingS
     folder = tmp_path / "Pictures"
     for i in range(3):
         write_jpeg(folder / f"start_{i}.jpg", colour=COLOURS[i], seed=i, size=(64, 48))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "DATABASE_"))}
-    env.update(
-        {
-            "CLIP_MODEL_NAME": f"local-dir:{tiny_models['clip']}",
-            "SIGLIP_MODEL_NAME": f"local-dir:{tiny_models['siglip']}",
-            "CLIP_PRETRAINED": "",
-            "SIGLIP_PRETRAINED": "",
-            "DATA_DIR": str(tmp_path / "data"),
-            "LIBRARY_PATHS": str(folder),
-            "LIBRARY_DEBOUNCE_MS": "300",
-            "API_KEY": "",
-            "DEVICE": "cpu",
-            "BATCH_SIZE": "8",
-        }
-    )
-    port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "image_search_service.cli", "serve", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-    server = WatchingServer(client, process, log, folder)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start:\n" + log.read_text()
-            time.sleep(0.2)
-        yield server
-    finally:
-        client.close()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    env = tiny_model_env(tiny_models, tmp_path / "data")
+    env.update({"LIBRARY_PATHS": str(folder), "LIBRARY_DEBOUNCE_MS": "300"})
+    with serve_process(tmp_path, env) as served:
+        yield WatchingServer(served.client, served.process, served.log, folder)
 
 
 def test_a_watched_folder_stays_current(watching: WatchingServer) -> None:

@@ -9,7 +9,7 @@ Run it with ``image-search serve`` or
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
@@ -39,11 +39,15 @@ TEXT_CACHE_SIZE = 1024
 
 
 def create_app(
-    settings: Settings | None = None, *, encoders: EncoderRegistry | None = None
+    settings: Settings | None = None,
+    *,
+    encoders: EncoderRegistry | None = None,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The app. ``settings`` default to the environment; ``encoders`` lets a process
     share already-loaded models (tests); otherwise the app makes its own registry,
-    instrumented for the encoder-time metric."""
+    instrumented for the encoder-time metric. ``on_shutdown`` runs after the stores
+    are closed."""
     settings = settings or load_settings()
     metrics = ApiMetrics()
 
@@ -54,7 +58,11 @@ def create_app(
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(services.close)
+            try:
+                await anyio.to_thread.run_sync(services.close)
+            finally:
+                if on_shutdown is not None:
+                    on_shutdown()
 
     app = FastAPI(
         title="image-search-service",

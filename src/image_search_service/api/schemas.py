@@ -315,6 +315,9 @@ class IndexRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(min_length=1, max_length=4096, description="a folder on the server")
+    model: Literal["auto", "all", "clip", "siglip"] = Field(
+        "auto", description="auto: CLIP plus every model whose collection exists"
+    )
 
 
 class IndexReportOut(BaseModel):
@@ -333,6 +336,7 @@ class IndexReportOut(BaseModel):
 class IndexRunOut(BaseModel):
     path: str
     reason: str = Field(description="api, watch (a watched folder changed), start or cli")
+    model: str
     phase: Literal["queued", "scanning", "embedding", "done", "failed"]
     queued_at: datetime
     started_at: datetime | None
@@ -354,3 +358,15 @@ class IndexStatusOut(BaseModel):
 class IndexSubmissionOut(BaseModel):
     run: IndexRunOut = Field(description="the queued request (or the one already waiting)")
     status: IndexStatusOut
+
+
+class LibraryStatusOut(BaseModel):
+    """What ``image-search status --json`` prints, from the running server."""
+
+    assets: int = Field(description="searchable assets")
+    assets_total: int
+    failed: int
+    missing: int
+    vector_store: str
+    database: str
+    models: dict[str, dict[str, Any]]

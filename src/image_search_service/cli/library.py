@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import click
@@ -13,8 +14,10 @@ from image_search_service.cli.common import (
     MODEL_CHOICE,
     ProgressBar,
     echo_json,
+    handing_off,
     opened_context,
 )
+from image_search_service.cli.remote import index_via_server, running_server, status_via_server
 from image_search_service.core.config import MODEL_KEYS, ModelKey, load_settings
 from image_search_service.core.specs import BASELINE
 
@@ -31,25 +34,45 @@ from image_search_service.core.specs import BASELINE
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def index(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
-    """Index image files (JPEG, PNG, WebP) below PATHS, incrementally."""
-    from image_search_service.services.indexing import index_paths, models_to_index
+    """Index image files (JPEG, PNG, WebP) below PATHS, incrementally.
 
-    with opened_context() as ctx, ProgressBar("indexing") as bar:
-        keys = models_to_index(ctx, model)
-        report = index_paths(ctx, list(paths), model_keys=keys, progress=bar.start)
+    While `image-search serve` runs on this DATA_DIR, the server does the work."""
+    settings = load_settings()
+    server = running_server(settings)
+    if server is not None:
+        for path in paths:  # checked here too, for the same message as without a server
+            if not path.exists():
+                raise FileNotFoundError(f"no such file or folder: {path}")
+        handing_off(server.url, as_json)
+        with ProgressBar("indexing") as bar:
+            data = index_via_server(server, list(paths), model=model, show=bar.show)
+        for error in data.pop("errors"):
+            click.echo(f"error: {error}", err=True)
+    else:
+        from image_search_service.services.indexing import index_paths, models_to_index
+
+        with opened_context(settings) as ctx, ProgressBar("indexing") as bar:
+            keys = models_to_index(ctx, model)
+            data = index_paths(ctx, list(paths), model_keys=keys, progress=bar.start).as_dict()
+    _print_index_report(data, as_json)
+
+
+def _print_index_report(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        echo_json(report.as_dict())
+        echo_json(report)
         return
     click.echo(
-        f"indexed {report.indexed}, skipped {report.skipped} "
-        f"({report.duplicates} duplicates), failed {report.failed}, missing {report.missing} "
-        f"- {report.scanned} files scanned in {report.seconds:.1f}s "
-        f"({report.images_per_second:.1f} images/s) with {', '.join(report.models)}"
+        f"indexed {report['indexed']}, skipped {report['skipped']} "
+        f"({report['duplicates']} duplicates), failed {report['failed']}, "
+        f"missing {report['missing']} - {report['scanned']} files scanned in "
+        f"{report['seconds']:.1f}s ({report['images_per_second']:.1f} images/s) "
+        f"with {', '.join(report['models'])}"
     )
-    for failure in report.failures[:FAILURES_SHOWN]:
+    failures = report["failures"]
+    for failure in failures[:FAILURES_SHOWN]:
         click.echo(f"  failed: {failure['path']}: {failure['error']}", err=True)
-    if len(report.failures) > FAILURES_SHOWN:
-        extra = len(report.failures) - FAILURES_SHOWN
+    if len(failures) > FAILURES_SHOWN:
+        extra = len(failures) - FAILURES_SHOWN
         click.echo(f"  ... and {extra} more failures", err=True)
 
 
@@ -125,10 +148,16 @@ def search(
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def status(as_json: bool) -> None:
     """Asset counts and, per model, collection, points, coverage and settings."""
-    from image_search_service.services.status import library_status
+    settings = load_settings()
+    server = running_server(settings)
+    if server is not None:
+        handing_off(server.url, as_json)
+        data = status_via_server(server)
+    else:
+        from image_search_service.services.status import library_status
 
-    with opened_context() as ctx:
-        data = library_status(ctx).as_dict()
+        with opened_context(settings) as ctx:
+            data = library_status(ctx).as_dict()
     if as_json:
         echo_json(data)
         return

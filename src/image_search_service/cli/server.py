@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from image_search_service.cli.remote import advertised
 from image_search_service.core.config import load_settings
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -45,7 +46,14 @@ def serve(host: str | None, port: int, preload: bool | None) -> None:
     else:
         host = host or "0.0.0.0"
     click.echo(f"serving on http://{host}:{port} (docs at /docs)", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port)
+    # The CLI finds this server in DATA_DIR and hands it the work on the store it holds.
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    with advertised(settings, f"http://{_bracketed(local)}:{port}") as withdraw:
+        uvicorn.run(create_app(settings, on_shutdown=withdraw), host=host, port=port)
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 COMMANDS: list[click.Command] = [serve]

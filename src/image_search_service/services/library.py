@@ -63,6 +63,7 @@ class IndexRun:
     path: str
     reason: str  # api, watch, start, cli
     queued_at: datetime
+    model: str = "auto"  # auto, all, or one model key (see models_to_index)
     started_at: datetime | None = None
     finished_at: datetime | None = None
     phase: str = "queued"  # queued, scanning, embedding, done, failed
@@ -75,6 +76,7 @@ class IndexRun:
         return {
             "path": self.path,
             "reason": self.reason,
+            "model": self.model,
             "phase": self.phase,
             "queued_at": self.queued_at,
             "started_at": self.started_at,
@@ -111,7 +113,7 @@ class LibraryIndexer:
         self._thread.start()
 
     # -- requests ----------------------------------------------------------------------
-    def submit(self, raw_path: str | Path, *, reason: str = "api") -> IndexRun:
+    def submit(self, raw_path: str | Path, *, reason: str = "api", model: str = "auto") -> IndexRun:
         """Queue ``raw_path`` (checked now: a missing or unreadable folder is an error).
         Returns the waiting request, or the one already waiting for the same folder."""
         path = str(check_folder(raw_path))
@@ -119,9 +121,9 @@ class LibraryIndexer:
             if self._stop.is_set():
                 raise ServiceError("the server is shutting down")
             for waiting in self._queue:
-                if waiting.path == path:
+                if waiting.path == path and waiting.model == model:
                     return waiting
-            run = IndexRun(path=path, reason=reason, queued_at=_now())
+            run = IndexRun(path=path, reason=reason, queued_at=_now(), model=model)
             self._queue.append(run)
             self._lock.notify_all()
             return run
@@ -201,7 +203,7 @@ class LibraryIndexer:
 
         try:
             check_folder(run.path)
-            keys = models_to_index(self._ctx, "auto")
+            keys = models_to_index(self._ctx, run.model)
             run.report = index_paths(
                 self._ctx, [Path(run.path)], model_keys=keys, progress=progress
             )

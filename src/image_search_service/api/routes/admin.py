@@ -13,6 +13,7 @@ from image_search_service.api.schemas import (
     IndexRequest,
     IndexStatusOut,
     IndexSubmissionOut,
+    LibraryStatusOut,
     ReembedProgressOut,
     ReembedRequest,
     ReembedSubmissionOut,
@@ -35,6 +36,7 @@ from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, cl
 from image_search_service.services.migration import submit_reembed
 from image_search_service.services.reembed import reembed_progress
 from image_search_service.services.rollout import MAX_HISTORY
+from image_search_service.services.status import library_status
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireApiKey])
 
@@ -155,7 +157,7 @@ def start_reembed(services: ServicesDep, body: ReembedRequest) -> ReembedSubmiss
     ),
 )
 def start_index(services: ServicesDep, body: IndexRequest) -> IndexSubmissionOut:
-    run = services.indexer.submit(body.path, reason="api")
+    run = services.indexer.submit(body.path, reason="api", model=body.model)
     return IndexSubmissionOut.model_validate(
         {"run": run.as_dict(), "status": services.indexer.status()}
     )
@@ -168,3 +170,12 @@ def start_index(services: ServicesDep, body: IndexRequest) -> IndexSubmissionOut
 )
 async def index_status(services: ServicesDep) -> IndexStatusOut:
     return IndexStatusOut.model_validate(services.indexer.status())
+
+
+@router.get(
+    "/status",
+    summary="Asset counts and, per model, collection, points and coverage",
+    responses=error_responses(Unauthorized, DatabaseUnavailable, VectorStoreUnavailable),
+)
+def status(services: ServicesDep) -> LibraryStatusOut:
+    return LibraryStatusOut.model_validate(library_status(services.ctx).as_dict())
