@@ -258,6 +258,19 @@ class TestPage:
         assert page.evaluate("reportEvent(undefined, 'x', 'click', 1)") is False
         assert page.evaluate("reportEvent(null, 'x', 'click', 1)") is False
 
+    def test_indexing_problems_are_shown(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        indexer = server.services.indexer
+        indexer.report_problem("watch:/media/usb", "watched folder /media/usb is unavailable")
+        try:
+            page.goto(server.url + "/")
+            page.wait_for_selector("#index-status:not([hidden])")
+            assert "/media/usb is unavailable" in page.inner_text("#index-status")
+        finally:
+            indexer.report_problem("watch:/media/usb", None)
+
     def test_screenshots_at_phone_and_desktop_width(
         self, browser: Any, library_server: tuple[LiveServer, list[Path]], tmp_path: Path
     ) -> None:
@@ -288,3 +301,35 @@ def test_an_empty_library_says_nothing_is_indexed_yet(
             "() => document.querySelector('#status').textContent.includes('Nothing indexed yet')"
         )
         assert _tile_ids(page) == []
+
+
+def test_upload_asks_for_the_key_once_and_keeps_it(
+    tmp_path: Path, tiny_models: dict[str, Path], encoders: EncoderRegistry, page: Any
+) -> None:
+    photos = [path for path, _ in write_library(tmp_path / "mine", 2, seed=5)]
+    settings = _settings(tmp_path, tiny_models, api_key="s3cret")
+    with live_server(settings, encoders=encoders) as server:
+        prompts: list[str] = []
+
+        def answer(dialog: Any) -> None:
+            prompts.append(dialog.message)
+            dialog.accept("s3cret")
+
+        page.on("dialog", answer)
+        page.goto(server.url + "/")
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('Nothing indexed yet')"
+        )
+        page.set_input_files("#upload-file", str(photos[0]))
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('1 photo in the library')"
+        )
+        page.set_input_files("#upload-file", str(photos[1]))
+        page.wait_for_function(
+            "t => document.querySelector('#status').textContent.includes(t)",
+            arg="2 photos in the library",
+        )
+        assert len(prompts) == 1, prompts  # asked once, then kept in this browser
+        assert page.evaluate("localStorage.getItem('imageSearchApiKey')") == "s3cret"
+        assert len(_tile_ids(page)) == 2
+        assert httpx.get(server.url + "/api/v1/assets").json()["total"] == 2

@@ -405,8 +405,10 @@ async function pollIndex() {
     const lines = [];
     if (status.current) {
       const run = status.current;
-      lines.push(`Indexing ${run.path}: ${run.done} of ${run.total ?? "?"} photos`);
+      lines.push(run.total === null ? `Scanning ${run.path}...`
+        : `Indexing ${run.path}: ${run.done} of ${run.total} photos`);
     }
+    if (status.queued && status.queued.length) lines.push(`${status.queued.length} more waiting`);
     for (const problem of status.problems || []) lines.push(problem);
     el.textContent = lines.join(" \u00b7 ");
     el.hidden = lines.length === 0;
