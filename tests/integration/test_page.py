@@ -296,11 +296,13 @@ def test_an_empty_library_says_nothing_is_indexed_yet(
     tmp_path: Path, tiny_models: dict[str, Path], encoders: EncoderRegistry, page: Any
 ) -> None:
     with live_server(_settings(tmp_path, tiny_models), encoders=encoders) as server:
-        page.goto(server.url + "/")
-        page.wait_for_function(
-            "() => document.querySelector('#status').textContent.includes('Nothing indexed yet')"
-        )
-        assert _tile_ids(page) == []
+        for url in ("/", "/?q=beach+sunset"):  # browsing, and a search before any index
+            page.goto(server.url + url)
+            page.wait_for_function(
+                "() => document.querySelector('#status').textContent.includes('Nothing indexed')"
+            )
+            assert _tile_ids(page) == []
+            assert "error" not in (page.get_attribute("#status", "class") or "")
 
 
 def test_upload_asks_for_the_key_once_and_keeps_it(

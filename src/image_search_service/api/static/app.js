@@ -228,6 +228,13 @@ function hasFilters() {
 
 function showError(err) {
   if (err instanceof ApiError) {
+    if (err.kind === "CollectionMissing") {
+      setStatus("Nothing indexed yet.", {
+        hint: "Index a folder (image-search index ~/Pictures, or LIBRARY_PATHS when serving), " +
+          "or upload photos with the Upload button.",
+      });
+      return;
+    }
     const hint = err.status === 503 ? "The server is starting or a store is down; try again shortly."
       : err.status === 404 && state.mode === "similar" ? "That photo is no longer in the library." : "";
     setStatus(`Error: ${err.message}`, { error: true, hint });
