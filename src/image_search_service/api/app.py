@@ -137,10 +137,22 @@ def _log_rollout(router: EmbeddingRouter) -> None:
         logger.warning("cannot check rollout coverage at start: %s", exc.detail)
         return
     logger.info(
-        "rollout: USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d",
+        "rollout: USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d (from the %s)",
         status["use_siglip"],
         status["siglip_rollout_percentage"],
+        status["flags_source"],
     )
+    env = router.flags.environment
+    if status["flags_source"] == "database" and (
+        env.use_siglip != status["use_siglip"]
+        or env.siglip_rollout_percentage != status["siglip_rollout_percentage"]
+    ):
+        logger.warning(
+            "the environment's USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d do not apply: the "
+            "flags were changed at run time (DELETE /api/v1/admin/rollout hands control back)",
+            env.use_siglip,
+            env.siglip_rollout_percentage,
+        )
     for key, state in status["models"].items():
         logger.info(
             "%s: collection %s, %d points, coverage %.1f%%, %s",
