@@ -168,3 +168,42 @@ class TestSharedAcrossProcesses:
         with api_client(env_says, encoders=encoders) as after:
             assert _flags(after) == (False, 40, "database")
             assert len(_history(after)) == 1
+
+
+class TestRefresh:
+    """The flags a process uses: re-read after ``refresh_s``, kept when the DB fails."""
+
+    def test_reread_after_the_refresh_interval_and_kept_when_the_db_fails(
+        self, make_settings: Callable[..., Settings], encoders: EncoderRegistry
+    ) -> None:
+        from sqlalchemy import text
+
+        from image_search_service.db import repository as repo
+        from image_search_service.services.context import open_context
+        from image_search_service.services.rollout import LiveRollout
+
+        now = [0.0]
+        ctx = open_context(make_settings(siglip_rollout_percentage=5), encoders=encoders)
+        try:
+            flags = LiveRollout(ctx, refresh_s=10.0, clock=lambda: now[0])
+            assert flags.current().siglip_rollout_percentage == 5
+            with ctx.transaction() as session:  # another process changes them
+                repo.set_rollout_flags(
+                    session,
+                    repo.RolloutFlags(False, 70),
+                    old=repo.RolloutFlags(False, 5),
+                    source="test",
+                )
+            now[0] = 9.0
+            assert flags.current().siglip_rollout_percentage == 5  # cached
+            now[0] = 10.5
+            assert flags.current().siglip_rollout_percentage == 70
+            assert flags.current().source == "database"
+
+            with ctx.engine.begin() as conn:  # the DB breaks under it
+                conn.execute(text("DROP TABLE rollout_settings"))
+            now[0] = 30.0
+            kept = flags.current()
+            assert (kept.siglip_rollout_percentage, kept.source) == (70, "database")
+        finally:
+            ctx.close()

@@ -54,6 +54,10 @@ def check_folder(raw: str | Path) -> Path:
     return path
 
 
+class ShuttingDown(ServiceError):
+    status_code = 503
+
+
 class _Stopped(Exception):
     """Raised from a progress tick to end a run at a batch boundary on shutdown."""
 
@@ -119,7 +123,7 @@ class LibraryIndexer:
         path = str(check_folder(raw_path))
         with self._lock:
             if self._stop.is_set():
-                raise ServiceError("the server is shutting down")
+                raise ShuttingDown("the server is shutting down")
             for waiting in self._queue:
                 if waiting.path == path and waiting.model == model:
                     return waiting
