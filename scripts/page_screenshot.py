@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--count", type=int, default=160)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--viewer", action="store_true", help="open the first result first")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,6 +75,13 @@ def main() -> None:
                         return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0);
                     }"""
                 )
+                if args.viewer:
+                    page.click("#grid li.tile button.open")
+                    page.wait_for_function(
+                        "() => document.querySelector('#viewer-image').naturalWidth > 0"
+                        " && document.querySelector('#viewer-facts').textContent.includes('Camera')"
+                        " || document.querySelector('#viewer-facts dt:nth-of-type(5)')"
+                    )
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(args.out))
                 browser.close()
