@@ -188,6 +188,45 @@ class TestPage:
         assert _tile_ids(page)[0] == _asset_id(server, example)
         assert example.name in page.inner_text("#example-label")
 
+    def test_dropping_a_photo_on_the_page_searches_by_it(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, pictures = library_server
+        target = _asset_id(server, pictures[7])
+        page.goto(server.url + "/")
+        page.wait_for_selector("#grid li.tile")
+        page.evaluate(
+            """async (url) => {
+                const blob = await (await fetch(url)).blob();
+                const data = new DataTransfer();
+                data.items.add(new File([blob], "dropped.jpg", { type: "image/jpeg" }));
+                document.dispatchEvent(new DragEvent("dragenter", { dataTransfer: data }));
+                document.dispatchEvent(new DragEvent("drop", { dataTransfer: data }));
+            }""",
+            f"/api/v1/assets/{target}/file",
+        )
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('answered by')"
+        )
+        assert _tile_ids(page)[0] == target
+        assert "dropped.jpg" in page.inner_text("#example-label")
+        assert page.is_hidden("#dropzone")
+
+    def test_date_filters_are_sent_with_the_last_day_included(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        with page.expect_request(lambda request: "/api/v1/search?" in request.url) as sent:
+            page.goto(f"{server.url}/?q=red&after=2020-01-01&before=2020-12-31")
+        query = parse_qs(urlparse(sent.value.url).query)
+        assert query["taken_after"] == ["2020-01-01"]
+        assert query["taken_before"] == ["2021-01-01"]  # "before" a day includes that day
+        assert page.input_value("#taken-before") == "2020-12-31"
+        # The generated pictures carry no capture date: nothing matches a date range.
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('No photos match')"
+        )
+
     def test_more_like_this_searches_by_the_result(
         self, page: Any, library_server: tuple[LiveServer, list[Path]]
     ) -> None:
