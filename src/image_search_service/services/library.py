@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 MAX_FINISHED = 20  # finished runs kept for the status
 RECHECK_MISSING_S = 5.0
+MAX_BATCH_FACTOR = 10
 
 
 def check_folder(raw: str | Path) -> Path:
@@ -236,6 +237,7 @@ class _Root:
     present: bool = True
     next_check: float = 0.0
     changes: int = field(default=0)
+    watched_before: bool = False
 
 
 class LibraryWatcher:
@@ -256,13 +258,11 @@ class LibraryWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="library-watcher", daemon=True)
 
-    def start(self, *, index_now: bool = True) -> None:
-        """Queue a full (incremental) index of every folder, then watch them."""
+    def start(self) -> None:
+        """Watch the folders; each is indexed (incrementally) once its watch is in place,
+        so nothing written between the scan and the watch is missed."""
         for root in self._roots:
-            if index_now:
-                self._queue(root, "start")
-            else:
-                self._check_present(root)
+            self._check_present(root)
         self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -312,16 +312,25 @@ class LibraryWatcher:
                 self._stop.wait(RECHECK_MISSING_S)
                 self._recheck_missing()
                 continue
+            scanned = False
             try:
                 for changes in watch(
                     *[r.path for r in watched],
-                    debounce=self._debounce_ms,
+                    # Yield once the folders were quiet for debounce_ms; during a long
+                    # import, at least every MAX_BATCH_FACTOR x that.
+                    step=self._debounce_ms,
+                    debounce=max(self._debounce_ms * MAX_BATCH_FACTOR, 10_000),
                     stop_event=self._stop,
                     rust_timeout=self._poll_ms,
                     yield_on_timeout=True,
                     raise_interrupt=False,
                     ignore_permission_denied=True,
                 ):
+                    if not scanned:  # the first yield: the watch is in place now
+                        scanned = True
+                        for root in watched:
+                            self._queue(root, "watch" if root.watched_before else "start")
+                            root.watched_before = True
                     self._handle(watched, {path for _, path in changes})
                     if self._recheck_missing() or any(not r.path.is_dir() for r in watched):
                         break  # a folder came back or went away: watch the new set
@@ -353,8 +362,7 @@ class LibraryWatcher:
             if root.present or now < root.next_check:
                 continue
             if self._check_present(root):
-                back = True
-                self._queue(root, "watch")  # changed while it was away
+                back = True  # the next watch session indexes it once it is watched again
             else:
                 root.next_check = now + RECHECK_MISSING_S
         return back
