@@ -226,6 +226,9 @@ class LibraryIndexer:
         except ServiceError as exc:
             run.phase, run.error = "failed", exc.detail
             logger.warning("indexing %s failed: %s", run.path, exc.detail)
+        except OSError as exc:  # the folder went away or became unreadable mid-run
+            run.phase, run.error = "failed", f"cannot read: {exc}"
+            logger.warning("indexing %s failed: %s", run.path, exc)
         except Exception as exc:  # the thread has nobody to raise to; keep it for the status
             run.phase, run.error = "failed", f"{type(exc).__name__}: {exc}"
             logger.exception("indexing %s failed", run.path)
