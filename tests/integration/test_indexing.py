@@ -195,3 +195,38 @@ def test_postgres_and_qdrant_client_adapter(
         assert hit.results[0].path == str(files[1].resolve())
     finally:
         ctx.close()
+
+
+def test_a_file_gone_before_it_is_read_stays_pending_not_failed(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    """A watched folder changes under a run: a file deleted (or a disk unmounted) between
+    the scan and the decode is not recorded as unreadable, which would stick."""
+    from image_search_service.services.pipeline import AssetRef, embed_assets
+
+    kept = write_jpeg(tmp_path / "lib" / "kept.jpg", seed=1)
+    gone = write_jpeg(tmp_path / "lib" / "gone.jpg", seed=2)
+    index_paths(ctx, [tmp_path / "lib"], model_keys=["clip"])
+    with ctx.transaction() as session:
+        refs = [AssetRef(repo.asset_by_path(session, str(p)).id, p) for p in (kept, gone)]  # type: ignore[union-attr]
+        repo.clear_embeddings(session, refs[1].id)
+    gone.unlink()
+    result = embed_assets(
+        refs,
+        encoders=[ctx.encoder("clip")],
+        store=ctx.store,
+        session_factory=ctx.session_factory,
+        batch_size=4,
+        decode_workers=1,
+        max_pixels=ctx.settings.max_image_pixels,
+    )
+    assert (result.done, result.failed, result.vanished) == (1, 0, 1)
+    with ctx.transaction() as session:
+        asset = repo.asset_by_path(session, str(gone))
+        assert asset is not None
+        assert asset.status == AssetStatus.ACTIVE
+        assert asset.error is None
+        assert repo.embedded_keys(session, asset.id) == {}
+    # Back again: the next run embeds it.
+    write_jpeg(gone, seed=2)
+    assert index_paths(ctx, [tmp_path / "lib"], model_keys=["clip"]).indexed == 1

@@ -9,7 +9,7 @@ Run it with ``image-search serve`` or
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
@@ -31,6 +31,7 @@ from image_search_service.api.routes import (
     health,
     ingest,
     metadata,
+    page,
     search,
 )
 from image_search_service.api.security import BrowserGuardMiddleware
@@ -41,6 +42,7 @@ from image_search_service.services.assets import AssetService
 from image_search_service.services.context import open_context
 from image_search_service.services.embedding_router import EmbeddingRouter
 from image_search_service.services.ingest import InProcessIngest
+from image_search_service.services.library import LibraryIndexer, LibraryWatcher
 from image_search_service.services.search import SearchService, TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
@@ -52,11 +54,15 @@ TEXT_CACHE_SIZE = 1024
 
 
 def create_app(
-    settings: Settings | None = None, *, encoders: EncoderRegistry | None = None
+    settings: Settings | None = None,
+    *,
+    encoders: EncoderRegistry | None = None,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The app. ``settings`` default to the environment; ``encoders`` lets a process
     share already-loaded models (tests); otherwise the app makes its own registry,
-    instrumented for the encoder-time metric."""
+    instrumented for the encoder-time metric. ``on_shutdown`` runs after the stores
+    are closed."""
     settings = settings or load_settings()
     metrics = ApiMetrics()
 
@@ -67,8 +73,11 @@ def create_app(
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(services.ingest.close)
-            await anyio.to_thread.run_sync(services.ctx.close)
+            try:
+                await anyio.to_thread.run_sync(services.close)
+            finally:
+                if on_shutdown is not None:
+                    on_shutdown()
 
     # /docs and /redoc with Swagger UI and ReDoc served from the package (no CDN):
     # they work offline and load no third-party script into the API's origin.
@@ -101,8 +110,9 @@ def create_app(
         trusted_origins=settings.trusted_origin_list,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, search, assets, metadata, embed, duplicates, ingest, admin):
+    for module in (health, search, assets, metadata, embed, duplicates, ingest, admin, page):
         app.include_router(module.router)
+    app.mount(page.STATIC_PREFIX, page.static_files(), name="static")
     return app
 
 
@@ -123,18 +133,32 @@ def _open_services(
             for key in router.models_in_use():
                 ctx.encoder(key).load()
         _log_rollout(router)
-        return AppServices(
-            ctx=ctx,
-            search=SearchService(ctx, text_cache=text_cache),
-            router=router,
-            assets=AssetService(ctx),
-            metrics=metrics,
-            ingest=InProcessIngest(ctx),
-            encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
-        )
+        # New vectors change coverage: the router re-checks it after each index run.
+        indexer = LibraryIndexer(ctx, on_finished=lambda _run: router.invalidate())
     except BaseException:
         ctx.close()
         raise
+    services = AppServices(
+        ctx=ctx,
+        search=SearchService(ctx, text_cache=text_cache),
+        router=router,
+        assets=AssetService(ctx),
+        metrics=metrics,
+        ingest=InProcessIngest(ctx),
+        encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
+        indexer=indexer,
+    )
+    try:
+        if settings.library_paths:
+            services.watcher = LibraryWatcher(
+                indexer, settings.library_paths, debounce_ms=settings.library_debounce_ms
+            )
+            services.watcher.start()
+            logger.info("watching %s", ", ".join(map(str, settings.library_paths)))
+    except BaseException:
+        services.close()
+        raise
+    return services
 
 
 def _log_rollout(router: EmbeddingRouter) -> None:
@@ -144,10 +168,22 @@ def _log_rollout(router: EmbeddingRouter) -> None:
         logger.warning("cannot check rollout coverage at start: %s", exc.detail)
         return
     logger.info(
-        "rollout: USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d",
+        "rollout: USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d (from the %s)",
         status["use_siglip"],
         status["siglip_rollout_percentage"],
+        status["flags_source"],
     )
+    env = router.flags.environment
+    if status["flags_source"] == "database" and (
+        env.use_siglip != status["use_siglip"]
+        or env.siglip_rollout_percentage != status["siglip_rollout_percentage"]
+    ):
+        logger.warning(
+            "the environment's USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d do not apply: the "
+            "flags were changed at run time (DELETE /api/v1/admin/rollout hands control back)",
+            env.use_siglip,
+            env.siglip_rollout_percentage,
+        )
     for key, state in status["models"].items():
         logger.info(
             "%s: collection %s, %d points, coverage %.1f%%, %s",

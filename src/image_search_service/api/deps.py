@@ -26,6 +26,7 @@ from image_search_service.services.embedding_router import (
     clean_user_id,
 )
 from image_search_service.services.ingest import InProcessIngest
+from image_search_service.services.library import LibraryIndexer, LibraryWatcher
 from image_search_service.services.search import SearchService
 
 
@@ -43,6 +44,19 @@ class AppServices:
     # Encoding saturates the CPU cores by itself; more concurrent forwards only add
     # memory and contention, so they queue here instead of in the generic thread pool.
     encode_limiter: anyio.CapacityLimiter
+    # Index runs (POST /admin/index, watched folders) on one background thread.
+    indexer: LibraryIndexer
+    watcher: LibraryWatcher | None = None
+
+    def close(self) -> None:
+        """Stop the background work first, then the stores it uses."""
+        try:
+            if self.watcher is not None:
+                self.watcher.close()
+            self.indexer.close()
+            self.ingest.close()
+        finally:
+            self.ctx.close()
 
 
 # Dependencies that only read memory are `async def`: FastAPI runs sync ones in the

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from image_search_service.core.config import ModelKey
 from image_search_service.core.specs import BASELINE
@@ -32,6 +32,14 @@ from image_search_service.services.search import (
     name_filter,
 )
 from image_search_service.vector.base import SearchFilter
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive times; every time the API gives carries its zone.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 ImageFormat = Literal["JPEG", "MPO", "PNG", "WEBP", "HEIF", "GIF", "TIFF", "AVIF"]
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -453,6 +461,10 @@ class UserRouteOut(BaseModel):
 class RolloutOut(BaseModel):
     use_siglip: bool
     siglip_rollout_percentage: int
+    flags_source: Literal["database", "environment"] = Field(
+        description="database: changed at run time (wins over the environment's flags)"
+    )
+    flags_refresh_s: float = Field(description="every process re-reads the flags this often")
     min_rollout_coverage: float | None
     coverage_cache_ttl_s: float
     baseline: ModelKey
@@ -614,3 +626,89 @@ class IngestOut(BaseModel):
     accepted: int = Field(description="distinct objects in the request")
     queued: int = Field(description="objects newly queued (the rest was already waiting)")
     job_id: str | None = Field(None, description="RQ: the job, named after its objects")
+
+
+class RolloutUpdate(BaseModel):
+    """``PUT /api/v1/admin/rollout``: a value left out keeps its current one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    use_siglip: bool | None = Field(None, description="send every user to the candidate")
+    siglip_rollout_percentage: int | None = Field(
+        None, ge=0, le=100, description="share of user buckets (0..100) sent to the candidate"
+    )
+
+
+class RolloutChangeOut(BaseModel):
+    changed_at: UtcDateTime
+    old_use_siglip: bool
+    old_siglip_rollout_percentage: int
+    new_use_siglip: bool
+    new_siglip_rollout_percentage: int
+    source: str
+
+
+class RolloutHistoryOut(BaseModel):
+    changes: list[RolloutChangeOut] = Field(description="newest first")
+
+
+# -- library indexing ------------------------------------------------------------------
+class IndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=4096, description="a folder on the server")
+    model: Literal["auto", "all", "clip", "siglip"] = Field(
+        "auto", description="auto: CLIP plus every model whose collection exists"
+    )
+
+
+class IndexReportOut(BaseModel):
+    scanned: int
+    indexed: int
+    skipped: int
+    duplicates: int
+    failed: int
+    missing: int
+    seconds: float
+    images_per_second: float
+    models: list[str]
+    failures: list[dict[str, str]]
+
+
+class IndexRunOut(BaseModel):
+    path: str
+    reason: str = Field(description="api, watch (a watched folder changed), start or cli")
+    model: str
+    phase: Literal["queued", "scanning", "embedding", "done", "failed"]
+    queued_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
+    total: int | None = Field(description="photos to embed, once the folder is scanned")
+    done: int
+    report: IndexReportOut | None
+    error: str | None
+
+
+class IndexStatusOut(BaseModel):
+    running: bool
+    current: IndexRunOut | None
+    queued: list[IndexRunOut]
+    finished: list[IndexRunOut] = Field(description="the latest runs, newest first")
+    problems: list[str] = Field(description="e.g. a watched folder that is unavailable")
+
+
+class IndexSubmissionOut(BaseModel):
+    run: IndexRunOut = Field(description="the queued request (or the one already waiting)")
+    status: IndexStatusOut
+
+
+class LibraryStatusOut(BaseModel):
+    """What ``image-search status --json`` prints, from the running server."""
+
+    assets: int = Field(description="searchable assets")
+    assets_total: int
+    failed: int
+    missing: int
+    vector_store: str
+    database: str
+    models: dict[str, dict[str, Any]]

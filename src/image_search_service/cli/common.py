@@ -28,6 +28,12 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def handing_off(url: str, quiet: bool = False) -> None:
+    """Say (on stderr) that a running server does this command's work."""
+    if not quiet:
+        click.echo(f"a server is running on this DATA_DIR ({url}): asking it", err=True)
+
+
 @contextmanager
 def opened_context(settings: Settings | None = None) -> Iterator[ServiceContext]:
     """The settings, DB, vector store and encoders for one command, closed after it."""

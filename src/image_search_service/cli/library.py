@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import click
@@ -13,8 +14,10 @@ from image_search_service.cli.common import (
     MODEL_CHOICE,
     ProgressBar,
     echo_json,
+    handing_off,
     opened_context,
 )
+from image_search_service.cli.remote import index_via_server, running_server, status_via_server
 from image_search_service.core.config import MODEL_KEYS, ModelKey, load_settings
 from image_search_service.core.specs import BASELINE
 from image_search_service.images.loading import SUPPORTED_FORMATS
@@ -36,29 +39,52 @@ def index(paths: tuple[str, ...], model: str, as_json: bool) -> None:
     incrementally; other files are listed as unsupported.
 
     A path may be a folder, a file or an S3-compatible bucket prefix
-    (s3://bucket/prefix/, configured by the standard AWS_* variables)."""
-    from image_search_service.services.indexing import index_paths, models_to_index
+    (s3://bucket/prefix/, configured by the standard AWS_* variables).
 
-    with opened_context() as ctx, ProgressBar("indexing") as bar:
-        keys = models_to_index(ctx, model)
-        report = index_paths(ctx, list(paths), model_keys=keys, progress=bar.start)
+    While `image-search serve` runs on this DATA_DIR, the server does the work."""
+    settings = load_settings()
+    server = running_server(settings)
+    if server is not None:
+        local = [Path(p) for p in paths]
+        for raw, path in zip(paths, local, strict=True):
+            # Checked here too, for the same message as without a server.
+            if not raw.startswith("s3://") and not path.exists():
+                raise FileNotFoundError(f"no such file or folder: {path.absolute()}")
+        handing_off(server.url, as_json)
+        with ProgressBar("indexing") as bar:
+            data = index_via_server(server, local, model=model, show=bar.show)
+        for error in data.pop("errors"):
+            click.echo(f"error: {error}", err=True)
+    else:
+        from image_search_service.services.indexing import index_paths, models_to_index
+
+        with opened_context(settings) as ctx, ProgressBar("indexing") as bar:
+            keys = models_to_index(ctx, model)
+            data = index_paths(ctx, list(paths), model_keys=keys, progress=bar.start).as_dict()
+    _print_index_report(data, as_json)
+
+
+def _print_index_report(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        echo_json(report.as_dict())
+        echo_json(report)
         return
     click.echo(
-        f"indexed {report.indexed}, skipped {report.skipped} "
-        f"({report.duplicates} duplicates), failed {report.failed}, missing {report.missing} "
-        f"- {report.scanned} files scanned in {report.seconds:.1f}s "
-        f"({report.images_per_second:.1f} images/s) with {', '.join(report.models)}"
+        f"indexed {report['indexed']}, skipped {report['skipped']} "
+        f"({report['duplicates']} duplicates), failed {report['failed']}, "
+        f"missing {report['missing']} - {report['scanned']} files scanned in "
+        f"{report['seconds']:.1f}s ({report['images_per_second']:.1f} images/s) "
+        f"with {', '.join(report['models'])}"
     )
-    if report.unsupported:
-        click.echo(f"  not indexed: {report.unsupported} files of unsupported formats", err=True)
-        for path in report.unsupported_files[:FAILURES_SHOWN]:
+    unsupported = report.get("unsupported", 0)
+    if unsupported:
+        click.echo(f"  not indexed: {unsupported} files of unsupported formats", err=True)
+        for path in report.get("unsupported_files", [])[:FAILURES_SHOWN]:
             click.echo(f"  unsupported: {path}", err=True)
-    for failure in report.failures[:FAILURES_SHOWN]:
+    failures = report["failures"]
+    for failure in failures[:FAILURES_SHOWN]:
         click.echo(f"  failed: {failure['path']}: {failure['error']}", err=True)
-    if len(report.failures) > FAILURES_SHOWN:
-        extra = len(report.failures) - FAILURES_SHOWN
+    if len(failures) > FAILURES_SHOWN:
+        extra = len(failures) - FAILURES_SHOWN
         click.echo(f"  ... and {extra} more failures", err=True)
 
 
@@ -206,10 +232,16 @@ def search(
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def status(as_json: bool) -> None:
     """Asset counts and, per model, collection, points, coverage and settings."""
-    from image_search_service.services.status import library_status
+    settings = load_settings()
+    server = running_server(settings)
+    if server is not None:
+        handing_off(server.url, as_json)
+        data = status_via_server(server)
+    else:
+        from image_search_service.services.status import library_status
 
-    with opened_context() as ctx:
-        data = library_status(ctx).as_dict()
+        with opened_context(settings) as ctx:
+            data = library_status(ctx).as_dict()
     if as_json:
         echo_json(data)
         return

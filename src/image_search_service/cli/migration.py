@@ -23,8 +23,10 @@ from image_search_service.cli.common import (
     ProgressBar,
     describe_eta,
     echo_json,
+    handing_off,
     opened_context,
 )
+from image_search_service.cli.remote import RemoteServer, reembed_via_server, running_server
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings, load_settings
 from image_search_service.core.errors import VectorStoreLocked
 from image_search_service.core.specs import model_spec
@@ -240,6 +242,12 @@ def _submit(
     from image_search_service.services.migration import submit_reembed
 
     settings = load_settings()
+    server = None if in_process else running_server(settings)
+    if server is not None:
+        _submit_to_server(
+            server, key, force=force, only_failed=only_failed, job_size=job_size, as_json=as_json
+        )
+        return
     with (
         redis_errors(settings.redis_url),
         opened_context(settings) as ctx,
@@ -288,6 +296,30 @@ def _submit(
     if run.aborted:
         click.echo(f"error: stopped early: {run.aborted}; run it again to resume", err=True)
         sys.exit(1)
+
+
+def _submit_to_server(
+    server: RemoteServer,
+    key: ModelKey,
+    *,
+    force: bool,
+    only_failed: bool,
+    job_size: int,
+    as_json: bool,
+) -> None:
+    handing_off(server.url, as_json)
+    with ProgressBar(f"re-embedding with {key}") as bar:
+        submission, progress = reembed_via_server(
+            server, key, force=force, only_failed=only_failed, job_size=job_size, show=bar.show
+        )
+    if as_json:
+        echo_json({"submission": submission, "progress": progress})
+        return
+    click.echo(
+        f"re-embedded with {key} by the server ({submission['runner']}): "
+        f"{progress['done']}/{progress['total']} done, {progress['failed']} failed, "
+        f"coverage {progress['coverage']:.1%}"
+    )
 
 
 @reembed.command("status")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from image_search_service.cli.remote import advertised
 from image_search_service.core.config import load_settings
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -48,7 +49,19 @@ def serve(host: str | None, port: int, preload: bool | None) -> None:
     from image_search_service.api.serving import settings_for_host, uvicorn_limits
 
     settings = settings_for_host(settings, host)
-    uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_limits(settings))
+    # The CLI finds this server in DATA_DIR and hands it the work on the store it holds.
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    with advertised(settings, f"http://{_bracketed(local)}:{port}") as withdraw:
+        uvicorn.run(
+            create_app(settings, on_shutdown=withdraw),
+            host=host,
+            port=port,
+            **uvicorn_limits(settings),
+        )
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 COMMANDS: list[click.Command] = [serve]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from image_search_service.core.errors import ConfigError
 
@@ -98,6 +98,15 @@ class Settings(BaseSettings):
     # serve; unset means "every asset the baseline covers".
     min_rollout_coverage: float | None = Field(None, ge=0.0, le=1.0)
     rollout_coverage_ttl_s: float = Field(5.0, ge=0.0, le=3600.0)
+    # How often a process re-reads the live rollout flags from the metadata DB (a change
+    # made with PUT /api/v1/admin/rollout reaches every process within this time).
+    rollout_refresh_s: float = Field(2.0, ge=0.0, le=300.0)
+
+    # Folders (comma-separated) the server indexes at start and then watches: photos
+    # added, changed or deleted there are searchable or gone within seconds.
+    library_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # Changes are gathered for this long after the last one before a re-index starts.
+    library_debounce_ms: int = Field(1000, ge=10, le=600_000)
 
     @field_validator("device")
     @classmethod
@@ -122,6 +131,13 @@ class Settings(BaseSettings):
         # unset would serve every interface with no key. Empty stays "unset".
         if isinstance(value, str) and value and not value.strip():
             raise ValueError("is only whitespace; set a real key or leave it empty")
+        return value
+
+    @field_validator("library_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(part.strip()).expanduser() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("database_url", "qdrant_url", "redis_url", "qdrant_api_key", "api_key")

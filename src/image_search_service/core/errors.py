@@ -71,3 +71,15 @@ class DatabaseUnavailable(ServiceError):
 
 class Unauthorized(ServiceError):
     status_code = 401
+
+
+class FolderNotFound(ServiceError):
+    """A folder to index does not exist (on the server's disk)."""
+
+    status_code = 422
+
+
+class FolderUnreadable(ServiceError):
+    """A folder to index exists but this process may not list or read it."""
+
+    status_code = 422

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Enum,
     Float,
@@ -174,3 +175,37 @@ class AssetTag(Base):
     tag_id: Mapped[int] = mapped_column(
         Integer, ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+class RolloutSetting(Base):
+    """The live rollout flags: one row (id 1), absent until first changed at run time,
+    in which case ``USE_SIGLIP`` / ``SIGLIP_ROLLOUT_PERCENTAGE`` apply."""
+
+    __tablename__ = "rollout_settings"
+    __table_args__ = (
+        CheckConstraint("id = 1", name="single_row"),
+        CheckConstraint("siglip_rollout_percentage BETWEEN 0 AND 100", name="percentage_range"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, default=1)
+    use_siglip: Mapped[bool] = mapped_column(Boolean)
+    siglip_rollout_percentage: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class RolloutChange(Base):
+    """One change of the rollout flags: when, from what, to what, by which way."""
+
+    __tablename__ = "rollout_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    changed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+    old_use_siglip: Mapped[bool] = mapped_column(Boolean)
+    old_siglip_rollout_percentage: Mapped[int] = mapped_column(Integer)
+    new_use_siglip: Mapped[bool] = mapped_column(Boolean)
+    new_siglip_rollout_percentage: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(64))

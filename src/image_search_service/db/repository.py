@@ -20,6 +20,8 @@ from image_search_service.db.models import (
     AssetEmbedding,
     AssetStatus,
     EmbeddingState,
+    RolloutChange,
+    RolloutSetting,
     utcnow,
 )
 from image_search_service.images.loading import ImageMeta
@@ -403,3 +405,66 @@ def embedded_ids_page(
     if after is not None:
         query = query.where(AssetEmbedding.asset_id > after)
     return list(session.scalars(query))
+
+
+# -- live rollout flags ------------------------------------------------------------------
+@dataclass(frozen=True)
+class RolloutFlags:
+    use_siglip: bool
+    siglip_rollout_percentage: int
+
+
+def rollout_flags(session: Session, *, for_update: bool = False) -> RolloutFlags | None:
+    """The flags set at run time, or None when they were never changed (the environment's
+    values apply then). ``for_update`` locks the row (PostgreSQL) so that two concurrent
+    changes record their history one after the other."""
+    query = select(RolloutSetting).where(RolloutSetting.id == 1)
+    row = session.scalar(query.with_for_update() if for_update else query)
+    if row is None:
+        return None
+    return RolloutFlags(row.use_siglip, row.siglip_rollout_percentage)
+
+
+def set_rollout_flags(
+    session: Session, new: RolloutFlags, *, old: RolloutFlags, source: str
+) -> RolloutChange:
+    """Store ``new`` as the live flags and record the change from ``old``."""
+    row = session.scalar(select(RolloutSetting).where(RolloutSetting.id == 1).with_for_update())
+    if row is None:
+        row = RolloutSetting(id=1)
+        session.add(row)
+    row.use_siglip = new.use_siglip
+    row.siglip_rollout_percentage = new.siglip_rollout_percentage
+    return record_rollout_change(session, old=old, new=new, source=source)
+
+
+def record_rollout_change(
+    session: Session, *, old: RolloutFlags, new: RolloutFlags, source: str
+) -> RolloutChange:
+    change = RolloutChange(
+        old_use_siglip=old.use_siglip,
+        old_siglip_rollout_percentage=old.siglip_rollout_percentage,
+        new_use_siglip=new.use_siglip,
+        new_siglip_rollout_percentage=new.siglip_rollout_percentage,
+        source=source[:64],
+    )
+    session.add(change)
+    session.flush()
+    return change
+
+
+def clear_rollout_flags(session: Session) -> bool:
+    """Forget the run-time flags (the environment's apply again); True if there were any."""
+    deleted = session.execute(delete(RolloutSetting).where(RolloutSetting.id == 1))
+    return bool(getattr(deleted, "rowcount", 0))
+
+
+def rollout_history(session: Session, *, limit: int) -> list[RolloutChange]:
+    """The latest changes, newest first."""
+    return list(
+        session.scalars(
+            select(RolloutChange)
+            .order_by(RolloutChange.changed_at.desc(), RolloutChange.id.desc())
+            .limit(limit)
+        )
+    )

@@ -21,6 +21,7 @@ from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.core.errors import InvalidRequest
 from image_search_service.core.specs import BASELINE, CANDIDATE
 from image_search_service.db import repository as repo
+from image_search_service.services.rollout import LiveRollout
 
 if TYPE_CHECKING:  # the bucket function stays importable without torch and the stores
     from image_search_service.services.context import ServiceContext
@@ -106,8 +107,9 @@ class EmbeddingRouter:
     ) -> None:
         settings = ctx.settings
         self._ctx = ctx
-        self.use_siglip = settings.use_siglip
-        self.percentage = settings.siglip_rollout_percentage
+        # USE_SIGLIP / SIGLIP_ROLLOUT_PERCENTAGE: the environment's, unless changed at run
+        # time (stored in the DB, re-read every ROLLOUT_REFRESH_S).
+        self.flags = LiveRollout(ctx, clock=clock)
         self.min_coverage = settings.min_rollout_coverage
         self.coverage_ttl_s = (
             settings.rollout_coverage_ttl_s if coverage_ttl_s is None else coverage_ttl_s
@@ -118,19 +120,25 @@ class EmbeddingRouter:
         self._cache: dict[ModelKey, tuple[float, Readiness]] = {}
         self._refresh_lock = threading.Lock()
 
+    @property
+    def use_siglip(self) -> bool:
+        return self.flags.current().use_siglip
+
+    @property
+    def percentage(self) -> int:
+        return self.flags.current().siglip_rollout_percentage
+
     # -- choosing ------------------------------------------------------------------------
     def select(self, user_id: str | None) -> tuple[ModelKey, int, str]:
         """(model, bucket, rule) from flags and bucket alone."""
         bucket = user_bucket(user_id) if user_id is not None else self._draw(BUCKETS)
-        if self.use_siglip:
+        flags = self.flags.current()  # read once: both values from the same moment
+        percentage = flags.siglip_rollout_percentage
+        if flags.use_siglip:
             return CANDIDATE, bucket, "USE_SIGLIP=true"
-        if bucket < self.percentage:
-            return (
-                CANDIDATE,
-                bucket,
-                f"bucket {bucket} < SIGLIP_ROLLOUT_PERCENTAGE={self.percentage}",
-            )
-        return BASELINE, bucket, f"bucket {bucket} >= SIGLIP_ROLLOUT_PERCENTAGE={self.percentage}"
+        if bucket < percentage:
+            return CANDIDATE, bucket, f"bucket {bucket} < SIGLIP_ROLLOUT_PERCENTAGE={percentage}"
+        return BASELINE, bucket, f"bucket {bucket} >= SIGLIP_ROLLOUT_PERCENTAGE={percentage}"
 
     def route(self, user_id: str | None) -> RouteDecision:
         return self._decide(user_id, self.readiness)
@@ -162,7 +170,8 @@ class EmbeddingRouter:
 
     def models_in_use(self) -> list[ModelKey]:
         """The models the flags can send traffic to (what ``PRELOAD_MODELS`` loads)."""
-        if self.use_siglip or self.percentage > 0:
+        flags = self.flags.current()
+        if flags.use_siglip or flags.siglip_rollout_percentage > 0:
             return [BASELINE, CANDIDATE]
         return [BASELINE]
 
@@ -259,9 +268,12 @@ class EmbeddingRouter:
         """Flags, each model's collection and readiness (checked now, not cached), and,
         given ``user_id``, that user's bucket and model."""
         states = {key: self.check_readiness(key) for key in MODEL_KEYS}
+        flags = self.flags.current()
         result: dict[str, Any] = {
-            "use_siglip": self.use_siglip,
-            "siglip_rollout_percentage": self.percentage,
+            "use_siglip": flags.use_siglip,
+            "siglip_rollout_percentage": flags.siglip_rollout_percentage,
+            "flags_source": flags.source,
+            "flags_refresh_s": self.flags.refresh_s,
             "min_rollout_coverage": self.min_coverage,
             "coverage_cache_ttl_s": self.coverage_ttl_s,
             "baseline": BASELINE,

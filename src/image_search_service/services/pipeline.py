@@ -46,6 +46,7 @@ class PipelineResult:
     failed: int = 0
     failures: list[tuple[UUID, str]] = field(default_factory=list)
     encode_seconds: float = 0.0
+    vanished: int = 0  # files gone before they were read: left pending
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class _Decoded:
     error: str | None
     photo: PhotoMetadata | None = None  # people, tags, caption, title (never fails)
     sidecar: str | None = None
+    vanished: bool = False  # the file was deleted or moved away before it was read
 
 
 ProgressFn = Callable[[int], None]
@@ -69,6 +71,10 @@ def _decode(ref: AssetRef, encoders: Sequence[Encoder], max_pixels: int) -> _Dec
         photo = read_metadata(ref.path)
         return _Decoded(ref, loaded.meta, tensors, None, photo, sidecar_signature(ref.path))
     except (UnsupportedImage, ImageTooLarge) as exc:
+        if not ref.path.exists():
+            # Not unreadable: gone (a watched folder changing under us, an unmounted disk).
+            # It stays pending; the next index run marks it missing or embeds it.
+            return _Decoded(ref, None, None, None, vanished=True)
         return _Decoded(ref, None, None, exc.detail)
     except Exception as exc:  # one file's failure, whatever it is, never the batch's
         logger.warning("cannot prepare %s: %s: %s", ref.path, type(exc).__name__, exc)
@@ -128,6 +134,9 @@ def embed_assets(
     )
     failed_batch: list[_Decoded] = []
     for item in decoded:
+        if item.vanished:
+            result.vanished += 1
+            continue
         if item.error is not None:
             failed_batch.append(item)
         else:

@@ -10,14 +10,22 @@ from image_search_service.api.deps import RequireApiKey, RequireJson, RouterDep,
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import (
+    IndexRequest,
+    IndexStatusOut,
+    IndexSubmissionOut,
+    LibraryStatusOut,
     ReembedProgressOut,
     ReembedRequest,
     ReembedSubmissionOut,
+    RolloutHistoryOut,
     RolloutOut,
+    RolloutUpdate,
 )
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
     DatabaseUnavailable,
+    FolderNotFound,
+    FolderUnreadable,
     InvalidRequest,
     ModelMismatch,
     Unauthorized,
@@ -27,6 +35,8 @@ from image_search_service.jobs.queue import QueueUnavailable
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, clean_user_id
 from image_search_service.services.migration import submit_reembed
 from image_search_service.services.reembed import reembed_progress
+from image_search_service.services.rollout import MAX_HISTORY
+from image_search_service.services.status import library_status
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireApiKey])
 
@@ -46,6 +56,50 @@ def rollout(
     ] = None,
 ) -> RolloutOut:
     return RolloutOut.model_validate(embedding_router.rollout_status(clean_user_id(user_id)))
+
+
+@router.put(
+    "/rollout",
+    summary="Change the rollout flags now, for every API process (stored in the metadata DB)",
+    dependencies=[RequireJson],
+    responses=error_responses(
+        Unauthorized,
+        InvalidRequest,
+        UnsupportedMediaType,
+        DatabaseUnavailable,
+        VectorStoreUnavailable,
+    ),
+)
+def change_rollout(embedding_router: RouterDep, body: RolloutUpdate) -> RolloutOut:
+    embedding_router.flags.set(
+        use_siglip=body.use_siglip,
+        siglip_rollout_percentage=body.siglip_rollout_percentage,
+        source="api",
+    )
+    return RolloutOut.model_validate(embedding_router.rollout_status())
+
+
+@router.delete(
+    "/rollout",
+    summary="Forget the run-time flags: USE_SIGLIP / SIGLIP_ROLLOUT_PERCENTAGE apply again",
+    responses=error_responses(Unauthorized, DatabaseUnavailable, VectorStoreUnavailable),
+)
+def reset_rollout(embedding_router: RouterDep) -> RolloutOut:
+    embedding_router.flags.reset(source="api")
+    return RolloutOut.model_validate(embedding_router.rollout_status())
+
+
+@router.get(
+    "/rollout/history",
+    summary="Every change of the rollout flags: when, old and new values",
+    responses=error_responses(Unauthorized, InvalidRequest, DatabaseUnavailable),
+)
+def rollout_history(
+    embedding_router: RouterDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_HISTORY)] = 50,
+) -> RolloutHistoryOut:
+    changes = embedding_router.flags.history(limit=limit)
+    return RolloutHistoryOut.model_validate({"changes": [c.as_dict() for c in changes]})
 
 
 @router.get(
@@ -91,3 +145,37 @@ def start_reembed(services: ServicesDep, body: ReembedRequest) -> ReembedSubmiss
     )
     services.router.invalidate()
     return ReembedSubmissionOut.model_validate(submission.as_dict())
+
+
+@router.post(
+    "/index",
+    status_code=202,
+    summary="Index a folder on the server (in the background, one run at a time)",
+    dependencies=[RequireJson],
+    responses=error_responses(
+        Unauthorized, InvalidRequest, FolderNotFound, FolderUnreadable, UnsupportedMediaType
+    ),
+)
+def start_index(services: ServicesDep, body: IndexRequest) -> IndexSubmissionOut:
+    run = services.indexer.submit(body.path, reason="api", model=body.model)
+    return IndexSubmissionOut.model_validate(
+        {"run": run.as_dict(), "status": services.indexer.status()}
+    )
+
+
+@router.get(
+    "/index",
+    summary="Indexing progress: the run in progress, the waiting ones, the latest results",
+    responses=error_responses(Unauthorized),
+)
+async def index_status(services: ServicesDep) -> IndexStatusOut:
+    return IndexStatusOut.model_validate(services.indexer.status())
+
+
+@router.get(
+    "/status",
+    summary="Asset counts and, per model, collection, points and coverage",
+    responses=error_responses(Unauthorized, DatabaseUnavailable, VectorStoreUnavailable),
+)
+def status(services: ServicesDep) -> LibraryStatusOut:
+    return LibraryStatusOut.model_validate(library_status(services.ctx).as_dict())

@@ -1,0 +1,211 @@
+"""Handing CLI work to a running server.
+
+The embedded vector store (Qdrant Edge, the default) is open in one process only: while
+``image-search serve`` runs, it holds it. ``serve`` writes its address to
+``DATA_DIR/server.json``; ``index``, ``status`` and ``reembed`` find it there and ask the
+server over HTTP (with ``API_KEY`` from the environment), showing progress by polling.
+Nothing is opened twice, so nothing can be lost or corrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from image_search_service.core.config import Settings
+from image_search_service.core.errors import ServiceError
+
+SERVER_FILE = "server.json"
+POLL_S = 0.5
+STALL_TIMEOUT_S = 600.0  # no progress for this long: stop waiting, the server log says why
+
+
+class ServerUnreachable(ServiceError):
+    status_code = 503
+
+
+def server_file(settings: Settings) -> Path:
+    return settings.data_dir / SERVER_FILE
+
+
+@contextmanager
+def advertised(settings: Settings, url: str) -> Iterator[Callable[[], None]]:
+    """Write ``DATA_DIR/server.json`` while ``serve`` runs; remove it after (if ours).
+    Yields the remover, for the app's shutdown: uvicorn re-raises the SIGTERM it caught
+    once the app has stopped, so code after it may never run."""
+    path = server_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"url": url, "pid": os.getpid(), "started_at": datetime.now(UTC).isoformat()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(path)
+
+    def remove() -> None:
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    try:
+        yield remove
+    finally:
+        remove()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class RemoteServer:
+    url: str
+    api_key: str | None
+    timeout_s: float = 30.0
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.api_key:
+            request.add_header("X-API-Key", self.api_key)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = json.loads(exc.read()).get("detail") or str(exc)
+            except ValueError:
+                detail = str(exc)
+            error = ServiceError(f"the server at {self.url} refused: {detail}")
+            error.status_code = exc.code
+            raise error from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ServerUnreachable(
+                f"a server is recorded in the data dir ({self.url}) but does not answer: {exc}"
+            ) from None
+
+
+def running_server(settings: Settings) -> RemoteServer | None:
+    """The server holding this DATA_DIR's embedded store, if one runs. With QDRANT_URL
+    the store is shared by design and the CLI works on its own."""
+    if settings.qdrant_url:
+        return None
+    try:
+        info = json.loads(server_file(settings).read_text())
+        url, pid = str(info["url"]), int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _alive(pid):
+        return None
+    return RemoteServer(url=url, api_key=settings.api_key)
+
+
+# -- the hand-offs -----------------------------------------------------------------------
+ProgressShow = Callable[[int, int, str], None]
+
+
+def index_via_server(
+    server: RemoteServer, paths: list[Path], *, model: str, show: ProgressShow
+) -> dict[str, Any]:
+    """Queue each folder on the server, follow the runs, return one merged report."""
+    queued: list[dict[str, Any]] = []
+    for path in paths:
+        body = {"path": str(path.expanduser().resolve()), "model": model}
+        queued.append(server.call("POST", "/api/v1/admin/index", body)["run"])
+    mine = {(run["path"], run["queued_at"]) for run in queued}
+    finished: dict[tuple[str, str], dict[str, Any]] = {}
+    while len(finished) < len(mine):
+        status = server.call("GET", "/api/v1/admin/index")
+        for run in status["finished"]:
+            key = (run["path"], run["queued_at"])
+            if key in mine:
+                finished[key] = run
+        current = status["current"]
+        if current and (current["path"], current["queued_at"]) in mine:
+            show(current["done"], current["total"] or 0, current["phase"])
+        if len(finished) < len(mine):
+            time.sleep(POLL_S)
+    return merge_reports([finished[(r["path"], r["queued_at"])] for r in queued])
+
+
+def merge_reports(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {
+        "scanned": 0,
+        "indexed": 0,
+        "skipped": 0,
+        "duplicates": 0,
+        "failed": 0,
+        "missing": 0,
+        "seconds": 0.0,
+        "images_per_second": 0.0,
+        "models": [],
+        "failures": [],
+        "errors": [],
+    }
+    for run in runs:
+        if run["error"]:
+            total["errors"].append(f"{run['path']}: {run['error']}")
+        report = run["report"] or {}
+        for name in ("scanned", "indexed", "skipped", "duplicates", "failed", "missing"):
+            total[name] += report.get(name, 0)
+        total["seconds"] += report.get("seconds", 0.0)
+        total["failures"].extend(report.get("failures", []))
+        for key in report.get("models", []):
+            if key not in total["models"]:
+                total["models"].append(key)
+    if total["seconds"]:
+        total["images_per_second"] = round(total["indexed"] / total["seconds"], 2)
+    return total
+
+
+def status_via_server(server: RemoteServer) -> dict[str, Any]:
+    result: dict[str, Any] = server.call("GET", "/api/v1/admin/status")
+    return result
+
+
+def reembed_via_server(
+    server: RemoteServer,
+    key: str,
+    *,
+    force: bool,
+    only_failed: bool,
+    job_size: int,
+    show: ProgressShow,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start the run on the server and follow it until nothing is pending (or it stalls)."""
+    body = {"model": key, "force": force, "only_failed": only_failed, "job_size": job_size}
+    submission: dict[str, Any] = server.call("POST", "/api/v1/admin/reembed", body)
+    last = -1
+    changed_at = time.monotonic()
+    while True:
+        progress: dict[str, Any] = server.call("GET", f"/api/v1/admin/reembed?target={key}")
+        position = progress["done"] + progress["failed"]
+        show(position, progress["total"], f"{progress['failed']} failed")
+        if progress["complete"]:
+            return submission, progress
+        if position != last:
+            last, changed_at = position, time.monotonic()
+        elif time.monotonic() - changed_at > STALL_TIMEOUT_S:
+            raise ServiceError(
+                f"the server made no re-embedding progress for {STALL_TIMEOUT_S:.0f}s "
+                f"({progress['pending']} pending); see its log, then run this again"
+            )
+        time.sleep(POLL_S)

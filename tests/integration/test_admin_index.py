@@ -1,0 +1,94 @@
+"""``POST /api/v1/admin/index``: a folder indexed by the running app on its background
+thread, one run at a time, with progress at ``GET /api/v1/admin/index``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from image_search_service.core.config import Settings
+from image_search_service.encoders.registry import EncoderRegistry
+from tests.integration.api_support import api_client, assert_error, services, write_library
+
+IDLE_TIMEOUT_S = 120
+
+
+@pytest.fixture
+def client(
+    make_settings: Callable[..., Settings], encoders: EncoderRegistry
+) -> Iterator[TestClient]:
+    with api_client(make_settings(), encoders=encoders) as test_client:
+        yield test_client
+
+
+def _wait_idle(client: TestClient) -> None:
+    assert services(client).indexer.wait_idle(IDLE_TIMEOUT_S), "indexing never finished"
+
+
+def test_indexes_a_folder_in_the_background_and_reports_it(
+    client: TestClient, tmp_path: Path
+) -> None:
+    library = write_library(tmp_path / "photos")
+    response = client.post("/api/v1/admin/index", json={"path": str(tmp_path / "photos")})
+    assert response.status_code == 202, response.text
+    assert response.json()["run"]["path"] == str((tmp_path / "photos").resolve())
+    _wait_idle(client)
+
+    status = client.get("/api/v1/admin/index").json()
+    assert status["running"] is False
+    assert status["current"] is None
+    [run] = status["finished"]
+    assert run["phase"] == "done", run
+    assert run["reason"] == "api"
+    assert run["total"] == run["done"] == len(library)
+    assert run["report"]["indexed"] == len(library)
+    assert client.get("/api/v1/assets").json()["total"] == len(library)
+    hits = client.get("/api/v1/search", params={"q": "a photo"}).json()["results"]
+    assert {hit["path"] for hit in hits} == {str(p) for p in library}
+
+    # Again: incremental, nothing new to embed.
+    client.post("/api/v1/admin/index", json={"path": str(tmp_path / "photos")})
+    _wait_idle(client)
+    again = client.get("/api/v1/admin/index").json()["finished"][0]
+    assert again["report"]["indexed"] == 0
+    assert again["report"]["skipped"] == len(library)
+
+
+@pytest.mark.parametrize("path", ["/no/such/folder", "relative/nowhere", "  ", "a\x00b"])
+def test_a_missing_folder_is_a_clear_4xx(client: TestClient, path: str) -> None:
+    response = client.post("/api/v1/admin/index", json={"path": path})
+    assert_error(response, 422)
+    assert response.json()["error"] in ("FolderNotFound", "InvalidRequest")
+    assert client.get("/api/v1/admin/index").json()["finished"] == []
+
+
+def test_a_bad_body_is_422(client: TestClient) -> None:
+    assert_error(client.post("/api/v1/admin/index", json={}), 422, "InvalidRequest")
+    assert_error(client.post("/api/v1/admin/index", json={"path": 3}), 422, "InvalidRequest")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder")
+def test_an_unreadable_folder_is_a_clear_4xx(client: TestClient, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        response = client.post("/api/v1/admin/index", json={"path": str(locked)})
+        assert_error(response, 422, "FolderUnreadable")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_needs_the_key_when_one_is_set(
+    make_settings: Callable[..., Settings], encoders: EncoderRegistry, tmp_path: Path
+) -> None:
+    with api_client(make_settings(api_key="k3y"), encoders=encoders) as keyed:
+        body = {"path": str(tmp_path)}
+        assert_error(keyed.post("/api/v1/admin/index", json=body), 401, "Unauthorized")
+        assert_error(keyed.get("/api/v1/admin/index"), 401, "Unauthorized")
+        ok = keyed.post("/api/v1/admin/index", json=body, headers={"X-API-Key": "k3y"})
+        assert ok.status_code == 202

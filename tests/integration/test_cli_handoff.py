@@ -1,0 +1,73 @@
+"""While `image-search serve` holds the embedded store, `index`, `status` and `reembed`
+hand their work to it over HTTP (found through DATA_DIR/server.json). Real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.api_support import write_library
+from tests.integration.live_server import serve_process, tiny_model_env
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "image_search_service.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_commands_work_while_the_server_runs(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    library = write_library(tmp_path / "photos")
+    data_dir = tmp_path / "data"
+    env = tiny_model_env(tiny_models, data_dir)
+    env["EMBEDDED_LOCK_TIMEOUT_S"] = "0.5"
+    with serve_process(tmp_path, env) as served:
+        recorded = json.loads((data_dir / "server.json").read_text())
+        assert recorded["pid"] == served.process.pid
+
+        # A relative path, as a person types it: resolved here, not in the server's cwd.
+        indexed = _cli(env, tmp_path, "index", "photos", "--json")
+        assert indexed.returncode == 0, indexed.stderr + served.log.read_text()[-3000:]
+        assert "a server is running" not in indexed.stdout  # the JSON stays parseable
+        report = json.loads(indexed.stdout)
+        assert report["indexed"] == len(library)
+        assert report["models"] == ["clip"]
+        found = served.client.get("/api/v1/search", params={"q": "photo", "limit": 50}).json()
+        assert {hit["path"] for hit in found["results"]} == {str(p) for p in library}
+
+        status = _cli(env, tmp_path, "status")
+        assert status.returncode == 0, status.stderr
+        assert "a server is running on this DATA_DIR" in status.stderr
+        assert f"assets: {len(library)} searchable" in status.stdout
+
+        reembedded = _cli(env, tmp_path, "reembed", "--to", "siglip", "--json")
+        assert reembedded.returncode == 0, reembedded.stderr + served.log.read_text()[-3000:]
+        progress = json.loads(reembedded.stdout)["progress"]
+        assert (progress["done"], progress["complete"]) == (len(library), True)
+        routed = served.client.get("/api/v1/admin/rollout", params={"user_id": "alice"}).json()
+        assert routed["models"]["siglip"]["ready"] is True
+
+        missing = _cli(env, tmp_path, "index", str(tmp_path / "nowhere"))
+        assert missing.returncode == 1
+        assert "no such file or folder" in missing.stderr
+        assert served.process.poll() is None
+    assert not (data_dir / "server.json").exists()  # removed on a clean stop
+
+    # A stale record (its process is gone) is ignored: the CLI opens the store itself.
+    (data_dir / "server.json").write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": 2**22}))
+    alone = _cli(env, tmp_path, "status", "--json")
+    assert alone.returncode == 0, alone.stderr
+    assert json.loads(alone.stdout)["models"]["siglip"]["points"] == len(library)

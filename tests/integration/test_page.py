@@ -1,0 +1,376 @@
+"""The search page in a real headless Chromium (Debian's ``chromium``, driven by
+Playwright) against a real uvicorn server on loopback serving a real indexed library."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+
+from image_search_service.core.config import Settings
+from image_search_service.db import repository as repo
+from image_search_service.demo.synthetic import write_library
+from image_search_service.encoders.registry import EncoderRegistry
+from image_search_service.services.indexing import index_paths
+from tests.integration.live_server import LiveServer, live_server
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+LIBRARY_SIZE = 48  # more than one page of 40 results
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}"),
+]
+
+
+def _settings(root: Path, tiny_models: dict[str, Path], **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": root / "data",
+        "clip_model_name": f"local-dir:{tiny_models['clip']}",
+        "clip_pretrained": "",
+        "siglip_model_name": f"local-dir:{tiny_models['siglip']}",
+        "siglip_pretrained": "",
+        "batch_size": 8,
+        "_env_file": None,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def library_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_models: dict[str, Path],
+    encoders: EncoderRegistry,
+) -> Iterator[tuple[LiveServer, list[Path]]]:
+    root = tmp_path_factory.mktemp("page")
+    pictures = [path for path, _ in write_library(root / "photos", LIBRARY_SIZE, seed=11)]
+    with live_server(_settings(root, tiny_models), encoders=encoders) as server:
+        report = index_paths(server.services.ctx, [root / "photos"], model_keys=["clip"])
+        assert report.indexed == LIBRARY_SIZE, report.failures
+        yield server, pictures
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=DESKTOP)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    context.close()
+    assert errors == [], errors  # no uncaught JavaScript error in any test
+
+
+def _tile_ids(page: Any) -> list[str]:
+    ids: list[str] = page.eval_on_selector_all(
+        "#grid li.tile", "tiles => tiles.map(t => t.dataset.assetId)"
+    )
+    return ids
+
+
+def _wait_thumbnails_loaded(page: Any) -> None:
+    """Every thumbnail in the first screenful decoded to a real image."""
+    page.wait_for_function(
+        """() => {
+            const imgs = Array.from(document.querySelectorAll('#grid img')).slice(0, 8);
+            return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
+        }"""
+    )
+
+
+def _asset_id(server: LiveServer, path: Path) -> str:
+    with server.services.ctx.transaction() as session:
+        asset = repo.asset_by_path(session, str(path))
+        assert asset is not None
+        return str(asset.id)
+
+
+class TestPage:
+    def test_is_served_at_root_without_any_external_asset(
+        self, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        response = httpx.get(server.url + "/")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in response.headers["content-security-policy"]
+        assert "http://" not in response.text
+        assert "https://" not in response.text
+        for asset in ("/static/app.js", "/static/app.css"):
+            assert asset in response.text
+            assert httpx.get(server.url + asset).status_code == 200
+
+    def test_query_in_url_shows_thumbnails_that_load(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        page.goto(f"{server.url}/?q=red+circle")
+        page.wait_for_selector("#grid li.tile img")
+        _wait_thumbnails_loaded(page)
+        assert page.input_value("#q") == "red circle"
+        expected = httpx.get(
+            f"{server.url}/api/v1/search", params={"q": "red circle", "limit": 40}
+        ).json()
+        assert _tile_ids(page) == [hit["asset_id"] for hit in expected["results"]]
+        assert "answered by clip" in page.inner_text("#status")
+        src = page.get_attribute("#grid li.tile img", "src")
+        assert src is not None
+        assert src.endswith("/thumbnail?size=256")
+        assert page.get_attribute("#grid li.tile img", "loading") == "lazy"
+
+    def test_typing_a_query_puts_it_in_the_url(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        page.goto(server.url + "/")
+        page.wait_for_selector("#grid li.tile")  # the library is browsable before a search
+        page.fill("#q", "blue star")
+        page.press("#q", "Enter")
+        page.wait_for_url("**/?q=blue+star")
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('clip')"
+        )
+        assert len(_tile_ids(page)) == 40
+
+    def test_scrolling_loads_the_next_page(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        page.goto(f"{server.url}/?q=green")
+        page.wait_for_selector("#grid li.tile")
+        page.wait_for_function("() => document.querySelectorAll('#grid li.tile').length === 40")
+        page.mouse.wheel(0, 20_000)
+        page.wait_for_function(
+            f"() => document.querySelectorAll('#grid li.tile').length === {LIBRARY_SIZE}"
+        )
+        assert len(set(_tile_ids(page))) == LIBRARY_SIZE  # no result shown twice
+
+    def test_search_by_example_finds_the_same_photo_first(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, pictures = library_server
+        example = pictures[5]
+        page.goto(server.url + "/")
+        page.wait_for_selector("#grid li.tile")
+        page.set_input_files("#example-file", str(example))
+        page.wait_for_function("() => !document.querySelector('#example').hidden")
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('answered by')"
+        )
+        _wait_thumbnails_loaded(page)
+        assert _tile_ids(page)[0] == _asset_id(server, example)
+        assert example.name in page.inner_text("#example-label")
+
+    def test_dropping_a_photo_on_the_page_searches_by_it(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, pictures = library_server
+        target = _asset_id(server, pictures[7])
+        page.goto(server.url + "/")
+        page.wait_for_selector("#grid li.tile")
+        page.evaluate(
+            """async (url) => {
+                const blob = await (await fetch(url)).blob();
+                const data = new DataTransfer();
+                data.items.add(new File([blob], "dropped.jpg", { type: "image/jpeg" }));
+                document.dispatchEvent(new DragEvent("dragenter", { dataTransfer: data }));
+                document.dispatchEvent(new DragEvent("drop", { dataTransfer: data }));
+            }""",
+            f"/api/v1/assets/{target}/file",
+        )
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('answered by')"
+        )
+        assert _tile_ids(page)[0] == target
+        assert "dropped.jpg" in page.inner_text("#example-label")
+        assert page.is_hidden("#dropzone")
+
+    def test_date_filters_are_sent_with_the_last_day_included(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        with page.expect_request(lambda request: "/api/v1/search?" in request.url) as sent:
+            page.goto(f"{server.url}/?q=red&after=2020-01-01&before=2020-12-31")
+        query = parse_qs(urlparse(sent.value.url).query)
+        assert query["taken_after"] == ["2020-01-01"]
+        assert query["taken_before"] == ["2021-01-01"]  # "before" a day includes that day
+        assert page.input_value("#taken-before") == "2020-12-31"
+        # The generated pictures carry no capture date: nothing matches a date range.
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('No photos match')"
+        )
+
+    def test_more_like_this_searches_by_the_result(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        page.goto(f"{server.url}/?q=yellow+square")
+        page.wait_for_selector("#grid li.tile")
+        source = _tile_ids(page)[2]
+        page.click(f'#grid li.tile[data-asset-id="{source}"] button.similar')
+        page.wait_for_url(f"**/?similar={source}")
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('answered by')"
+        )
+        expected = httpx.get(
+            f"{server.url}/api/v1/search/similar/{source}", params={"limit": 40}
+        ).json()
+        shown = _tile_ids(page)
+        assert shown == [hit["asset_id"] for hit in expected["results"]]
+        assert source not in shown
+        assert page.input_value("#q") == ""
+
+    def test_viewer_shows_the_photo_and_the_model_and_works_by_keyboard(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        page.goto(f"{server.url}/?q=circle")
+        page.wait_for_selector("#grid li.tile")
+        page.focus("#grid li.tile button.open")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#viewer[open]")
+        page.wait_for_function(
+            "() => document.querySelector('#viewer-image').complete"
+            " && document.querySelector('#viewer-image').naturalWidth > 0"
+        )
+        facts = page.inner_text("#viewer-facts")
+        first = httpx.get(f"{server.url}/api/v1/assets/{_tile_ids(page)[0]}").json()
+        assert first["path"] in facts
+        assert "clip (collection image_assets)" in facts
+        assert "Taken" in facts
+        page.keyboard.press("ArrowRight")
+        second = _tile_ids(page)[1]
+        page.wait_for_function(
+            f"() => document.querySelector('#viewer-image').src.includes('{second}')"
+        )
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#viewer", state="hidden")
+
+    def test_filters_travel_in_the_url_and_an_empty_result_says_so(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        page.goto(f"{server.url}/?q=red&format=WEBP")  # the library holds JPEGs only
+        page.wait_for_function("() => document.querySelector('#status').textContent.length > 0")
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('No photos match')"
+        )
+        assert _tile_ids(page) == []
+        assert page.input_value("#format") == "WEBP"
+        page.click("#clear-filters")
+        page.wait_for_selector("#grid li.tile")
+        assert parse_qs(urlparse(page.url).query) == {"q": ["red"]}
+
+    def test_report_event_hook_only_fires_with_a_search_id(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        page.goto(server.url + "/")
+        assert page.evaluate("typeof window.reportEvent") == "function"
+        assert page.evaluate("reportEvent(undefined, 'x', 'click', 1)") is False
+        assert page.evaluate("reportEvent(null, 'x', 'click', 1)") is False
+
+    def test_indexing_problems_are_shown(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        indexer = server.services.indexer
+        indexer.report_problem("watch:/media/usb", "watched folder /media/usb is unavailable")
+        try:
+            page.goto(server.url + "/")
+            page.wait_for_selector("#index-status:not([hidden])")
+            assert "/media/usb is unavailable" in page.inner_text("#index-status")
+        finally:
+            indexer.report_problem("watch:/media/usb", None)
+
+    def test_screenshots_at_phone_and_desktop_width(
+        self, browser: Any, library_server: tuple[LiveServer, list[Path]], tmp_path: Path
+    ) -> None:
+        server, _ = library_server
+        for name, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
+            context = browser.new_context(viewport=viewport)
+            tab = context.new_page()
+            tab.goto(f"{server.url}/?q=red+circle")
+            tab.wait_for_selector("#grid li.tile img")
+            _wait_thumbnails_loaded(tab)
+            # Nothing wider than the screen: no sideways scrolling on a phone.
+            assert tab.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+            target = tmp_path / f"page-{name}.png"
+            tab.screenshot(path=str(target))
+            assert target.stat().st_size > 10_000
+            out = os.environ.get("PAGE_SCREENSHOT_DIR")
+            if out:
+                shutil.copy(target, Path(out) / target.name)
+            context.close()
+
+
+def test_an_empty_library_says_nothing_is_indexed_yet(
+    tmp_path: Path, tiny_models: dict[str, Path], encoders: EncoderRegistry, page: Any
+) -> None:
+    with live_server(_settings(tmp_path, tiny_models), encoders=encoders) as server:
+        for url in ("/", "/?q=beach+sunset"):  # browsing, and a search before any index
+            page.goto(server.url + url)
+            page.wait_for_function(
+                "() => document.querySelector('#status').textContent.includes('Nothing indexed')"
+            )
+            assert _tile_ids(page) == []
+            assert "error" not in (page.get_attribute("#status", "class") or "")
+
+
+def test_upload_asks_for_the_key_once_and_keeps_it(
+    tmp_path: Path, tiny_models: dict[str, Path], encoders: EncoderRegistry, page: Any
+) -> None:
+    photos = [path for path, _ in write_library(tmp_path / "mine", 2, seed=5)]
+    settings = _settings(tmp_path, tiny_models, api_key="s3cret")
+    with live_server(settings, encoders=encoders) as server:
+        prompts: list[str] = []
+
+        def answer(dialog: Any) -> None:
+            prompts.append(dialog.message)
+            dialog.accept("s3cret")
+
+        page.on("dialog", answer)
+        page.goto(server.url + "/")
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('Nothing indexed yet')"
+        )
+        page.set_input_files("#upload-file", str(photos[0]))
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('1 photo in the library')"
+        )
+        page.set_input_files("#upload-file", str(photos[1]))
+        page.wait_for_function(
+            "t => document.querySelector('#status').textContent.includes(t)",
+            arg="2 photos in the library",
+        )
+        assert len(prompts) == 1, prompts  # asked once, then kept in this browser
+        assert page.evaluate("localStorage.getItem('imageSearchApiKey')") == "s3cret"
+        assert len(_tile_ids(page)) == 2
+        assert httpx.get(server.url + "/api/v1/assets").json()["total"] == 2
