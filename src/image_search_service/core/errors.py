@@ -65,3 +65,15 @@ class DatabaseUnavailable(ServiceError):
 
 class Unauthorized(ServiceError):
     status_code = 401
+
+
+class SearchNotFound(ServiceError):
+    """An event names a search that was never recorded here, or has expired."""
+
+    status_code = 404
+
+
+class TooManyEvents(ServiceError):
+    """A search already holds as many events as one search may."""
+
+    status_code = 429
