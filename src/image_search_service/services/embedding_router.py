@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from image_search_service.core.config import MODEL_KEYS, ModelKey
+from image_search_service.core.config import INTERLEAVED, MODEL_KEYS, Arm, ModelKey
 from image_search_service.core.errors import InvalidRequest
 from image_search_service.core.specs import BASELINE, CANDIDATE
 from image_search_service.db import repository as repo
@@ -79,13 +79,21 @@ class RouteDecision:
     rule: str  # why ``selected`` was chosen
     fallback_code: str | None = None
     fallback_reason: str | None = None
+    # Both models answer and their results are merged by team draft (``model`` is then
+    # the candidate, whose readiness allowed it; the baseline always serves).
+    interleave: bool = False
 
     @property
     def anonymous(self) -> bool:
         return self.user_id is None
 
+    @property
+    def arm(self) -> Arm:
+        """The experiment arm: the answering model, or ``interleaved``."""
+        return INTERLEAVED if self.interleave else self.model
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "anonymous": self.anonymous}
+        return {**asdict(self), "anonymous": self.anonymous, "arm": self.arm}
 
 
 class EmbeddingRouter:
@@ -108,6 +116,7 @@ class EmbeddingRouter:
         self._ctx = ctx
         self.use_siglip = settings.use_siglip
         self.percentage = settings.siglip_rollout_percentage
+        self.interleave_percentage = settings.interleave_percentage
         self.min_coverage = settings.min_rollout_coverage
         self.coverage_ttl_s = (
             settings.rollout_coverage_ttl_s if coverage_ttl_s is None else coverage_ttl_s
@@ -120,10 +129,18 @@ class EmbeddingRouter:
 
     # -- choosing ------------------------------------------------------------------------
     def select(self, user_id: str | None) -> tuple[ModelKey, int, str]:
-        """(model, bucket, rule) from flags and bucket alone."""
+        """(model, bucket, rule) from flags and bucket alone. An interleaved user's
+        model is the candidate (the rule says ``interleaved``): see :meth:`interleaves`."""
         bucket = user_bucket(user_id) if user_id is not None else self._draw(BUCKETS)
         if self.use_siglip:
             return CANDIDATE, bucket, "USE_SIGLIP=true"
+        if self.interleaves(bucket):
+            return (
+                CANDIDATE,
+                bucket,
+                f"bucket {bucket} >= {BUCKETS - self.interleave_percentage} "
+                f"(INTERLEAVE_PERCENTAGE={self.interleave_percentage}): interleaved",
+            )
         if bucket < self.percentage:
             return (
                 CANDIDATE,
@@ -131,6 +148,11 @@ class EmbeddingRouter:
                 f"bucket {bucket} < SIGLIP_ROLLOUT_PERCENTAGE={self.percentage}",
             )
         return BASELINE, bucket, f"bucket {bucket} >= SIGLIP_ROLLOUT_PERCENTAGE={self.percentage}"
+
+    def interleaves(self, bucket: int) -> bool:
+        """The interleaving share is counted from the top bucket down, the SigLIP share
+        from the bottom up, so the two never overlap (settings check the sum)."""
+        return not self.use_siglip and bucket >= BUCKETS - self.interleave_percentage
 
     def route(self, user_id: str | None) -> RouteDecision:
         return self._decide(user_id, self.readiness)
@@ -146,6 +168,7 @@ class EmbeddingRouter:
             user_id=user_id,
             bucket=bucket,
             rule=rule,
+            interleave=self.interleaves(bucket),
         )
         if selected == BASELINE:
             return decision  # the baseline is what we fall back to: nothing to guard
@@ -156,13 +179,14 @@ class EmbeddingRouter:
             decision,
             model=BASELINE,
             collection=self._ctx.spec(BASELINE).collection,
+            interleave=False,
             fallback_code=state.reason_code,
             fallback_reason=f"{state.reason}; answered by {BASELINE}",
         )
 
     def models_in_use(self) -> list[ModelKey]:
         """The models the flags can send traffic to (what ``PRELOAD_MODELS`` loads)."""
-        if self.use_siglip or self.percentage > 0:
+        if self.use_siglip or self.percentage > 0 or self.interleave_percentage > 0:
             return [BASELINE, CANDIDATE]
         return [BASELINE]
 
@@ -262,6 +286,7 @@ class EmbeddingRouter:
         result: dict[str, Any] = {
             "use_siglip": self.use_siglip,
             "siglip_rollout_percentage": self.percentage,
+            "interleave_percentage": self.interleave_percentage,
             "min_rollout_coverage": self.min_coverage,
             "coverage_cache_ttl_s": self.coverage_ttl_s,
             "baseline": BASELINE,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -13,14 +15,15 @@ from uuid import UUID
 import numpy as np
 from cachetools import LRUCache
 
-from image_search_service.core.config import ModelKey
+from image_search_service.core.config import INTERLEAVED, Arm, ModelKey
 from image_search_service.core.errors import AssetNotFound, InvalidRequest
-from image_search_service.core.specs import ModelSpec
+from image_search_service.core.specs import BASELINE, CANDIDATE, ModelSpec
 from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetStatus
 from image_search_service.encoders.base import Encoder, FloatArray
 from image_search_service.images.loading import load_image
 from image_search_service.services.context import ServiceContext
+from image_search_service.services.interleaving import team_draft
 from image_search_service.vector.base import SearchFilter
 
 MAX_QUERY_CHARS = 1000
@@ -38,10 +41,12 @@ class SearchHit:
     height: int | None
     format: str | None
     taken_at: datetime | None
+    model: ModelKey  # the model that found it (for interleaving: the team that picked it)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "asset_id": str(self.asset_id),
+            "model": self.model,
             "path": self.path,
             "score": round(self.score, 6),
             "calibrated_score": (
@@ -62,11 +67,16 @@ class SearchOutcome:
     limit: int
     offset: int
     took_ms: float
+    interleaved: bool = False  # both models answered; each hit says which one
+
+    @property
+    def arm(self) -> Arm:
+        return INTERLEAVED if self.interleaved else self.model
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "results": [hit.as_dict() for hit in self.results],
-            "model": self.model,
+            "model": self.arm,
             "collection": self.collection,
             "limit": self.limit,
             "offset": self.offset,
@@ -91,6 +101,43 @@ class SearchOptions:
         f = self.search_filter
         if f and f.taken_after and f.taken_before and f.taken_after >= f.taken_before:
             raise InvalidRequest("taken_after must be earlier than taken_before")
+
+
+SearchRun = Callable[[ModelKey, "SearchOptions"], "SearchOutcome"]
+
+
+def interleaved_search(run: SearchRun, options: SearchOptions, *, seed: int) -> SearchOutcome:
+    """Both models answer the same query; their rankings are merged by team draft.
+
+    Each model is asked for ``offset + limit`` results from the top (at most
+    ``MAX_LIMIT``), and the merged list is cut at ``offset``, so (with the same
+    ``seed``) page two continues page one.
+    """
+    options.validate()
+    started = time.perf_counter()
+    wide = SearchOptions(
+        limit=min(options.offset + options.limit, MAX_LIMIT),
+        offset=0,
+        min_score=options.min_score,
+        search_filter=options.search_filter,
+    )
+    baseline = run(BASELINE, wide)
+    candidate = run(CANDIDATE, wide)
+    merged = team_draft(
+        [(h.asset_id, h) for h in baseline.results],
+        [(h.asset_id, h) for h in candidate.results],
+        length=options.offset + options.limit,
+        rng=random.Random(seed),
+    )
+    return SearchOutcome(
+        results=[hit for hit, _team in merged[options.offset :]],
+        model=CANDIDATE,
+        collection=f"{baseline.collection}+{candidate.collection}",
+        limit=options.limit,
+        offset=options.offset,
+        took_ms=(time.perf_counter() - started) * 1000,
+        interleaved=True,
+    )
 
 
 class TextEmbeddingCache:
@@ -217,6 +264,7 @@ class SearchService:
                     height=asset.height,
                     format=asset.format,
                     taken_at=asset.taken_at,
+                    model=model,
                 )
             )
         return SearchOutcome(

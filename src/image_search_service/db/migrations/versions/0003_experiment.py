@@ -53,9 +53,7 @@ def upgrade() -> None:
             "clicks",
         ],
     )
-    op.create_index(
-        "ix_experiment_searches_user", "experiment_searches", ["user_id", "created_at"]
-    )
+    op.create_index("ix_experiment_searches_user", "experiment_searches", ["user_id", "created_at"])
     op.create_table(
         "experiment_results",
         sa.Column("search_id", sa.Uuid(), nullable=False),
@@ -83,9 +81,7 @@ def upgrade() -> None:
             name=op.f("fk_experiment_events_search_id_experiment_searches"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint(
-            "search_id", "asset_id", "type", name=op.f("pk_experiment_events")
-        ),
+        sa.PrimaryKeyConstraint("search_id", "asset_id", "type", name=op.f("pk_experiment_events")),
     )
 
 
