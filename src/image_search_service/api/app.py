@@ -20,7 +20,7 @@ from image_search_service.api.body_limit import BodySizeLimitMiddleware
 from image_search_service.api.deps import AppServices
 from image_search_service.api.errors import install_error_handlers
 from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
-from image_search_service.api.routes import API_PREFIX, admin, assets, health, search
+from image_search_service.api.routes import API_PREFIX, admin, assets, events, health, search
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
 from image_search_service.encoders.registry import EncoderRegistry
@@ -28,6 +28,7 @@ from image_search_service.services.assets import AssetService
 from image_search_service.services.context import open_context
 from image_search_service.services.embedding_router import EmbeddingRouter
 from image_search_service.services.search import SearchService, TextEmbeddingCache
+from image_search_service.services.search_log import SearchLog
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def create_app(
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(services.search_log.close)
             await anyio.to_thread.run_sync(services.ctx.close)
 
     app = FastAPI(
@@ -66,10 +68,11 @@ def create_app(
     app.add_middleware(
         BodySizeLimitMiddleware,
         upload_paths=frozenset({f"{API_PREFIX}/assets", f"{API_PREFIX}/search/image"}),
+        tiny_paths=frozenset({f"{API_PREFIX}/events"}),
         max_upload_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, search, assets, admin):
+    for module in (health, search, assets, events, admin):
         app.include_router(module.router)
     return app
 
@@ -93,12 +96,15 @@ def _open_services(
             for key in router.models_in_use():
                 ctx.encoder(key).load()
         _log_rollout(router)
+        search_log = SearchLog(ctx)
+        metrics.track_search_log(search_log)
         return AppServices(
             ctx=ctx,
             search=SearchService(ctx, text_cache=text_cache),
             router=router,
             assets=AssetService(ctx),
             metrics=metrics,
+            search_log=search_log,
             encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
         )
     except BaseException:

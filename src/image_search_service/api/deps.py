@@ -26,6 +26,7 @@ from image_search_service.services.embedding_router import (
     clean_user_id,
 )
 from image_search_service.services.search import SearchService
+from image_search_service.services.search_log import SearchLog
 
 
 @dataclass
@@ -37,6 +38,7 @@ class AppServices:
     router: EmbeddingRouter
     assets: AssetService
     metrics: ApiMetrics
+    search_log: SearchLog
     # Encoding saturates the CPU cores by itself; more concurrent forwards only add
     # memory and contention, so they queue here instead of in the generic thread pool.
     encode_limiter: anyio.CapacityLimiter

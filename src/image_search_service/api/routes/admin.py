@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from image_search_service.api.deps import RequireApiKey, RequireJson, RouterDep, ServicesDep
+from image_search_service.api.deps import (
+    DbSession,
+    RequireApiKey,
+    RequireJson,
+    RouterDep,
+    ServicesDep,
+)
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import (
+    ExperimentReportOut,
     ReembedProgressOut,
     ReembedRequest,
     ReembedSubmissionOut,
@@ -25,6 +33,7 @@ from image_search_service.core.errors import (
 )
 from image_search_service.jobs.queue import QueueUnavailable
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, clean_user_id
+from image_search_service.services.experiment import DEFAULT_MIN_EFFECT, experiment_report
 from image_search_service.services.migration import submit_reembed
 from image_search_service.services.reembed import reembed_progress
 
@@ -91,3 +100,24 @@ def start_reembed(services: ServicesDep, body: ReembedRequest) -> ReembedSubmiss
     )
     services.router.invalidate()
     return ReembedSubmissionOut.model_validate(submission.as_dict())
+
+
+@router.get(
+    "/experiment",
+    summary="The rollout experiment: per-arm metrics, differences with significance, "
+    "interleaving wins and losses, sample size still needed, and a recommendation",
+    responses=error_responses(Unauthorized, DatabaseUnavailable),
+)
+def experiment(
+    services: ServicesDep,
+    session: DbSession,
+    since: Annotated[
+        datetime | None, Query(description="only searches at or after (ISO 8601; naive is UTC)")
+    ] = None,
+    min_effect: Annotated[
+        float,
+        Query(gt=0, lt=1, description="the absolute CTR change the sample size is sized for"),
+    ] = DEFAULT_MIN_EFFECT,
+) -> ExperimentReportOut:
+    report = experiment_report(session, services.ctx.settings, since=since, min_effect=min_effect)
+    return ExperimentReportOut.model_validate(report.as_dict())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable
+import uuid
 from typing import Annotated
 from uuid import UUID
 
@@ -26,7 +27,6 @@ from image_search_service.api.schemas import (
     TextSearchParams,
 )
 from image_search_service.api.uploads import read_upload
-from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
     AssetNotFound,
     CollectionMissing,
@@ -39,7 +39,13 @@ from image_search_service.core.errors import (
     VectorStoreUnavailable,
 )
 from image_search_service.services.embedding_router import RouteDecision, clean_user_id
-from image_search_service.services.search import SearchOutcome
+from image_search_service.services.interleaving import draft_seed
+from image_search_service.services.search import (
+    SearchOptions,
+    SearchOutcome,
+    SearchRun,
+    interleaved_search,
+)
 
 router = APIRouter(prefix=f"{API_PREFIX}/search", tags=["search"])
 
@@ -59,21 +65,32 @@ async def _routed(
     user_id: str | None,
     *,
     kind: str,
-    search: Callable[[ModelKey], SearchOutcome],
+    query: str,
+    options: SearchOptions,
+    search: SearchRun,
     encodes: bool = True,
 ) -> SearchResponse:
-    """Route the request, run the search off the event loop, shape the answer."""
+    """Route the request, run the search off the event loop (both models, merged, for
+    an interleaved user), record it in the experiment log, shape the answer."""
     started = time.perf_counter()
 
     def work() -> tuple[RouteDecision, SearchOutcome]:
         decision = services.router.route(user_id)
-        request.state.model = decision.model  # the latency metric's model label
-        return decision, search(decision.model)
+        request.state.model = decision.arm  # the latency metric's model label
+        if decision.interleave:
+            seed = draft_seed(user_id or "", kind, query)
+            return decision, interleaved_search(search, options, seed=seed)
+        return decision, search(decision.model, options)
 
     limiter = services.encode_limiter if encodes else None
     decision, outcome = await anyio.to_thread.run_sync(work, limiter=limiter)
-    services.metrics.record_search(kind, decision)
-    return SearchResponse.of(outcome, decision, (time.perf_counter() - started) * 1000)
+    took_ms = (time.perf_counter() - started) * 1000
+    search_id = uuid.uuid4()
+    services.search_log.record(
+        search_id=search_id, decision=decision, outcome=outcome, kind=kind, latency_ms=took_ms
+    )
+    services.metrics.record_search(kind, decision, outcome)
+    return SearchResponse.of(outcome, decision, took_ms, search_id=search_id)
 
 
 @router.get(
@@ -92,8 +109,10 @@ async def search_text(
         services,
         header_user or clean_user_id(params.user_id),
         kind="text",
-        search=lambda model: services.search.search_text(
-            params.q, model=model, options=params.options()
+        query=params.q,
+        options=params.options(),
+        search=lambda model, options: services.search.search_text(
+            params.q, model=model, options=options
         ),
     )
 
@@ -112,8 +131,10 @@ async def search_text_json(
         services,
         header_user or clean_user_id(body.user_id),
         kind="text",
-        search=lambda model: services.search.search_text(
-            body.q, model=model, options=body.options()
+        query=body.q,
+        options=body.options(),
+        search=lambda model, options: services.search.search_text(
+            body.q, model=model, options=options
         ),
     )
 
@@ -139,8 +160,10 @@ async def search_image(
         services,
         header_user or clean_user_id(params.user_id),
         kind="image",
-        search=lambda model: services.search.search_image(
-            data, model=model, options=params.options()
+        query=hashlib.sha256(data).hexdigest(),
+        options=params.options(),
+        search=lambda model, options: services.search.search_image(
+            data, model=model, options=options
         ),
     )
 
@@ -162,8 +185,10 @@ async def search_similar(
         services,
         header_user or clean_user_id(params.user_id),
         kind="similar",
-        search=lambda model: services.search.search_similar(
-            asset_id, model=model, options=params.options()
+        query=str(asset_id),
+        options=params.options(),
+        search=lambda model, options: services.search.search_similar(
+            asset_id, model=model, options=options
         ),
         encodes=False,
     )
