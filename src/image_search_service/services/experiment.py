@@ -340,3 +340,46 @@ def recommend(
         f"hold: no significant difference, but a CTR loss of {power.min_effect:.1%} is "
         f"not ruled out ({numbers}; {il}).",
     )
+
+
+def report_for(
+    settings: Settings, *, since: datetime | None = None, min_effect: float = DEFAULT_MIN_EFFECT
+) -> ExperimentReport:
+    """The report from the metadata DB alone (migrated first), without opening the
+    vector store: works while a server holds the embedded store."""
+    from image_search_service.db.session import (
+        make_engine,
+        make_session_factory,
+        session_scope,
+        upgrade_database,
+    )
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade_database(engine)
+        with session_scope(make_session_factory(engine)) as session:
+            return experiment_report(session, settings, since=since, min_effect=min_effect)
+    finally:
+        engine.dispose()
+
+
+def prune_for(settings: Settings, *, now: datetime) -> int:
+    """Delete experiment rows past ``EXPERIMENT_RETENTION_DAYS`` (DB only)."""
+    from datetime import timedelta
+
+    from image_search_service.db.session import (
+        make_engine,
+        make_session_factory,
+        session_scope,
+        upgrade_database,
+    )
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade_database(engine)
+        with session_scope(make_session_factory(engine)) as session:
+            return exp_repo.prune(
+                session, older_than=now - timedelta(days=settings.experiment_retention_days)
+            )
+    finally:
+        engine.dispose()

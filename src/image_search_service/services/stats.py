@@ -72,7 +72,8 @@ def bootstrap_mean_difference(
     mean_b = float(values @ counts_b) / n_b if n_b else 0.0
     diff = mean_b - mean_a
     if not n_a or not n_b:
-        return Comparison(mean_a, mean_b, diff, -math.inf, math.inf, 1.0, confidence)
+        # No sample, no knowledge: the widest interval for values in [0, 1].
+        return Comparison(mean_a, mean_b, diff, -1.0, 1.0, 1.0, confidence)
     rng = np.random.default_rng(seed)
     draws_a = rng.multinomial(n_a, counts_a / n_a, size=replicates) @ values / n_a
     draws_b = rng.multinomial(n_b, counts_b / n_b, size=replicates) @ values / n_b
