@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import numpy as np
@@ -23,7 +23,10 @@ from image_search_service.db.models import AssetStatus
 from image_search_service.encoders.base import Encoder, FloatArray
 from image_search_service.images.loading import load_image
 from image_search_service.services.context import ServiceContext
-from image_search_service.services.interleaving import team_draft
+from image_search_service.services.interleaving import draft_seed, team_draft
+
+if TYPE_CHECKING:
+    from image_search_service.services.embedding_router import RouteDecision
 from image_search_service.vector.base import SearchFilter
 
 MAX_QUERY_CHARS = 1000
@@ -104,6 +107,23 @@ class SearchOptions:
 
 
 SearchRun = Callable[[ModelKey, "SearchOptions"], "SearchOutcome"]
+
+
+def answer(
+    decision: RouteDecision,
+    run: SearchRun,
+    options: SearchOptions,
+    *,
+    kind: str,
+    query: str,
+) -> SearchOutcome:
+    """Run a routed search: the decided model, or both merged when the user is in the
+    interleaving share. ``query`` identifies the query (text, image digest, asset id)
+    so that the same user paging the same query sees one merged order."""
+    if decision.interleave:
+        seed = draft_seed(decision.user_id or "", kind, query)
+        return interleaved_search(run, options, seed=seed)
+    return run(decision.model, options)
 
 
 def interleaved_search(run: SearchRun, options: SearchOptions, *, seed: int) -> SearchOutcome:

@@ -39,12 +39,11 @@ from image_search_service.core.errors import (
     VectorStoreUnavailable,
 )
 from image_search_service.services.embedding_router import RouteDecision, clean_user_id
-from image_search_service.services.interleaving import draft_seed
 from image_search_service.services.search import (
     SearchOptions,
     SearchOutcome,
     SearchRun,
-    interleaved_search,
+    answer,
 )
 
 router = APIRouter(prefix=f"{API_PREFIX}/search", tags=["search"])
@@ -77,10 +76,7 @@ async def _routed(
     def work() -> tuple[RouteDecision, SearchOutcome]:
         decision = services.router.route(user_id)
         request.state.model = decision.arm  # the latency metric's model label
-        if decision.interleave:
-            seed = draft_seed(user_id or "", kind, query)
-            return decision, interleaved_search(search, options, seed=seed)
-        return decision, search(decision.model, options)
+        return decision, answer(decision, search, options, kind=kind, query=query)
 
     limiter = services.encode_limiter if encodes else None
     decision, outcome = await anyio.to_thread.run_sync(work, limiter=limiter)
