@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,13 @@ class World:
         self.search = SearchService(ctx)
         self.log = SearchLog(ctx, background=False)
 
+    def warm(self) -> None:
+        """The 40 queries encoded once per model in one batch (a forward pass per text
+        would be most of this test's time)."""
+        for model in MODEL_KEYS:
+            texts = [f"a {spec.label}" for spec in ALL_SPECS]
+            self.search.text_cache.warm(self.ctx.encoder(model), texts)
+
     def router(self, **flags: int) -> EmbeddingRouter:
         settings = self.ctx.settings.model_copy(update=flags)
         return EmbeddingRouter(dataclasses.replace(self.ctx, settings=settings))
@@ -74,7 +82,7 @@ class World:
                 kind="text",
                 query=query,
             )
-            search_id = __import__("uuid").uuid4()
+            search_id = uuid.uuid4()
             self.log.record(
                 search_id=search_id,
                 decision=decision,
@@ -130,7 +138,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ctx = open_context(settings, encoders=EncoderRegistry(device="cpu"))
     report = index_paths(ctx, [root / "photos"], model_keys=list(MODEL_KEYS))
     assert report.indexed == PICTURES
-    yield World(ctx, labels)
+    world = World(ctx, labels)
+    world.warm()
+    yield world
     ctx.close()
 
 

@@ -184,6 +184,14 @@ class TextEmbeddingCache:
             self._data[key] = vector
         return vector
 
+    def warm(self, encoder: Encoder, texts: list[str]) -> None:
+        """Encode ``texts`` in one batch and keep them (known frequent queries)."""
+        vectors: FloatArray = encoder.encode_text(texts)
+        with self._lock:
+            for text, vector in zip(texts, vectors, strict=True):
+                vector.setflags(write=False)
+                self._data[(encoder.spec, text)] = vector
+
 
 class SearchService:
     def __init__(self, ctx: ServiceContext, *, text_cache: TextEmbeddingCache | None = None):
