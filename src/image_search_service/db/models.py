@@ -125,7 +125,8 @@ class ExperimentSearch(Base):
 
     __tablename__ = "experiment_searches"
     __table_args__ = (
-        # Covering index of the report's GROUP BY (arm, first rank, latency bucket).
+        # Covering index of the report: its GROUP BY (arm, first rank, latency bucket)
+        # and the interleaving tally (arm = 'interleaved') read only this index.
         Index(
             "ix_experiment_searches_report",
             "arm",
@@ -135,6 +136,8 @@ class ExperimentSearch(Base):
             "result_count",
             "reformulated",
             "clicks",
+            "credit_baseline",
+            "credit_candidate",
         ),
         Index("ix_experiment_searches_user", "user_id", "created_at"),
     )

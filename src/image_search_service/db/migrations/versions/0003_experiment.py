@@ -51,6 +51,8 @@ def upgrade() -> None:
             "result_count",
             "reformulated",
             "clicks",
+            "credit_baseline",
+            "credit_candidate",
         ],
     )
     op.create_index("ix_experiment_searches_user", "experiment_searches", ["user_id", "created_at"])
