@@ -121,7 +121,8 @@ def time_recording(settings: Settings, n: int = 2000) -> dict[str, float]:
     outcome = SearchOutcome(hits, "clip", "c", 20, 0, 1.0)
     queued = SearchLog(ctx)
     direct = SearchLog(ctx, background=False)
-    record_times, direct_times = [], []
+    record_times: list[float] = []
+    direct_times: list[float] = []
     try:
         for i in range(n):
             log = queued if i % 2 == 0 else direct
@@ -135,7 +136,8 @@ def time_recording(settings: Settings, n: int = 2000) -> dict[str, float]:
     finally:
         queued.close()
         ctx.close()
-    assert queued.errors == 0 and direct.errors == 0
+    assert queued.errors == 0
+    assert direct.errors == 0
     q95 = float(np.percentile(record_times, 95)) * 1000
     d95 = float(np.percentile(direct_times, 95)) * 1000
     return {

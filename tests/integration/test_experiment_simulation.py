@@ -22,18 +22,22 @@ import dataclasses
 import random
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from image_search_service.core.config import MODEL_KEYS, Settings
+from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
 from image_search_service.demo.synthetic import ALL_SPECS, file_stem, render_picture
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import ServiceContext, open_context
 from image_search_service.services.embedding_router import EmbeddingRouter
 from image_search_service.services.experiment import ExperimentReport, experiment_report
 from image_search_service.services.indexing import index_paths
-from image_search_service.services.search import SearchOptions, SearchService, answer
+from image_search_service.services.search import (
+    SearchOptions,
+    SearchOutcome,
+    SearchService,
+    answer,
+)
 from image_search_service.services.search_log import SearchLog
 
 PICTURES = 200
@@ -45,8 +49,6 @@ CLICK_OTHER = 0.02
 RESULTS = 10
 AB_STEP, AB_MAX = 100, 4000
 IL_STEP, IL_MAX = 25, 1000
-# Measured with this seed (and recorded in docs/rollout.md); the assertions below
-# only need interleaving to get there first.
 USERS = [f"sim-user-{i}" for i in range(5000)]
 
 
@@ -75,13 +77,11 @@ class World:
             label = rng.choice(ALL_SPECS).label
             query = f"a {label}"
             decision = router.route(user)
-            outcome = answer(
-                decision,
-                lambda model, opts, q=query: self.search.search_text(q, model=model, options=opts),
-                options,
-                kind="text",
-                query=query,
-            )
+
+            def run(model: ModelKey, opts: SearchOptions, q: str = query) -> SearchOutcome:
+                return self.search.search_text(q, model=model, options=opts)
+
+            outcome = answer(decision, run, options, kind="text", query=query)
             search_id = uuid.uuid4()
             self.log.record(
                 search_id=search_id,
@@ -176,9 +176,6 @@ def test_both_designs_find_the_better_model_and_interleaving_needs_fewer_searche
     assert il.p_value < 0.05, (il_searches, il)
     assert il.losses > il.wins  # the candidate loses: clip is better
     assert il.searches == il_searches
-    print(
-        f"\nA/B: {ab_searches} searches (CTR p={ctr.p_value:.4f}); interleaving: "
-        f"{il_searches} searches (sign test p={il.p_value:.4f}, {il.wins} wins, "
-        f"{il.losses} losses, {il.ties} ties)"
-    )
-    assert il_searches < ab_searches
+    # This seed: A/B 300 searches (CTR p=0.0497), interleaving 100 (sign test p=0.0154,
+    # 24 wins, 45 losses, 21 ties); docs/rollout.md has these and the power estimates.
+    assert il_searches < ab_searches, (il_searches, ab_searches)
