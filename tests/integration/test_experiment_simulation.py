@@ -1,19 +1,13 @@
 """Simulated users on pictures whose content is known: the experiment must find the
 better model, and interleaving must find it with fewer searches than A/B.
 
-The library is held-out synthetic pictures (drawn with their own seed, never seen in
-training) shaped like panoramas and portraits, 4.5:1: there the two shipped demo
-models really differ, because demo-clip centre-crops (the shapes lie in the centred
-square and keep their shape) while demo-siglip squashes the whole picture to a square
-(a circle becomes a thin ellipse). On the quality tests' own proportions (up to 3:1)
-the two models are within a point or two of each other: no experiment of a few
-thousand searches tells them apart there (see docs/rollout.md).
-
-Simulated users search for one of the 40 colour-shape labels and click by a
-position-biased model: rank r (from 0) is looked at with probability 0.8^r, and a
-looked-at result is clicked with probability 0.6 when it shows the label, 0.02 when
-not. Searches go through the real router, search service, experiment log and report
-(no HTTP); the seed is fixed and nothing is timed.
+The library and the click model are :mod:`image_search_service.demo.simulation`'s:
+held-out synthetic pictures shaped like panoramas and portraits (4.5:1), where the two
+shipped demo models really differ (demo-clip centre-crops, demo-siglip squashes). On
+the quality tests' own proportions (up to 3:1) they are within a point or two of each
+other and no experiment of a few thousand searches tells them apart (docs/rollout.md).
+Searches go through the real router, search service, experiment log and report (no
+HTTP); the seed is fixed and nothing is timed.
 """
 
 from __future__ import annotations
@@ -26,7 +20,12 @@ from collections.abc import Iterator
 import pytest
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
-from image_search_service.demo.synthetic import ALL_SPECS, file_stem, render_picture
+from image_search_service.demo.simulation import (
+    QUERIES,
+    ClickModel,
+    query_label,
+    write_panoramas,
+)
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import ServiceContext, open_context
 from image_search_service.services.embedding_router import EmbeddingRouter
@@ -43,9 +42,7 @@ from image_search_service.services.search_log import SearchLog
 PICTURES = 200
 ASPECT = 4.5
 SEED = 2026
-EXAMINE = 0.8  # probability of looking at rank r is EXAMINE ** r
-CLICK_RELEVANT = 0.6
-CLICK_OTHER = 0.02
+CLICKS = ClickModel(examine=0.8, click_relevant=0.6, click_other=0.02)
 RESULTS = 10
 AB_STEP, AB_MAX = 100, 4000
 IL_STEP, IL_MAX = 25, 1000
@@ -63,8 +60,7 @@ class World:
         """The 40 queries encoded once per model in one batch (a forward pass per text
         would be most of this test's time)."""
         for model in MODEL_KEYS:
-            texts = [f"a {spec.label}" for spec in ALL_SPECS]
-            self.search.text_cache.warm(self.ctx.encoder(model), texts)
+            self.search.text_cache.warm(self.ctx.encoder(model), list(QUERIES))
 
     def router(self, **flags: int) -> EmbeddingRouter:
         settings = self.ctx.settings.model_copy(update=flags)
@@ -74,8 +70,7 @@ class World:
         options = SearchOptions(limit=RESULTS)
         for _ in range(searches):
             user = rng.choice(USERS)
-            label = rng.choice(ALL_SPECS).label
-            query = f"a {label}"
+            query = rng.choice(QUERIES)
             decision = router.route(user)
 
             def run(model: ModelKey, opts: SearchOptions, q: str = query) -> SearchOutcome:
@@ -90,12 +85,9 @@ class World:
                 kind="text",
                 latency_ms=outcome.took_ms,
             )
-            clicked = []
-            for rank, hit in enumerate(outcome.results, start=1):
-                relevant = label in self.labels[hit.path]
-                looked = rng.random() < EXAMINE ** (rank - 1)
-                if looked and rng.random() < (CLICK_RELEVANT if relevant else CLICK_OTHER):
-                    clicked.append((rank, hit.asset_id))
+            label = query_label(query)
+            ranks = CLICKS.clicks([label in self.labels[h.path] for h in outcome.results], rng)
+            clicked = [(rank, outcome.results[rank - 1].asset_id) for rank in ranks]
             if clicked:
                 with self.ctx.transaction() as session:
                     for rank, asset_id in clicked:
@@ -115,17 +107,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("simulation")
-    rng = random.Random(SEED)
-    labels: dict[str, frozenset[str]] = {}
-    (root / "photos").mkdir()
-    for index in range(PICTURES):
-        short = rng.randint(90, 140)
-        size = (int(short * ASPECT), short) if rng.random() < 0.5 else (short, int(short * ASPECT))
-        shapes = rng.sample(ALL_SPECS, 1 if rng.random() < 0.7 else 2)
-        picture = render_picture(shapes, rng=rng, size=size)
-        path = root / "photos" / f"{file_stem(index, picture)}.jpg"
-        picture.image.save(path, "JPEG", quality=rng.randint(55, 95))
-        labels[str(path.resolve())] = picture.labels
+    labels = write_panoramas(root / "photos", PICTURES, seed=SEED, aspect=ASPECT)
     settings = Settings(
         _env_file=None,
         data_dir=root / "data",
