@@ -60,8 +60,11 @@ def _print(result: ExperimentReport) -> None:
         f"INTERLEAVE_PERCENTAGE={result.interleave_percentage}"
         + (f", since {result.since.isoformat()}" if result.since else "")
     )
-    header = ("arm", "searches", "CTR", "CTR@1", "CTR@5", "MRR", "zero", "aband", "reform", "p50ms")
-    click.echo("  ".join(f"{h:>11}" for h in header))
+    header = (
+        "arm", "searches", "CTR", "CTR@1", "CTR@5", "MRR", "zero", "aband", "reform",
+        "p50ms", "p95ms",
+    )  # fmt: skip
+    click.echo(" ".join(f"{h:>11}" for h in header))
     for arm in result.arms.values():
         cells = [
             arm.arm,
@@ -74,8 +77,9 @@ def _print(result: ExperimentReport) -> None:
             f"{arm.abandonment_rate:.1%}",
             f"{arm.reformulation_rate:.1%}",
             "-" if arm.latency_p50_ms is None else f"{arm.latency_p50_ms:.0f}",
+            "-" if arm.latency_p95_ms is None else f"{arm.latency_p95_ms:.0f}",
         ]
-        click.echo("  ".join(f"{c:>11}" for c in cells))
+        click.echo(" ".join(f"{c:>11}" for c in cells))
     for c in result.comparisons:
         click.echo(
             f"{c.metric}: {result.candidate} - {result.baseline} = {c.difference:+.4f} "

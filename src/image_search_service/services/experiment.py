@@ -83,7 +83,7 @@ class ComparisonOut:
             difference=round(comparison.difference, 6),
             ci_low=round(comparison.ci_low, 6),
             ci_high=round(comparison.ci_high, 6),
-            p_value=round(comparison.p_value, 6),
+            p_value=_significant_digits(comparison.p_value),
             significant=comparison.significant,
             method=method,
         )
@@ -185,7 +185,7 @@ def experiment_report(
         losses=tally["loss"],
         ties=tally["tie"],
         no_click=tally["no_click"],
-        p_value=round(sign.p_value, 6),
+        p_value=_significant_digits(sign.p_value),
         significant=sign.p_value < ALPHA,
     )
     have = min(base.searches, cand.searches)
@@ -268,6 +268,11 @@ def _arm_metrics(arm: str, groups: list[exp_repo.ArmGroup]) -> ArmMetrics:
         latency_p50_ms=round(p50, 2) if p50 is not None else None,
         latency_p95_ms=round(p95, 2) if p95 is not None else None,
     )
+
+
+def _significant_digits(p: float) -> float:
+    """Four significant digits: a p-value of 1e-12 must not print as 0."""
+    return float(f"{p:.4g}")
 
 
 def next_step(percentage: int) -> int:

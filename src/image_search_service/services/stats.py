@@ -47,7 +47,8 @@ def two_proportion_test(
     if se_pooled == 0:
         p_value = 1.0
     else:
-        p_value = 2 * (1 - _NORMAL.cdf(abs(diff) / se_pooled))
+        # erfc keeps precision far into the tail, where 1 - cdf rounds to 0.
+        p_value = math.erfc(abs(diff) / se_pooled / math.sqrt(2))
     se = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
     z = _NORMAL.inv_cdf(1 - (1 - confidence) / 2)
     return Comparison(p_a, p_b, diff, diff - z * se, diff + z * se, min(1.0, p_value), confidence)
