@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select, text
@@ -346,6 +346,16 @@ class TestReport:
                 session, db_ctx.settings, since=clock.now + timedelta(seconds=1)
             )
         assert later.arms["clip"].searches == 0
+        # The same instant in another time zone, and naive (= UTC), select the same.
+        paris = timezone(timedelta(hours=1))
+        with db_ctx.transaction() as session:
+            for since in (T0.astimezone(paris), T0.replace(tzinfo=None)):
+                again = experiment_report(session, db_ctx.settings, since=since)
+                assert again.arms["clip"].searches == 10
+            after = experiment_report(
+                session, db_ctx.settings, since=(T0 + timedelta(seconds=1)).astimezone(paris)
+            )
+            assert after.arms["clip"].searches < 10
 
     def test_interleaving_tally(self, log: SearchLog, db_ctx: ServiceContext) -> None:
         teams: list[ModelKey] = ["siglip", "clip", "siglip", "clip"]

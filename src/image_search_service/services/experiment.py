@@ -17,7 +17,7 @@ were recorded. Metrics (per arm, over its searches):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -142,6 +142,8 @@ def experiment_report(
     since: datetime | None = None,
     min_effect: float = DEFAULT_MIN_EFFECT,
 ) -> ExperimentReport:
+    if since is not None:  # one clock for every database: UTC (naive means UTC)
+        since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
     groups = exp_repo.arm_groups(session, since=since)
     arms: list[str] = [*MODEL_KEYS, INTERLEAVED]
     metrics = {arm: _arm_metrics(arm, [g for g in groups if g.arm == arm]) for arm in arms}
