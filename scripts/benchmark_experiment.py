@@ -74,6 +74,7 @@ def fill(url: str, count: int, seed: int = 0) -> float:
                     "fallback_code": None,
                     "kind": "text",
                     "result_count": 0 if zero[i] else 20,
+                    "zero_results": bool(zero[i]),
                     "latency_ms": float(latency[i]),
                     "latency_bucket": latency_bucket(float(latency[i])),
                     "clicks": int(clicked[i] and not zero[i]),

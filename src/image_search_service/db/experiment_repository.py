@@ -50,6 +50,7 @@ def insert_searches(session: Session, records: Sequence[SearchRecord]) -> None:
                 fallback_code=r.fallback_code,
                 kind=r.kind,
                 result_count=len(r.asset_ids),
+                zero_results=not r.asset_ids,
                 latency_ms=r.latency_ms,
                 latency_bucket=r.latency_bucket,
                 clicks=0,
@@ -174,38 +175,43 @@ class ArmGroup:
 
 
 def arm_groups(session: Session, *, since: datetime | None = None) -> list[ArmGroup]:
-    """The report's one scan: GROUP BY arm, first-click rank and latency bucket, which
-    is the order of the covering index, so no sort and no table access."""
+    """The report's one scan. Everything it counts is in the GROUP BY key (arm, first
+    click rank, latency bucket, reformulated, no results) or is ``sum(clicks)``: the
+    key is the covering index's leading columns in order, so SQLite and PostgreSQL read
+    the index once, without a sort, and evaluate no expression per row."""
     s = ExperimentSearch
     stmt = select(
         s.arm,
         s.first_click_rank,
         s.latency_bucket,
+        s.reformulated,
+        s.zero_results,
         func.count(),
-        func.sum(case((s.result_count == 0, 1), else_=0)),
-        func.sum(case((s.reformulated.is_(True), 1), else_=0)),
-        func.sum(
-            case(
-                ((s.clicks == 0) & (s.result_count > 0) & s.reformulated.is_(False), 1),
-                else_=0,
-            )
-        ),
         func.sum(s.clicks),
-    ).group_by(s.arm, s.first_click_rank, s.latency_bucket)
+    ).group_by(s.arm, s.first_click_rank, s.latency_bucket, s.reformulated, s.zero_results)
     if since is not None:
         stmt = stmt.where(s.created_at >= since)
+    groups: dict[tuple[str, int | None, int], list[int]] = {}
+    for arm, rank, bucket, reformulated, zero, n, events in session.execute(stmt):
+        counts = groups.setdefault((arm, rank, int(bucket)), [0, 0, 0, 0, 0])
+        n = int(n)
+        counts[0] += n
+        counts[1] += n if zero else 0
+        counts[2] += n if reformulated else 0
+        counts[3] += n if rank is None and not zero and not reformulated else 0
+        counts[4] += int(events or 0)
     return [
         ArmGroup(
             arm=arm,
             first_click_rank=rank,
-            latency_bucket=int(bucket),
-            searches=int(n),
-            zero_results=int(zero or 0),
-            reformulated=int(ref or 0),
-            abandoned=int(ab or 0),
-            events=int(ev or 0),
+            latency_bucket=bucket,
+            searches=c[0],
+            zero_results=c[1],
+            reformulated=c[2],
+            abandoned=c[3],
+            events=c[4],
         )
-        for arm, rank, bucket, n, zero, ref, ab, ev in session.execute(stmt)
+        for (arm, rank, bucket), c in groups.items()
     ]
 
 

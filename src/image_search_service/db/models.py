@@ -125,17 +125,18 @@ class ExperimentSearch(Base):
 
     __tablename__ = "experiment_searches"
     __table_args__ = (
-        # Covering index of the report: its GROUP BY (arm, first rank, latency bucket)
-        # and the interleaving tally (arm = 'interleaved') read only this index.
+        # Covering index of the report: its GROUP BY (the first five columns, in this
+        # order, so no sort) and the interleaving tally (arm = 'interleaved') read only
+        # this index. Everything the report counts is a key column or ``clicks``.
         Index(
             "ix_experiment_searches_report",
             "arm",
             "first_click_rank",
             "latency_bucket",
-            "created_at",
-            "result_count",
             "reformulated",
+            "zero_results",
             "clicks",
+            "created_at",
             "credit_baseline",
             "credit_candidate",
         ),
@@ -151,6 +152,7 @@ class ExperimentSearch(Base):
     fallback_code: Mapped[str | None] = mapped_column(String(64), default=None)
     kind: Mapped[str] = mapped_column(String(16))  # text, image, similar
     result_count: Mapped[int] = mapped_column(Integer)
+    zero_results: Mapped[bool] = mapped_column(Boolean)
     latency_ms: Mapped[float] = mapped_column(Float)
     latency_bucket: Mapped[int] = mapped_column(SmallInteger)
     # Folded in from the events:
