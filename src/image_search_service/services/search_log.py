@@ -17,6 +17,7 @@ import logging
 import math
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -236,8 +237,6 @@ class SearchLog:
             logger.exception("could not record %d searches in the experiment log", len(batch))
 
     def _maybe_prune(self) -> None:
-        import time
-
         if time.monotonic() < self._next_prune:
             return
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
