@@ -79,6 +79,8 @@ class TestEvents:
             )
             == 1
         )
+        daily = client.get("/api/v1/admin/experiment/daily", params={"days": 7}).json()
+        assert [(d["arm"], d["searches"], d["ctr"]) for d in daily] == [("clip", 1, 1.0)]
         report = client.get("/api/v1/admin/experiment").json()
         clip = report["arms"]["clip"]
         assert (clip["searches"], clip["clicked_searches"], clip["events"]) == (1, 1, 1)

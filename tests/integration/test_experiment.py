@@ -404,3 +404,26 @@ def test_recommendation_in_words() -> None:
     assert "1,000 per arm" in hold.text
     # enough data, no difference, and the interval rules out a loss of 2 points: go on
     assert recommend(cmp(0.0, 0.9), cmp(0, 1), quiet, enough, percentage=25).target_percentage == 50
+
+
+def test_daily_series_per_arm(log: SearchLog, db_ctx: ServiceContext, clock: Clock) -> None:
+    from image_search_service.services.experiment import experiment_daily
+
+    first, ids = _search(log, "clip")  # day 1: two clip searches, one clicked at rank 2
+    _event(log, first, ids[1], 2)
+    _search(log, "clip", n=0)
+    clock.advance(days=1)
+    second, ids = _search(log, "siglip")  # day 2: one siglip search clicked at rank 1
+    _event(log, second, ids[0], 1)
+    clock.advance(days=40)
+    _search(log, "clip")  # day 42: outside a 10-day window
+    with db_ctx.transaction() as session:
+        rows = experiment_daily(session, days=3, now=T0 + timedelta(days=1, hours=1))
+        assert [(r.day, r.arm, r.searches) for r in rows] == [
+            ("2026-11-01", "clip", 2),
+            ("2026-11-02", "siglip", 1),
+        ]
+        clip, siglip = rows
+        assert (clip.ctr, clip.ctr_at_1, clip.mrr, clip.zero_result_rate) == (0.5, 0.0, 0.25, 0.5)
+        assert (siglip.ctr, siglip.ctr_at_1, siglip.mrr) == (1.0, 1.0, 1.0)
+        assert experiment_daily(session, days=1, now=T0 + timedelta(days=1, hours=1)) == [siglip]

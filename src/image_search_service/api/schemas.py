@@ -385,3 +385,14 @@ class ExperimentReportOut(BaseModel):
     power: PowerOutSchema
     recommendation: RecommendationOut
     notes: list[str]
+
+
+class ExperimentDayOut(BaseModel):
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    arm: Arm
+    searches: int
+    ctr: float
+    ctr_at_1: float
+    mrr: float
+    zero_result_rate: float
+    reformulation_rate: float

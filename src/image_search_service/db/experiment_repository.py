@@ -236,17 +236,65 @@ def interleaving_outcomes(
     return counts
 
 
+@dataclass(frozen=True)
+class DayArm:
+    day: str  # YYYY-MM-DD (UTC)
+    arm: str
+    searches: int
+    clicked: int
+    clicked_at_1: int
+    reciprocal_ranks: float
+    zero_results: int
+    reformulated: int
+
+
+def daily(session: Session, *, since: datetime, until: datetime) -> list[DayArm]:
+    """Per UTC day and arm in [since, until): a range scan of the time index."""
+    s = ExperimentSearch
+    day = func.date(s.created_at)
+    stmt = (
+        select(
+            day,
+            s.arm,
+            func.count(),
+            func.count(s.first_click_rank),
+            func.sum(case((s.first_click_rank == 1, 1), else_=0)),
+            func.sum(case((s.first_click_rank.is_not(None), 1.0 / s.first_click_rank), else_=0.0)),
+            func.sum(case((s.zero_results.is_(True), 1), else_=0)),
+            func.sum(case((s.reformulated.is_(True), 1), else_=0)),
+        )
+        .where(s.created_at >= since, s.created_at < until)
+        .group_by(day, s.arm)
+        .order_by(day, s.arm)
+    )
+    return [
+        DayArm(
+            day=str(d),
+            arm=arm,
+            searches=int(n),
+            clicked=int(clicked or 0),
+            clicked_at_1=int(at_1 or 0),
+            reciprocal_ranks=float(rr or 0.0),
+            zero_results=int(zero or 0),
+            reformulated=int(ref or 0),
+        )
+        for d, arm, n, clicked, at_1, rr, zero, ref in session.execute(stmt)
+    ]
+
+
 def count_searches(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(ExperimentSearch)) or 0)
 
 
 __all__ = [
     "ArmGroup",
+    "DayArm",
     "IntegrityError",
     "SearchRecord",
     "add_event",
     "arm_groups",
     "count_searches",
+    "daily",
     "event_exists",
     "get_search",
     "insert_searches",

@@ -141,10 +141,19 @@ class ExperimentSearch(Base):
             "credit_candidate",
         ),
         Index("ix_experiment_searches_user", "user_id", "created_at"),
+        # Covering index of pruning and of the daily series (a time range first).
+        Index(
+            "ix_experiment_searches_time",
+            "created_at",
+            "arm",
+            "first_click_rank",
+            "reformulated",
+            "zero_results",
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     user_id: Mapped[str | None] = mapped_column(String(256), default=None)
     bucket: Mapped[int] = mapped_column(SmallInteger)
     arm: Mapped[str] = mapped_column(String(16))  # clip, siglip or interleaved

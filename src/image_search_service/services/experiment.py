@@ -17,7 +17,7 @@ were recorded. Metrics (per arm, over its searches):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -372,8 +372,6 @@ def report_for(
 
 def prune_for(settings: Settings, *, now: datetime) -> int:
     """Delete experiment rows past ``EXPERIMENT_RETENTION_DAYS`` (DB only)."""
-    from datetime import timedelta
-
     from image_search_service.db.session import (
         make_engine,
         make_session_factory,
@@ -390,3 +388,43 @@ def prune_for(settings: Settings, *, now: datetime) -> int:
             )
     finally:
         engine.dispose()
+
+
+@dataclass(frozen=True)
+class DayMetrics:
+    """One arm's figures on one UTC day: the points of the admin page's charts."""
+
+    day: str
+    arm: str
+    searches: int
+    ctr: float
+    ctr_at_1: float
+    mrr: float
+    zero_result_rate: float
+    reformulation_rate: float
+
+
+def experiment_daily(session: Session, *, days: int, now: datetime) -> list[DayMetrics]:
+    """Per day and arm over the last ``days`` days (today included, up to ``now``)."""
+    now = now.astimezone(UTC)
+    start = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    result = []
+    for row in exp_repo.daily(session, since=start, until=now):
+        n = row.searches
+
+        def rate(count: float, n: int = n) -> float:
+            return round(count / n, 6) if n else 0.0
+
+        result.append(
+            DayMetrics(
+                day=row.day,
+                arm=row.arm,
+                searches=n,
+                ctr=rate(row.clicked),
+                ctr_at_1=rate(row.clicked_at_1),
+                mrr=rate(row.reciprocal_ranks),
+                zero_result_rate=rate(row.zero_results),
+                reformulation_rate=rate(row.reformulated),
+            )
+        )
+    return result

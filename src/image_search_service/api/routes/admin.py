@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -17,6 +18,7 @@ from image_search_service.api.deps import (
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import (
+    ExperimentDayOut,
     ExperimentReportOut,
     ReembedProgressOut,
     ReembedRequest,
@@ -33,7 +35,11 @@ from image_search_service.core.errors import (
 )
 from image_search_service.jobs.queue import QueueUnavailable
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, clean_user_id
-from image_search_service.services.experiment import DEFAULT_MIN_EFFECT, experiment_report
+from image_search_service.services.experiment import (
+    DEFAULT_MIN_EFFECT,
+    experiment_daily,
+    experiment_report,
+)
 from image_search_service.services.migration import submit_reembed
 from image_search_service.services.reembed import reembed_progress
 
@@ -121,3 +127,17 @@ def experiment(
 ) -> ExperimentReportOut:
     report = experiment_report(session, services.ctx.settings, since=since, min_effect=min_effect)
     return ExperimentReportOut.model_validate(report.as_dict())
+
+
+@router.get(
+    "/experiment/daily",
+    summary="The experiment per UTC day and arm (searches, CTR, CTR@1, MRR, zero results, "
+    "reformulations): the series behind the admin page's charts",
+    responses=error_responses(Unauthorized, DatabaseUnavailable),
+)
+def experiment_by_day(
+    session: DbSession,
+    days: Annotated[int, Query(ge=1, le=366, description="days back, today included")] = 30,
+) -> list[ExperimentDayOut]:
+    rows = experiment_daily(session, days=days, now=datetime.now(UTC))
+    return [ExperimentDayOut.model_validate(asdict(row)) for row in rows]

@@ -39,7 +39,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_experiment_searches")),
     )
     op.create_index(
-        op.f("ix_experiment_searches_created_at"), "experiment_searches", ["created_at"]
+        "ix_experiment_searches_time",
+        "experiment_searches",
+        ["created_at", "arm", "first_click_rank", "reformulated", "zero_results"],
     )
     op.create_index(
         "ix_experiment_searches_report",
@@ -93,5 +95,5 @@ def downgrade() -> None:
     op.drop_table("experiment_results")
     op.drop_index("ix_experiment_searches_user", table_name="experiment_searches")
     op.drop_index("ix_experiment_searches_report", table_name="experiment_searches")
-    op.drop_index(op.f("ix_experiment_searches_created_at"), table_name="experiment_searches")
+    op.drop_index("ix_experiment_searches_time", table_name="experiment_searches")
     op.drop_table("experiment_searches")
