@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,11 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from image_search_service.core.config import Settings
 from image_search_service.db import repository as repo
+from image_search_service.db.models import ExperimentEvent
 from image_search_service.demo.synthetic import write_library
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.indexing import index_paths
@@ -296,6 +300,35 @@ class TestPage:
         assert page.evaluate("typeof window.reportEvent") == "function"
         assert page.evaluate("reportEvent(undefined, 'x', 'click', 1)") is False
         assert page.evaluate("reportEvent(null, 'x', 'click', 1)") is False
+
+    def test_result_clicks_are_reported_to_the_experiment_log(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        """Opening a result and "more like this" reach POST /api/v1/events (sendBeacon),
+        naming the search that showed the result and its rank in that response."""
+        server, _ = library_server
+
+        def events() -> Counter[tuple[str, str, int]]:
+            with server.services.ctx.transaction() as session:
+                rows = session.execute(
+                    select(ExperimentEvent.asset_id, ExperimentEvent.type, ExperimentEvent.rank)
+                ).all()
+            return Counter((str(a), t, r) for a, t, r in rows)
+
+        before = events()  # other tests of this module click too
+        page.goto(f"{server.url}/?q=circle")
+        page.wait_for_selector("#grid li.tile")
+        ids = _tile_ids(page)
+        page.click("#grid li.tile:nth-child(2) button.open")
+        page.wait_for_selector("#viewer[open]")
+        page.keyboard.press("Escape")
+        page.click("#grid li.tile:nth-child(3) button.similar")
+        page.wait_for_function("() => new URL(location.href).searchParams.has('similar')")
+        expected = Counter([(ids[1], "click", 2), (ids[2], "more_like_this", 3)])
+        deadline = time.monotonic() + 20
+        while events() - before != expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert events() - before == expected
 
     def test_indexing_problems_are_shown(
         self, page: Any, library_server: tuple[LiveServer, list[Path]]

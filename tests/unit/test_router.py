@@ -240,3 +240,41 @@ class TestCoverageGuard:
         decision = router.route("alice")
         assert (decision.model, decision.selected, decision.fallback_code) == ("clip", "clip", None)
         assert router.models_in_use() == ["clip"]
+
+
+class TestInterleaving:
+    def test_interleaved_share_is_disjoint_from_the_siglip_share(
+        self, open_ctx: Callable[..., ServiceContext]
+    ) -> None:
+        router = EmbeddingRouter(open_ctx(siglip_rollout_percentage=30, interleave_percentage=20))
+        picks = {u: router.select(u) for u in USERS}
+        interleaved = [u for u in USERS if router.interleaves(user_bucket(u))]
+        assert abs(100 * len(interleaved) / len(USERS) - 20) <= 2
+        assert all(user_bucket(u) >= 80 for u in interleaved)
+        assert all("interleaved" in picks[u][2] for u in interleaved)
+        siglip_only = [u for u in USERS if picks[u][0] == "siglip" and u not in interleaved]
+        assert all(user_bucket(u) < 30 for u in siglip_only)
+        assert router.models_in_use() == ["clip", "siglip"]
+
+    def test_shares_over_100_stop_start_up(self, make_settings: Callable[..., Settings]) -> None:
+        with pytest.raises(ValueError, match="INTERLEAVE_PERCENTAGE"):
+            make_settings(siglip_rollout_percentage=60, interleave_percentage=50)
+
+    def test_interleaves_only_when_siglip_can_serve(
+        self, open_ctx: Callable[..., ServiceContext], tmp_path: Path
+    ) -> None:
+        for i in range(4):
+            write_jpeg(tmp_path / "photos" / f"p{i}.jpg", seed=i, size=(60 + i, 40))
+        ctx = open_ctx(interleave_percentage=100)
+        router = EmbeddingRouter(ctx, coverage_ttl_s=0)
+        index_paths(ctx, [tmp_path / "photos"], model_keys=["clip"])
+        decision = router.route("alice")
+        assert (decision.interleave, decision.arm, decision.model) == (False, "clip", "clip")
+        assert decision.fallback_code == "collection_missing"
+        index_paths(ctx, [tmp_path / "photos"], model_keys=["siglip"])
+        decision = router.route("alice")
+        assert (decision.interleave, decision.arm, decision.fallback_code) == (
+            True,
+            "interleaved",
+            None,
+        )

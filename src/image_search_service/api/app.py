@@ -28,6 +28,7 @@ from image_search_service.api.routes import (
     assets,
     duplicates,
     embed,
+    events,
     health,
     ingest,
     metadata,
@@ -44,6 +45,7 @@ from image_search_service.services.embedding_router import EmbeddingRouter
 from image_search_service.services.ingest import InProcessIngest
 from image_search_service.services.library import LibraryIndexer, LibraryWatcher
 from image_search_service.services.search import SearchService, TextEmbeddingCache
+from image_search_service.services.search_log import SearchLog
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ def create_app(
                 f"{API_PREFIX}/embed/image",
             }
         ),
+        tiny_paths=frozenset({f"{API_PREFIX}/events"}),
         max_upload_bytes=settings.max_upload_bytes,
         extra_limits={f"{API_PREFIX}/embed/batch": settings.embed_max_batch_bytes},
     )
@@ -110,7 +113,18 @@ def create_app(
         trusted_origins=settings.trusted_origin_list,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, search, assets, metadata, embed, duplicates, ingest, admin, page):
+    for module in (
+        health,
+        search,
+        assets,
+        metadata,
+        embed,
+        duplicates,
+        ingest,
+        events,
+        admin,
+        page,
+    ):
         app.include_router(module.router)
     app.mount(page.STATIC_PREFIX, page.static_files(), name="static")
     return app
@@ -135,6 +149,8 @@ def _open_services(
         _log_rollout(router)
         # New vectors change coverage: the router re-checks it after each index run.
         indexer = LibraryIndexer(ctx, on_finished=lambda _run: router.invalidate())
+        search_log = SearchLog(ctx)
+        metrics.track_search_log(search_log)
     except BaseException:
         ctx.close()
         raise
@@ -145,6 +161,7 @@ def _open_services(
         assets=AssetService(ctx),
         metrics=metrics,
         ingest=InProcessIngest(ctx),
+        search_log=search_log,
         encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
         indexer=indexer,
     )

@@ -3,7 +3,8 @@
 A declared ``Content-Length`` over the cap is refused at once; a chunked body is
 counted as it arrives and refused as soon as it passes the cap. Upload routes get
 room for the image (``MAX_UPLOAD_BYTES``) plus the multipart framing; all other
-routes take small JSON bodies only.
+routes take small JSON bodies only, and the tiny-body routes (click events, sent by
+every page view) a few kilobytes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from image_search_service.api.errors import RequestTooLarge, error_content
 
 SMALL_BODY_BYTES = 1 << 20
+TINY_BODY_BYTES = 4096
 MULTIPART_OVERHEAD_BYTES = 1 << 20
 
 
@@ -27,9 +29,11 @@ class BodySizeLimitMiddleware:
         upload_paths: frozenset[str],
         max_upload_bytes: int,
         extra_limits: dict[str, int] | None = None,
+        tiny_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.upload_paths = upload_paths
+        self.tiny_paths = tiny_paths
         self.upload_limit = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
         # Other multipart routes with their own content cap (e.g. a batch of files).
         self.extra_limits = {
@@ -44,6 +48,8 @@ class BodySizeLimitMiddleware:
         for route, limit in self.extra_limits.items():
             if path.endswith(route):
                 return limit
+        if any(path.endswith(tiny) for tiny in self.tiny_paths):
+            return TINY_BODY_BYTES
         return SMALL_BODY_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

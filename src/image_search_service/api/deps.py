@@ -28,6 +28,7 @@ from image_search_service.services.embedding_router import (
 from image_search_service.services.ingest import InProcessIngest
 from image_search_service.services.library import LibraryIndexer, LibraryWatcher
 from image_search_service.services.search import SearchService
+from image_search_service.services.search_log import SearchLog
 
 
 @dataclass
@@ -41,6 +42,7 @@ class AppServices:
     metrics: ApiMetrics
     # POST /api/v1/ingest without RQ: one background thread of this process.
     ingest: InProcessIngest
+    search_log: SearchLog
     # Encoding saturates the CPU cores by itself; more concurrent forwards only add
     # memory and contention, so they queue here instead of in the generic thread pool.
     encode_limiter: anyio.CapacityLimiter
@@ -55,6 +57,7 @@ class AppServices:
                 self.watcher.close()
             self.indexer.close()
             self.ingest.close()
+            self.search_log.close()
         finally:
             self.ctx.close()
 

@@ -12,7 +12,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from image_search_service.services.embedding_router import RouteDecision
-from image_search_service.services.search import TextEmbeddingCache
+from image_search_service.services.search import SearchOutcome, TextEmbeddingCache
+from image_search_service.services.search_log import EventOutcome, SearchLog
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -49,6 +50,20 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        self.arm_searches = Counter(
+            "image_search_experiment_searches",
+            "Searches by experiment arm (clip, siglip, interleaved), kind and whether "
+            "any result came back",
+            ["arm", "kind", "results"],
+            registry=self.registry,
+        )
+        self.arm_events = Counter(
+            "image_search_experiment_events",
+            "Result events recorded, by the search's arm, the credited model and type",
+            ["arm", "model", "type"],
+            registry=self.registry,
+        )
+
         # Embeddings served to other services, apart from searches and from ingest.
         self.embed_requests = Counter(
             "image_search_embed_requests",
@@ -72,10 +87,18 @@ class ApiMetrics:
     def observe_encode(self, model: str, kind: str, _batch: int, seconds: float) -> None:
         self.encoder_seconds.labels(model=model, kind=kind).observe(seconds)
 
-    def record_search(self, kind: str, decision: RouteDecision) -> None:
+    def record_search(self, kind: str, decision: RouteDecision, outcome: SearchOutcome) -> None:
         self.searches.labels(model=decision.model, kind=kind).inc()
         if decision.fallback_code is not None:
             self.fallbacks.labels(selected=decision.selected, reason=decision.fallback_code).inc()
+        results = "some" if outcome.results else "none"
+        self.arm_searches.labels(arm=outcome.arm, kind=kind, results=results).inc()
+
+    def record_event(self, event: EventOutcome) -> None:
+        self.arm_events.labels(arm=event.arm, model=event.model, type=event.type).inc()
+
+    def track_search_log(self, log: SearchLog) -> None:
+        self.registry.register(_SearchLogCollector(log))
 
     def track_text_cache(self, cache: TextEmbeddingCache) -> None:
         self.registry.register(_TextCacheCollector(cache))
@@ -93,6 +116,23 @@ class _TextCacheCollector(Collector):
         )
         family.add_metric(["hit"], self._cache.hits)
         family.add_metric(["miss"], self._cache.misses)
+        yield family
+
+
+class _SearchLogCollector(Collector):
+    def __init__(self, log: SearchLog) -> None:
+        self._log = log
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "image_search_experiment_records",
+            "Searches written to the experiment log, by result (recorded, error; "
+            "dropped counts the errors that were a full queue)",
+            labels=["result"],
+        )
+        family.add_metric(["recorded"], self._log.recorded)
+        family.add_metric(["error"], self._log.errors)
+        family.add_metric(["dropped"], self._log.dropped)
         yield family
 
 

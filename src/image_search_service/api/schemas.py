@@ -10,13 +10,14 @@ from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from image_search_service.core.config import ModelKey
+from image_search_service.core.config import Arm, ModelKey
 from image_search_service.core.specs import BASELINE
 from image_search_service.db.metadata_repository import NameCount
 from image_search_service.images.metadata import MAX_CAPTION_CHARS, MAX_NAME_CHARS, PersonRegion
 from image_search_service.services.assets import MAX_PAGE, AssetPage, AssetView
 from image_search_service.services.embed import MAX_TEXTS, EmbedOutcome
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, RouteDecision
+from image_search_service.services.experiment import MAX_RANK
 from image_search_service.services.metadata import AssetEdit
 from image_search_service.services.search import (
     MAX_EXAMPLES,
@@ -31,6 +32,7 @@ from image_search_service.services.search import (
     SearchOutcome,
     name_filter,
 )
+from image_search_service.services.search_log import EventType
 from image_search_service.vector.base import SearchFilter
 
 
@@ -222,6 +224,9 @@ class PersonInPhoto(BaseModel):
 
 class SearchResult(BaseModel):
     asset_id: UUID
+    model: ModelKey = Field(
+        description="the model that found this result (interleaved: the team that picked it)"
+    )
     score: float = Field(description="cosine similarity")
     calibrated_score: float | None = Field(
         None, description="text-image probability, for models trained with a sigmoid loss"
@@ -263,9 +268,11 @@ class UnderstoodOut(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    understood: UnderstoodOut | None = None
+    search_id: UUID = Field(description="names this search in POST /api/v1/events")
     results: list[SearchResult]
-    model: ModelKey = Field(description="the model that answered")
+    model: Arm = Field(
+        description="the model that answered, or `interleaved` (both, merged by team draft)"
+    )
     collection: str
     limit: int
     offset: int
@@ -273,13 +280,23 @@ class SearchResponse(BaseModel):
     fallback_reason: str | None = Field(
         None, description="set when the routed model could not serve and the baseline answered"
     )
+    understood: UnderstoodOut | None = None
 
     @classmethod
-    def of(cls, outcome: SearchOutcome, decision: RouteDecision, took_ms: float) -> SearchResponse:
+    def of(
+        cls,
+        outcome: SearchOutcome,
+        decision: RouteDecision,
+        took_ms: float,
+        *,
+        search_id: UUID,
+    ) -> SearchResponse:
         return cls(
+            search_id=search_id,
             results=[
                 SearchResult(
                     asset_id=hit.asset_id,
+                    model=hit.model,
                     score=round(hit.score, 6),
                     calibrated_score=(
                         round(hit.calibrated_score, 6) if hit.calibrated_score is not None else None
@@ -305,7 +322,7 @@ class SearchResponse(BaseModel):
                 if outcome.understood
                 else None
             ),
-            model=outcome.model,
+            model=outcome.arm,
             collection=outcome.collection,
             limit=outcome.limit,
             offset=outcome.offset,
@@ -456,6 +473,8 @@ class UserRouteOut(BaseModel):
     anonymous: bool
     fallback_code: str | None
     fallback_reason: str | None
+    interleave: bool
+    arm: Arm
 
 
 class RolloutOut(BaseModel):
@@ -465,6 +484,7 @@ class RolloutOut(BaseModel):
         description="database: changed at run time (wins over the environment's flags)"
     )
     flags_refresh_s: float = Field(description="every process re-reads the flags this often")
+    interleave_percentage: int
     min_rollout_coverage: float | None
     coverage_cache_ttl_s: float
     baseline: ModelKey
@@ -712,3 +732,99 @@ class LibraryStatusOut(BaseModel):
     vector_store: str
     database: str
     models: dict[str, dict[str, Any]]
+
+
+# -- experiment ------------------------------------------------------------------------
+class EventIn(BaseModel):
+    """One interaction with one result of a search."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    search_id: UUID = Field(description="the `search_id` of the search response")
+    asset_id: UUID = Field(description="the result acted on")
+    type: EventType
+    rank: int = Field(ge=1, le=MAX_RANK, description="1-based position in that response")
+
+
+class EventOut(BaseModel):
+    search_id: UUID
+    recorded: bool = Field(description="false when the same event was already recorded")
+    model: ModelKey = Field(description="the model credited with the result")
+
+
+class ArmMetricsOut(BaseModel):
+    arm: Arm
+    searches: int
+    clicked_searches: int = Field(description="searches with at least one event")
+    events: int
+    ctr: float = Field(description="clicked searches / searches")
+    ctr_at_1: float = Field(description="share of searches whose first click was rank 1")
+    ctr_at_5: float = Field(description="share of searches whose first click was rank 1-5")
+    mrr: float = Field(description="mean reciprocal rank of the first click (0 without one)")
+    zero_result_rate: float
+    abandonment_rate: float = Field(description="results shown, no click, no reformulation")
+    reformulation_rate: float
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+
+
+class ComparisonOutSchema(BaseModel):
+    metric: str
+    baseline: float
+    candidate: float
+    difference: float = Field(description="candidate - baseline")
+    ci_low: float
+    ci_high: float
+    p_value: float
+    significant: bool = Field(description="p < 0.05")
+    method: str
+
+
+class InterleavingOutSchema(BaseModel):
+    searches: int
+    wins: int = Field(description="interleaved searches whose clicks favoured the candidate")
+    losses: int
+    ties: int
+    no_click: int
+    p_value: float = Field(description="exact two-sided sign test, wins against losses")
+    significant: bool
+
+
+class PowerOutSchema(BaseModel):
+    min_effect: float
+    alpha: float
+    power: float
+    needed_per_arm: int | None
+    have_per_arm: int
+    still_needed_per_arm: int | None
+
+
+class RecommendationOut(BaseModel):
+    action: Literal["raise", "hold", "roll back"]
+    target_percentage: int | None
+    text: str
+
+
+class ExperimentReportOut(BaseModel):
+    since: datetime | None
+    baseline: ModelKey
+    candidate: ModelKey
+    siglip_rollout_percentage: int
+    interleave_percentage: int
+    arms: dict[str, ArmMetricsOut]
+    comparisons: list[ComparisonOutSchema]
+    interleaving: InterleavingOutSchema
+    power: PowerOutSchema
+    recommendation: RecommendationOut
+    notes: list[str]
+
+
+class ExperimentDayOut(BaseModel):
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    arm: Arm
+    searches: int
+    ctr: float
+    ctr_at_1: float
+    mrr: float
+    zero_result_rate: float
+    reformulation_rate: float

@@ -21,6 +21,9 @@ ModelKey = Literal["clip", "siglip"]
 MODEL_KEYS: tuple[ModelKey, ...] = ("clip", "siglip")
 EncoderRuntime = Literal["onnx", "torch"]
 EncoderPrecision = Literal["fp32", "int8"]
+# The arm of the experiment that answered a search: one model, or both interleaved.
+Arm = Literal["clip", "siglip", "interleaved"]
+INTERLEAVED: Arm = "interleaved"
 
 
 class Settings(BaseSettings):
@@ -108,6 +111,18 @@ class Settings(BaseSettings):
     # Changes are gathered for this long after the last one before a re-index starts.
     library_debounce_ms: int = Field(1000, ge=10, le=600_000)
 
+    # Share of users (by bucket, counted from the top: buckets >= 100 - this) whose
+    # searches merge both models' results by team draft. Disjoint from the SigLIP share.
+    interleave_percentage: int = Field(0, ge=0, le=100)
+
+    # The experiment log: every search and its click events, kept this many days.
+    experiment_recording: bool = True
+    experiment_retention_days: int = Field(90, ge=1, le=3650)
+    # A text search by the same user within this many seconds of a search without a
+    # click marks that search as reformulated.
+    experiment_reformulation_window_s: float = Field(60.0, gt=0, le=3600.0)
+    experiment_max_events_per_search: int = Field(50, ge=1, le=10_000)
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -169,6 +184,15 @@ class Settings(BaseSettings):
         if self.qdrant_collection == self.siglip_collection:
             raise ValueError(
                 "QDRANT_COLLECTION and SIGLIP_COLLECTION must name different collections"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _disjoint_shares(self) -> Settings:
+        if self.siglip_rollout_percentage + self.interleave_percentage > 100:
+            raise ValueError(
+                "SIGLIP_ROLLOUT_PERCENTAGE + INTERLEAVE_PERCENTAGE must be at most 100 "
+                "(the two shares of users are disjoint)"
             )
         return self
 

@@ -83,3 +83,15 @@ class FolderUnreadable(ServiceError):
     """A folder to index exists but this process may not list or read it."""
 
     status_code = 422
+
+
+class SearchNotFound(ServiceError):
+    """An event names a search that was never recorded here, or has expired."""
+
+    status_code = 404
+
+
+class TooManyEvents(ServiceError):
+    """A search already holds as many events as one search may."""
+
+    status_code = 429

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -14,8 +15,10 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     Uuid,
@@ -209,3 +212,86 @@ class RolloutChange(Base):
     new_use_siglip: Mapped[bool] = mapped_column(Boolean)
     new_siglip_rollout_percentage: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(64))
+
+
+# -- the experiment log ----------------------------------------------------------------
+class ExperimentSearch(Base):
+    """One answered search, narrow on purpose: the report aggregates these rows with
+    one indexed scan. What happened afterwards (clicks, reformulation) is folded into
+    the row as events arrive, so the report never joins the events."""
+
+    __tablename__ = "experiment_searches"
+    __table_args__ = (
+        # Covering index of the report: its GROUP BY (the first five columns, in this
+        # order, so no sort) and the interleaving tally (arm = 'interleaved') read only
+        # this index. Everything the report counts is a key column or ``clicks``.
+        Index(
+            "ix_experiment_searches_report",
+            "arm",
+            "first_click_rank",
+            "latency_bucket",
+            "reformulated",
+            "zero_results",
+            "clicks",
+            "created_at",
+            "credit_baseline",
+            "credit_candidate",
+        ),
+        Index("ix_experiment_searches_user", "user_id", "created_at"),
+        # Covering index of pruning and of the daily series (a time range first).
+        Index(
+            "ix_experiment_searches_time",
+            "created_at",
+            "arm",
+            "first_click_rank",
+            "reformulated",
+            "zero_results",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user_id: Mapped[str | None] = mapped_column(String(256), default=None)
+    bucket: Mapped[int] = mapped_column(SmallInteger)
+    arm: Mapped[str] = mapped_column(String(16))  # clip, siglip or interleaved
+    selected: Mapped[str] = mapped_column(String(16))  # what the flags chose
+    fallback_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    kind: Mapped[str] = mapped_column(String(16))  # text, image, similar
+    result_count: Mapped[int] = mapped_column(Integer)
+    zero_results: Mapped[bool] = mapped_column(Boolean)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    latency_bucket: Mapped[int] = mapped_column(SmallInteger)
+    # Folded in from the events:
+    clicks: Mapped[int] = mapped_column(Integer, default=0)
+    first_click_rank: Mapped[int | None] = mapped_column(SmallInteger, default=None)
+    reformulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    credit_baseline: Mapped[int] = mapped_column(Integer, default=0)  # interleaving
+    credit_candidate: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ExperimentResults(Base):
+    """The result list of one search, in order; for interleaving, the team of each."""
+
+    __tablename__ = "experiment_results"
+
+    search_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("experiment_searches.id", ondelete="CASCADE"), primary_key=True
+    )
+    asset_ids: Mapped[list[str]] = mapped_column(JSON)
+    models: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+
+
+class ExperimentEvent(Base):
+    """A click (or open, more-like-this, download) on one result of one search; the
+    primary key makes a repeated event a no-op."""
+
+    __tablename__ = "experiment_events"
+
+    search_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("experiment_searches.id", ondelete="CASCADE"), primary_key=True
+    )
+    asset_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    rank: Mapped[int] = mapped_column(SmallInteger)
+    model: Mapped[str | None] = mapped_column(String(16), default=None)  # credited model
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

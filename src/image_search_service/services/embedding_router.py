@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from image_search_service.core.config import MODEL_KEYS, ModelKey
+from image_search_service.core.config import INTERLEAVED, MODEL_KEYS, Arm, ModelKey
 from image_search_service.core.errors import InvalidRequest
 from image_search_service.core.specs import BASELINE, CANDIDATE
 from image_search_service.db import repository as repo
@@ -80,13 +80,21 @@ class RouteDecision:
     rule: str  # why ``selected`` was chosen
     fallback_code: str | None = None
     fallback_reason: str | None = None
+    # Both models answer and their results are merged by team draft (``model`` is then
+    # the candidate, whose readiness allowed it; the baseline always serves).
+    interleave: bool = False
 
     @property
     def anonymous(self) -> bool:
         return self.user_id is None
 
+    @property
+    def arm(self) -> Arm:
+        """The experiment arm: the answering model, or ``interleaved``."""
+        return INTERLEAVED if self.interleave else self.model
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "anonymous": self.anonymous}
+        return {**asdict(self), "anonymous": self.anonymous, "arm": self.arm}
 
 
 class EmbeddingRouter:
@@ -110,6 +118,8 @@ class EmbeddingRouter:
         # USE_SIGLIP / SIGLIP_ROLLOUT_PERCENTAGE: the environment's, unless changed at run
         # time (stored in the DB, re-read every ROLLOUT_REFRESH_S).
         self.flags = LiveRollout(ctx, clock=clock)
+        # INTERLEAVE_PERCENTAGE is read at start (not a live flag yet).
+        self.interleave_percentage = ctx.settings.interleave_percentage
         self.min_coverage = settings.min_rollout_coverage
         self.coverage_ttl_s = (
             settings.rollout_coverage_ttl_s if coverage_ttl_s is None else coverage_ttl_s
@@ -130,15 +140,32 @@ class EmbeddingRouter:
 
     # -- choosing ------------------------------------------------------------------------
     def select(self, user_id: str | None) -> tuple[ModelKey, int, str]:
-        """(model, bucket, rule) from flags and bucket alone."""
+        """(model, bucket, rule) from flags and bucket alone. An interleaved user's
+        model is the candidate (the rule says ``interleaved``): see :meth:`interleaves`."""
         bucket = user_bucket(user_id) if user_id is not None else self._draw(BUCKETS)
         flags = self.flags.current()  # read once: both values from the same moment
         percentage = flags.siglip_rollout_percentage
         if flags.use_siglip:
             return CANDIDATE, bucket, "USE_SIGLIP=true"
+        if self.interleaves(bucket, use_siglip=False):
+            # Checked first: if the live SigLIP share is raised into the interleaving
+            # share, the overlapping buckets stay interleaved.
+            return (
+                CANDIDATE,
+                bucket,
+                f"bucket {bucket} >= {BUCKETS - self.interleave_percentage} "
+                f"(INTERLEAVE_PERCENTAGE={self.interleave_percentage}): interleaved",
+            )
         if bucket < percentage:
             return CANDIDATE, bucket, f"bucket {bucket} < SIGLIP_ROLLOUT_PERCENTAGE={percentage}"
         return BASELINE, bucket, f"bucket {bucket} >= SIGLIP_ROLLOUT_PERCENTAGE={percentage}"
+
+    def interleaves(self, bucket: int, *, use_siglip: bool | None = None) -> bool:
+        """The interleaving share is counted from the top bucket down, the SigLIP share
+        from the bottom up, so the two never overlap (settings check the sum at start)."""
+        if use_siglip is None:
+            use_siglip = self.use_siglip
+        return not use_siglip and bucket >= BUCKETS - self.interleave_percentage
 
     def route(self, user_id: str | None) -> RouteDecision:
         return self._decide(user_id, self.readiness)
@@ -154,6 +181,7 @@ class EmbeddingRouter:
             user_id=user_id,
             bucket=bucket,
             rule=rule,
+            interleave=self.interleaves(bucket),
         )
         if selected == BASELINE:
             return decision  # the baseline is what we fall back to: nothing to guard
@@ -164,6 +192,7 @@ class EmbeddingRouter:
             decision,
             model=BASELINE,
             collection=self._ctx.spec(BASELINE).collection,
+            interleave=False,
             fallback_code=state.reason_code,
             fallback_reason=f"{state.reason}; answered by {BASELINE}",
         )
@@ -171,7 +200,7 @@ class EmbeddingRouter:
     def models_in_use(self) -> list[ModelKey]:
         """The models the flags can send traffic to (what ``PRELOAD_MODELS`` loads)."""
         flags = self.flags.current()
-        if flags.use_siglip or flags.siglip_rollout_percentage > 0:
+        if flags.use_siglip or flags.siglip_rollout_percentage > 0 or self.interleave_percentage:
             return [BASELINE, CANDIDATE]
         return [BASELINE]
 
@@ -274,6 +303,7 @@ class EmbeddingRouter:
             "siglip_rollout_percentage": flags.siglip_rollout_percentage,
             "flags_source": flags.source,
             "flags_refresh_s": self.flags.refresh_s,
+            "interleave_percentage": self.interleave_percentage,
             "min_rollout_coverage": self.min_coverage,
             "coverage_cache_ttl_s": self.coverage_ttl_s,
             "baseline": BASELINE,

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 import numpy as np
 from cachetools import LRUCache
 
-from image_search_service.core.config import ModelKey
+from image_search_service.core.config import INTERLEAVED, Arm, ModelKey
 from image_search_service.core.errors import AssetNotFound, CollectionMissing, InvalidRequest
-from image_search_service.core.specs import ModelSpec
+from image_search_service.core.specs import BASELINE, CANDIDATE, ModelSpec
 from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
 from image_search_service.db.metadata_repository import AssetLabels
@@ -27,7 +28,11 @@ from image_search_service.images.loading import load_image
 from image_search_service.images.metadata import normalise_name
 from image_search_service.services.assets import as_utc
 from image_search_service.services.context import ServiceContext
+from image_search_service.services.interleaving import draft_seed, team_draft
 from image_search_service.services.query import split_negatives, understand
+
+if TYPE_CHECKING:
+    from image_search_service.services.embedding_router import RouteDecision
 from image_search_service.vector.base import SearchFilter
 from image_search_service.vector.schema import payload_timestamp
 
@@ -59,6 +64,7 @@ class SearchHit:
     height: int | None
     format: str | None
     taken_at: datetime | None
+    model: ModelKey  # the model that found it (for interleaving: the team that picked it)
     labels: AssetLabels = AssetLabels()
     matched_by: MatchedBy = "image"
     fused_score: float | None = None  # reciprocal rank fusion, when full text took part
@@ -66,6 +72,7 @@ class SearchHit:
     def as_dict(self) -> dict[str, Any]:
         return {
             "asset_id": str(self.asset_id),
+            "model": self.model,
             "matched_by": self.matched_by,
             "fused_score": round(self.fused_score, 6) if self.fused_score is not None else None,
             "path": self.path,
@@ -93,12 +100,17 @@ class SearchOutcome:
     offset: int
     took_ms: float
     understood: Understood | None = None
+    interleaved: bool = False  # both models answered; each hit says which one
+
+    @property
+    def arm(self) -> Arm:
+        return INTERLEAVED if self.interleaved else self.model
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "understood": self.understood.as_dict() if self.understood else None,
             "results": [hit.as_dict() for hit in self.results],
-            "model": self.model,
+            "model": self.arm,
             "collection": self.collection,
             "limit": self.limit,
             "offset": self.offset,
@@ -158,6 +170,60 @@ class SearchOptions:
             raise InvalidRequest("taken_after must be earlier than taken_before")
 
 
+SearchRun = Callable[[ModelKey, "SearchOptions"], "SearchOutcome"]
+
+
+def answer(
+    decision: RouteDecision,
+    run: SearchRun,
+    options: SearchOptions,
+    *,
+    kind: str,
+    query: str,
+) -> SearchOutcome:
+    """Run a routed search: the decided model, or both merged when the user is in the
+    interleaving share. ``query`` identifies the query (text, image digest, asset id)
+    so that the same user paging the same query sees one merged order."""
+    if decision.interleave:
+        seed = draft_seed(decision.user_id or "", kind, query)
+        return interleaved_search(run, options, seed=seed)
+    return run(decision.model, options)
+
+
+def interleaved_search(run: SearchRun, options: SearchOptions, *, seed: int) -> SearchOutcome:
+    """Both models answer the same query; their rankings are merged by team draft.
+
+    Each model is asked for ``offset + limit`` results from the top (at most
+    ``MAX_LIMIT``), and the merged list is cut at ``offset``, so (with the same
+    ``seed``) page two continues page one.
+    """
+    options.validate()
+    started = time.perf_counter()
+    wide = SearchOptions(
+        limit=min(options.offset + options.limit, MAX_LIMIT),
+        offset=0,
+        min_score=options.min_score,
+        search_filter=options.search_filter,
+    )
+    baseline = run(BASELINE, wide)
+    candidate = run(CANDIDATE, wide)
+    merged = team_draft(
+        [(h.asset_id, h) for h in baseline.results],
+        [(h.asset_id, h) for h in candidate.results],
+        length=options.offset + options.limit,
+        rng=random.Random(seed),
+    )
+    return SearchOutcome(
+        results=[hit for hit, _team in merged[options.offset :]],
+        model=CANDIDATE,
+        collection=f"{baseline.collection}+{candidate.collection}",
+        limit=options.limit,
+        offset=options.offset,
+        took_ms=(time.perf_counter() - started) * 1000,
+        interleaved=True,
+    )
+
+
 class TextEmbeddingCache:
     """A small LRU of query embeddings per model: repeated queries skip the encoder."""
 
@@ -181,6 +247,14 @@ class TextEmbeddingCache:
             self.misses += 1
             self._data[key] = vector
         return vector
+
+    def warm(self, encoder: Encoder, texts: list[str]) -> None:
+        """Encode ``texts`` in one batch and keep them (known frequent queries)."""
+        vectors: FloatArray = encoder.encode_text(texts)
+        with self._lock:
+            for text, vector in zip(texts, vectors, strict=True):
+                vector.setflags(write=False)
+                self._data[(encoder.spec, text)] = vector
 
 
 @dataclass(frozen=True)
@@ -425,6 +499,7 @@ class SearchService:
                     labels=labels.get(asset_id, AssetLabels()),
                     matched_by=matched_by,
                     fused_score=fused,
+                    model=model,
                 )
             )
         return SearchOutcome(

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from image_search_service.api.deps import RequireApiKey, RequireJson, RouterDep, ServicesDep
+from image_search_service.api.deps import (
+    DbSession,
+    RequireApiKey,
+    RequireJson,
+    RouterDep,
+    ServicesDep,
+)
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import (
+    ExperimentDayOut,
+    ExperimentReportOut,
     IndexRequest,
     IndexStatusOut,
     IndexSubmissionOut,
@@ -33,6 +43,12 @@ from image_search_service.core.errors import (
 )
 from image_search_service.jobs.queue import QueueUnavailable
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, clean_user_id
+from image_search_service.services.experiment import (
+    DEFAULT_MIN_EFFECT,
+    MIN_EFFECT_RANGE,
+    experiment_daily,
+    experiment_report,
+)
 from image_search_service.services.migration import submit_reembed
 from image_search_service.services.reembed import reembed_progress
 from image_search_service.services.rollout import MAX_HISTORY
@@ -179,3 +195,42 @@ async def index_status(services: ServicesDep) -> IndexStatusOut:
 )
 def status(services: ServicesDep) -> LibraryStatusOut:
     return LibraryStatusOut.model_validate(library_status(services.ctx).as_dict())
+
+
+@router.get(
+    "/experiment",
+    summary="The rollout experiment: per-arm metrics, differences with significance, "
+    "interleaving wins and losses, sample size still needed, and a recommendation",
+    responses=error_responses(Unauthorized, DatabaseUnavailable),
+)
+def experiment(
+    services: ServicesDep,
+    session: DbSession,
+    since: Annotated[
+        datetime | None, Query(description="only searches at or after (ISO 8601; naive is UTC)")
+    ] = None,
+    min_effect: Annotated[
+        float,
+        Query(
+            ge=MIN_EFFECT_RANGE[0],
+            le=MIN_EFFECT_RANGE[1],
+            description="the absolute CTR change the sample size is sized for",
+        ),
+    ] = DEFAULT_MIN_EFFECT,
+) -> ExperimentReportOut:
+    report = experiment_report(session, services.ctx.settings, since=since, min_effect=min_effect)
+    return ExperimentReportOut.model_validate(report.as_dict())
+
+
+@router.get(
+    "/experiment/daily",
+    summary="The experiment per UTC day and arm (searches, CTR, CTR@1, MRR, zero results, "
+    "reformulations): the series behind the admin page's charts",
+    responses=error_responses(Unauthorized, DatabaseUnavailable),
+)
+def experiment_by_day(
+    session: DbSession,
+    days: Annotated[int, Query(ge=1, le=366, description="days back, today included")] = 30,
+) -> list[ExperimentDayOut]:
+    rows = experiment_daily(session, days=days, now=datetime.now(UTC))
+    return [ExperimentDayOut.model_validate(asdict(row)) for row in rows]

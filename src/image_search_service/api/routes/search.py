@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable
+import uuid
 from typing import Annotated
 from uuid import UUID
 
@@ -27,7 +28,6 @@ from image_search_service.api.schemas import (
     TextSearchParams,
 )
 from image_search_service.api.uploads import read_upload
-from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
     AssetNotFound,
     CollectionMissing,
@@ -41,7 +41,13 @@ from image_search_service.core.errors import (
     VectorStoreUnavailable,
 )
 from image_search_service.services.embedding_router import RouteDecision, clean_user_id
-from image_search_service.services.search import MAX_EXAMPLES, SearchOutcome
+from image_search_service.services.search import (
+    MAX_EXAMPLES,
+    SearchOptions,
+    SearchOutcome,
+    SearchRun,
+    answer,
+)
 
 router = APIRouter(prefix=f"{API_PREFIX}/search", tags=["search"])
 
@@ -61,21 +67,29 @@ async def _routed(
     user_id: str | None,
     *,
     kind: str,
-    search: Callable[[ModelKey], SearchOutcome],
+    query: str,
+    options: SearchOptions,
+    search: SearchRun,
     encodes: bool = True,
 ) -> SearchResponse:
-    """Route the request, run the search off the event loop, shape the answer."""
+    """Route the request, run the search off the event loop (both models, merged, for
+    an interleaved user), record it in the experiment log, shape the answer."""
     started = time.perf_counter()
 
     def work() -> tuple[RouteDecision, SearchOutcome]:
         decision = services.router.route(user_id)
-        request.state.model = decision.model  # the latency metric's model label
-        return decision, search(decision.model)
+        request.state.model = decision.arm  # the latency metric's model label
+        return decision, answer(decision, search, options, kind=kind, query=query)
 
     limiter = services.encode_limiter if encodes else None
     decision, outcome = await anyio.to_thread.run_sync(work, limiter=limiter)
-    services.metrics.record_search(kind, decision)
-    return SearchResponse.of(outcome, decision, (time.perf_counter() - started) * 1000)
+    took_ms = (time.perf_counter() - started) * 1000
+    search_id = uuid.uuid4()
+    services.search_log.record(
+        search_id=search_id, decision=decision, outcome=outcome, kind=kind, latency_ms=took_ms
+    )
+    services.metrics.record_search(kind, decision, outcome)
+    return SearchResponse.of(outcome, decision, took_ms, search_id=search_id)
 
 
 @router.get(
@@ -94,8 +108,10 @@ async def search_text(
         services,
         header_user or clean_user_id(params.user_id),
         kind="text",
-        search=lambda model: services.search.search_combined(
-            params.combined(params.q), model=model, options=params.options()
+        query=params.q,
+        options=params.options(),
+        search=lambda model, options: services.search.search_combined(
+            params.combined(params.q), model=model, options=options
         ),
     )
 
@@ -114,8 +130,10 @@ async def search_text_json(
         services,
         header_user or clean_user_id(body.user_id),
         kind="text",
-        search=lambda model: services.search.search_combined(
-            body.combined(body.q), model=model, options=body.options()
+        query=body.q,
+        options=body.options(),
+        search=lambda model, options: services.search.search_combined(
+            body.combined(body.q), model=model, options=options
         ),
     )
 
@@ -145,8 +163,10 @@ async def search_image(
         services,
         header_user or clean_user_id(params.user_id),
         kind="image",
-        search=lambda model: services.search.search_image(
-            data, model=model, options=params.options()
+        query=hashlib.sha256(data).hexdigest(),
+        options=params.options(),
+        search=lambda model, options: services.search.search_image(
+            data, model=model, options=options
         ),
     )
 
@@ -179,10 +199,20 @@ async def search_combined(
         services,
         header_user or clean_user_id(params.user_id),
         kind="combined",
-        search=lambda model: services.search.search_combined(
-            params.combined(params.q, uploads), model=model, options=params.options()
+        query=_combined_key(params.q, uploads),
+        options=params.options(),
+        search=lambda model, options: services.search.search_combined(
+            params.combined(params.q, uploads), model=model, options=options
         ),
     )
+
+
+def _combined_key(text: str | None, uploads: list[bytes]) -> str:
+    """What identifies a combined query for interleaving's seed: its text and images."""
+    digest = hashlib.sha256((text or "").encode("utf-8", "surrogatepass"))
+    for data in uploads:
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()
 
 
 @router.get(
@@ -202,8 +232,10 @@ async def search_similar(
         services,
         header_user or clean_user_id(params.user_id),
         kind="similar",
-        search=lambda model: services.search.search_similar(
-            asset_id, model=model, options=params.options()
+        query=str(asset_id),
+        options=params.options(),
+        search=lambda model, options: services.search.search_similar(
+            asset_id, model=model, options=options
         ),
         encodes=False,
     )

@@ -179,6 +179,12 @@ async function loadMore() {
     if (generation !== state.generation) return;
     state.answer = answer;
     const start = state.results.length;
+    // Each result remembers the search that returned it and its 1-based rank there:
+    // events name that search (a later page is another search with its own id).
+    answer.results.forEach((hit, i) => {
+      hit.searchId = answer.search_id;
+      hit.rank = i + 1;
+    });
     state.results.push(...answer.results);
     state.offset += answer.results.length;
     state.done = answer.results.length < PAGE;
@@ -285,7 +291,8 @@ function tile(hit, index) {
 }
 
 function moreLikeThis(assetId, index) {
-  if (state.answer) reportEvent(state.answer.search_id, assetId, "similar", index + 1);
+  const hit = state.results[index];
+  if (hit) reportEvent(hit.searchId, assetId, "more_like_this", hit.rank);
   if ($("viewer").open) $("viewer").close();
   $("q").value = "";
   start({ mode: "similar", similar: assetId });
@@ -338,7 +345,7 @@ async function openViewer(index) {
   const hit = state.results[index];
   if (!hit) return;
   viewerIndex = index;
-  if (state.answer) reportEvent(state.answer.search_id, hit.asset_id, "click", index + 1);
+  reportEvent(hit.searchId, hit.asset_id, "click", hit.rank);
   const dialog = $("viewer");
   $("viewer-image").src = thumbnailUrl(hit.asset_id, 512);
   $("viewer-image").alt = baseName(hit.path);

@@ -1,7 +1,7 @@
 """People, tags, captions and titles read from XMP/IPTC/EXIF (issue 13).
 
 Revision ID: 0004_metadata
-Revises: 0002_rollout
+Revises: 0003_experiment
 Create Date: 2026-11-30
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_metadata"
-down_revision = "0002_rollout"
+down_revision = "0003_experiment"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,100 @@
+"""The experiment's statistics against textbook values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from image_search_service.services.stats import (
+    bootstrap_mean_difference,
+    histogram_quantile,
+    sample_size_two_proportions,
+    sign_test,
+    two_proportion_test,
+)
+
+
+class TestTwoProportions:
+    def test_matches_the_pooled_z_test(self) -> None:
+        result = two_proportion_test(100, 1000, 130, 1000)
+        z = 0.03 / math.sqrt(0.115 * 0.885 * (2 / 1000))
+        assert result.difference == pytest.approx(0.03)
+        assert result.p_value == pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-9)
+        assert result.p_value == pytest.approx(0.0355, abs=5e-4)
+        assert result.significant
+        se = math.sqrt(0.1 * 0.9 / 1000 + 0.13 * 0.87 / 1000)
+        assert (result.ci_low, result.ci_high) == pytest.approx(
+            (0.03 - 1.96 * se, 0.03 + 1.96 * se), abs=1e-4
+        )
+
+    def test_equal_rates_and_empty_arms_are_not_significant(self) -> None:
+        assert two_proportion_test(50, 100, 50, 100).p_value == pytest.approx(1.0)
+        assert two_proportion_test(0, 0, 5, 10).p_value == 1.0
+        assert two_proportion_test(0, 10, 0, 10).p_value == 1.0
+
+
+class TestSampleSize:
+    def test_matches_the_standard_formula(self) -> None:
+        # 10% -> 12% at alpha 0.05 and power 0.8: 3841 per group (Fleiss, no correction).
+        assert sample_size_two_proportions(0.10, 0.02) == 3841
+        assert sample_size_two_proportions(0.5, 0.1) == 388
+
+    def test_smaller_effects_need_more(self) -> None:
+        sizes = [sample_size_two_proportions(0.3, e) or 0 for e in (0.1, 0.05, 0.02, 0.01)]
+        assert sizes == sorted(sizes)
+        assert sizes[-1] > 30_000
+
+    def test_impossible_effects(self) -> None:
+        assert sample_size_two_proportions(0.3, 0.0) is None
+        assert sample_size_two_proportions(0.95, 0.1) is None
+
+
+class TestSignTest:
+    def test_exact_binomial_tail(self) -> None:
+        # 9 wins, 1 loss: 2 * (C(10,0) + C(10,1)) / 2^10
+        assert sign_test(9, 1).p_value == pytest.approx(22 / 1024)
+        assert sign_test(1, 9, ties=5).p_value == pytest.approx(22 / 1024)
+
+    def test_balanced_and_empty(self) -> None:
+        assert sign_test(10, 10).p_value == 1.0
+        assert sign_test(0, 0).p_value == 1.0
+
+    def test_large_counts_stay_finite(self) -> None:
+        p = sign_test(5300, 4700).p_value
+        assert 0 < p < 1e-8
+
+
+class TestBootstrap:
+    values = np.array([0.0, 1.0, 0.5, 1 / 3])
+
+    def test_detects_a_real_difference_reproducibly(self) -> None:
+        a = np.array([600, 200, 100, 100])
+        b = np.array([400, 400, 100, 100])
+        first = bootstrap_mean_difference(self.values, a, b, seed=1)
+        again = bootstrap_mean_difference(self.values, a, b, seed=1)
+        assert first == again
+        assert first.difference == pytest.approx((0.4 + 0.05 + 1 / 30) - (0.2 + 0.05 + 1 / 30))
+        assert first.ci_low > 0
+        assert first.significant
+
+    def test_no_difference_is_not_significant(self) -> None:
+        a = np.array([500, 300, 100, 100])
+        result = bootstrap_mean_difference(self.values, a, a.copy(), seed=2)
+        assert result.ci_low < 0 < result.ci_high
+        assert result.p_value > 0.3
+
+    def test_empty_arm(self) -> None:
+        result = bootstrap_mean_difference(
+            self.values, np.zeros(4, dtype=np.int64), np.array([1, 2, 3, 4])
+        )
+        assert (result.ci_low, result.ci_high, result.p_value) == (-1.0, 1.0, 1.0)
+
+
+def test_histogram_quantile() -> None:
+    values = np.array([30.0, 10.0, 20.0])
+    counts = np.array([10, 50, 40])
+    assert histogram_quantile(values, counts, 0.5) == 10.0
+    assert histogram_quantile(values, counts, 0.95) == 30.0
+    assert histogram_quantile(values, np.zeros(3, dtype=np.int64), 0.5) is None
