@@ -292,6 +292,24 @@ class TestPage:
         page.wait_for_selector("#grid li.tile")
         assert parse_qs(urlparse(page.url).query) == {"q": ["red"]}
 
+    def test_people_and_tags_filters_travel_in_the_url(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]]
+    ) -> None:
+        server, _ = library_server
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url) if "/api/v1/search" in r.url else None)
+        page.goto(f"{server.url}/?q=circle&people=Pat,%20Jack&tags=holiday")
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('No photos match')"
+        )
+        assert page.input_value("#people") == "Pat, Jack"
+        assert page.input_value("#tags") == "holiday"
+        sent = parse_qs(urlparse(requests[-1]).query)
+        assert (sent["people"], sent["tags"]) == (["Pat,Jack"], ["holiday"])
+        page.click("#clear-filters")
+        page.wait_for_selector("#grid li.tile")
+        assert parse_qs(urlparse(page.url).query) == {"q": ["circle"]}
+
     def test_report_event_hook_only_fires_with_a_search_id(
         self, page: Any, library_server: tuple[LiveServer, list[Path]]
     ) -> None:

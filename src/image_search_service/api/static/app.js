@@ -74,12 +74,19 @@ function nextDay(value) {
   return d.toISOString().slice(0, 10);
 }
 
+function names(id) {
+  return $(id).value.split(",").map((s) => s.trim()).filter(Boolean).join(",");
+}
+
 function filterParams() {
   const params = {};
   if ($("taken-after").value) params.taken_after = $("taken-after").value;
   // "Taken before" a day includes that day.
   if ($("taken-before").value) params.taken_before = nextDay($("taken-before").value);
   if ($("format").value) params.format = $("format").value;
+  // Everyone listed must be in the photo (and every tag on it): the API's people / tags.
+  if (names("people")) params.people = names("people");
+  if (names("tags")) params.tags = names("tags");
   return params;
 }
 
@@ -90,6 +97,8 @@ function syncUrl() {
   if ($("taken-after").value) url.set("after", $("taken-after").value);
   if ($("taken-before").value) url.set("before", $("taken-before").value);
   if ($("format").value) url.set("format", $("format").value);
+  if (names("people")) url.set("people", names("people"));
+  if (names("tags")) url.set("tags", names("tags"));
   const query = url.toString();
   const target = query ? `/?${query}` : "/";
   if (target !== location.pathname + location.search) history.pushState(null, "", target);
@@ -101,7 +110,9 @@ function readUrl() {
   $("taken-after").value = url.get("after") || "";
   $("taken-before").value = url.get("before") || "";
   $("format").value = (url.get("format") || "").toUpperCase();
-  if (url.get("after") || url.get("before") || url.get("format")) $("filters").open = true;
+  $("people").value = url.get("people") || "";
+  $("tags").value = url.get("tags") || "";
+  if (["after", "before", "format", "people", "tags"].some((k) => url.get(k))) $("filters").open = true;
   const q = (url.get("q") || "").trim();
   const similar = url.get("similar");
   $("q").value = q;
@@ -229,7 +240,9 @@ function describe(answer) {
 }
 
 function hasFilters() {
-  return Boolean($("taken-after").value || $("taken-before").value || $("format").value);
+  return Boolean(
+    $("taken-after").value || $("taken-before").value || $("format").value || names("people") || names("tags"),
+  );
 }
 
 function showError(err) {
@@ -371,6 +384,9 @@ function renderFacts(hit, asset) {
   fact(list, "Path", info.path);
   if (info.width && info.height) fact(list, "Size", `${info.width} x ${info.height}`);
   fact(list, "Format", info.format);
+  if (info.people && info.people.length) fact(list, "People", info.people.map((p) => p.name).join(", "));
+  if (info.tags && info.tags.length) fact(list, "Tags", info.tags.join(", "));
+  if (info.caption) fact(list, "Caption", info.caption);
   if (asset && asset.camera_model) fact(list, "Camera", `${asset.camera_make || ""} ${asset.camera_model}`.trim());
   const answer = state.answer;
   if (answer && !answer.browse) {
@@ -448,13 +464,15 @@ function init() {
     event.target.value = "";
   });
   $("example-clear").addEventListener("click", () => start({ mode: "browse" }));
-  for (const id of ["taken-after", "taken-before", "format"]) {
+  for (const id of ["taken-after", "taken-before", "format", "people", "tags"]) {
     $(id).addEventListener("change", () => rerun());
   }
   $("clear-filters").addEventListener("click", () => {
     $("taken-after").value = "";
     $("taken-before").value = "";
     $("format").value = "";
+    $("people").value = "";
+    $("tags").value = "";
     rerun();
   });
   $("more").addEventListener("click", () => loadMore());
