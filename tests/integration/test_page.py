@@ -310,6 +310,41 @@ class TestPage:
         page.wait_for_selector("#grid li.tile")
         assert parse_qs(urlparse(page.url).query) == {"q": ["circle"]}
 
+    def test_admin_page_shows_the_report_and_a_chart_per_metric(
+        self, page: Any, library_server: tuple[LiveServer, list[Path]], tmp_path: Path
+    ) -> None:
+        server, _ = library_server
+        for q in ("red", "blue circle", "star"):
+            answer = httpx.get(f"{server.url}/api/v1/search", params={"q": q}).json()
+            event = {
+                "search_id": answer["search_id"],
+                "asset_id": answer["results"][0]["asset_id"],
+                "type": "click",
+                "rank": 1,
+            }
+            assert httpx.post(f"{server.url}/api/v1/events", json=event).status_code == 200
+        page.goto(f"{server.url}/admin")
+        page.wait_for_selector("#charts figure.chart .series-clip")
+        metrics = page.eval_on_selector_all(
+            "#charts figure.chart", "figs => figs.map(f => f.dataset.metric)"
+        )
+        assert metrics == [
+            "searches",
+            "ctr",
+            "ctr_at_1",
+            "mrr",
+            "zero_result_rate",
+            "reformulation_rate",
+        ]
+        assert "clip" in page.inner_text("#arms")
+        assert page.inner_text("#recommendation-text").strip()
+        assert "recorded searches" in page.inner_text("#status")
+        target = tmp_path / "admin.png"
+        page.screenshot(path=str(target), full_page=True)
+        out = os.environ.get("PAGE_SCREENSHOT_DIR")
+        if out:
+            shutil.copy(target, Path(out) / target.name)
+
     def test_report_event_hook_only_fires_with_a_search_id(
         self, page: Any, library_server: tuple[LiveServer, list[Path]]
     ) -> None:

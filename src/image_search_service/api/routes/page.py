@@ -1,4 +1,5 @@
-"""The search page at ``/``: static HTML, CSS and JavaScript shipped in the package.
+"""The search page at ``/`` and the experiment page at ``/admin``: static HTML, CSS and
+JavaScript shipped in the package.
 
 No build step and no CDN: the page and everything it loads come from this server, so
 it works offline, and it calls the API on its own origin.
@@ -24,10 +25,9 @@ CONTENT_SECURITY_POLICY = (
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/")
-def page() -> FileResponse:
+def _html(name: str) -> FileResponse:
     return FileResponse(
-        STATIC_DIR / "index.html",
+        STATIC_DIR / name,
         media_type="text/html; charset=utf-8",
         headers={
             "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -36,6 +36,18 @@ def page() -> FileResponse:
             "Cache-Control": "no-cache",
         },
     )
+
+
+@router.get("/")
+def page() -> FileResponse:
+    return _html("index.html")
+
+
+@router.get("/admin")
+def admin_page() -> FileResponse:
+    """The rollout experiment: the report and a chart per metric over time (its data
+    come from the admin API, with the key when one is set)."""
+    return _html("admin.html")
 
 
 def static_files() -> StaticFiles:
