@@ -103,6 +103,9 @@ class TestChange:
             {"siglip_rollout_percentage": True},
             {"use_siglip": "yes"},
             {"use_siglip": True, "percentage": 5},
+            {"interleave_percentage": 101},
+            {"interleave_percentage": 91},  # 10 (SigLIP) + 91 > 100
+            {"siglip_rollout_percentage": 60, "interleave_percentage": 50},
             {},
         ],
     )
@@ -112,6 +115,25 @@ class TestChange:
         assert_error(client.put("/api/v1/admin/rollout", json=body), 422, "InvalidRequest")
         assert _flags(client) == (False, 10, "environment")
         assert _history(client) == []
+
+    def test_interleaving_is_a_live_flag_too(self, client: TestClient) -> None:
+        response = client.put("/api/v1/admin/rollout", json={"interleave_percentage": 30})
+        assert response.status_code == 200, response.text
+        assert response.json()["interleave_percentage"] == 30
+        [change] = _history(client)
+        assert (change["old_interleave_percentage"], change["new_interleave_percentage"]) == (
+            0,
+            30,
+        )
+        top = next(u for u in (f"u{i}" for i in range(1000)) if user_bucket(u) >= 70)
+        route = client.get("/api/v1/admin/rollout", params={"user_id": top}).json()["user"]
+        # Chosen for interleaving (answered by CLIP alone here: no SigLIP collection yet).
+        assert "INTERLEAVE_PERCENTAGE=30" in route["rule"]
+        assert route["fallback_code"] == "collection_missing"
+        client.put("/api/v1/admin/rollout", json={"interleave_percentage": 0})
+        route = client.get("/api/v1/admin/rollout", params={"user_id": top}).json()["user"]
+        assert "INTERLEAVE" not in route["rule"]
+        assert route["selected"] == "clip"
 
     def test_delete_hands_control_back_to_the_environment(self, client: TestClient) -> None:
         client.put(

@@ -657,6 +657,13 @@ class RolloutUpdate(BaseModel):
     siglip_rollout_percentage: int | None = Field(
         None, ge=0, le=100, description="share of user buckets (0..100) sent to the candidate"
     )
+    interleave_percentage: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="share of user buckets (0..100, from the top) whose searches merge both "
+        "models by team draft; with siglip_rollout_percentage at most 100",
+    )
 
 
 class RolloutChangeOut(BaseModel):
@@ -665,6 +672,8 @@ class RolloutChangeOut(BaseModel):
     old_siglip_rollout_percentage: int
     new_use_siglip: bool
     new_siglip_rollout_percentage: int
+    old_interleave_percentage: int
+    new_interleave_percentage: int
     source: str
 
 

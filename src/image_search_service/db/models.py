@@ -188,11 +188,13 @@ class RolloutSetting(Base):
     __table_args__ = (
         CheckConstraint("id = 1", name="single_row"),
         CheckConstraint("siglip_rollout_percentage BETWEEN 0 AND 100", name="percentage_range"),
+        CheckConstraint("interleave_percentage BETWEEN 0 AND 100", name="interleave_range"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, default=1)
     use_siglip: Mapped[bool] = mapped_column(Boolean)
     siglip_rollout_percentage: Mapped[int] = mapped_column(Integer)
+    interleave_percentage: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
@@ -211,6 +213,8 @@ class RolloutChange(Base):
     old_siglip_rollout_percentage: Mapped[int] = mapped_column(Integer)
     new_use_siglip: Mapped[bool] = mapped_column(Boolean)
     new_siglip_rollout_percentage: Mapped[int] = mapped_column(Integer)
+    old_interleave_percentage: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    new_interleave_percentage: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
     source: Mapped[str] = mapped_column(String(64))
 
 

@@ -412,6 +412,7 @@ def embedded_ids_page(
 class RolloutFlags:
     use_siglip: bool
     siglip_rollout_percentage: int
+    interleave_percentage: int = 0
 
 
 def rollout_flags(session: Session, *, for_update: bool = False) -> RolloutFlags | None:
@@ -422,7 +423,7 @@ def rollout_flags(session: Session, *, for_update: bool = False) -> RolloutFlags
     row = session.scalar(query.with_for_update() if for_update else query)
     if row is None:
         return None
-    return RolloutFlags(row.use_siglip, row.siglip_rollout_percentage)
+    return RolloutFlags(row.use_siglip, row.siglip_rollout_percentage, row.interleave_percentage)
 
 
 def set_rollout_flags(
@@ -435,6 +436,7 @@ def set_rollout_flags(
         session.add(row)
     row.use_siglip = new.use_siglip
     row.siglip_rollout_percentage = new.siglip_rollout_percentage
+    row.interleave_percentage = new.interleave_percentage
     return record_rollout_change(session, old=old, new=new, source=source)
 
 
@@ -446,6 +448,8 @@ def record_rollout_change(
         old_siglip_rollout_percentage=old.siglip_rollout_percentage,
         new_use_siglip=new.use_siglip,
         new_siglip_rollout_percentage=new.siglip_rollout_percentage,
+        old_interleave_percentage=old.interleave_percentage,
+        new_interleave_percentage=new.interleave_percentage,
         source=source[:64],
     )
     session.add(change)

@@ -115,11 +115,9 @@ class EmbeddingRouter:
     ) -> None:
         settings = ctx.settings
         self._ctx = ctx
-        # USE_SIGLIP / SIGLIP_ROLLOUT_PERCENTAGE: the environment's, unless changed at run
-        # time (stored in the DB, re-read every ROLLOUT_REFRESH_S).
+        # USE_SIGLIP / SIGLIP_ROLLOUT_PERCENTAGE / INTERLEAVE_PERCENTAGE: the environment's,
+        # unless changed at run time (stored in the DB, re-read every ROLLOUT_REFRESH_S).
         self.flags = LiveRollout(ctx, clock=clock)
-        # INTERLEAVE_PERCENTAGE is read at start (not a live flag yet).
-        self.interleave_percentage = ctx.settings.interleave_percentage
         self.min_coverage = settings.min_rollout_coverage
         self.coverage_ttl_s = (
             settings.rollout_coverage_ttl_s if coverage_ttl_s is None else coverage_ttl_s
@@ -138,6 +136,10 @@ class EmbeddingRouter:
     def percentage(self) -> int:
         return self.flags.current().siglip_rollout_percentage
 
+    @property
+    def interleave_percentage(self) -> int:
+        return self.flags.current().interleave_percentage
+
     # -- choosing ------------------------------------------------------------------------
     def select(self, user_id: str | None) -> tuple[ModelKey, int, str]:
         """(model, bucket, rule) from flags and bucket alone. An interleaved user's
@@ -147,25 +149,25 @@ class EmbeddingRouter:
         percentage = flags.siglip_rollout_percentage
         if flags.use_siglip:
             return CANDIDATE, bucket, "USE_SIGLIP=true"
-        if self.interleaves(bucket, use_siglip=False):
-            # Checked first: if the live SigLIP share is raised into the interleaving
-            # share, the overlapping buckets stay interleaved.
+        interleave = flags.interleave_percentage
+        if bucket >= BUCKETS - interleave:
+            # Checked first: were the shares ever to overlap, those buckets interleave.
             return (
                 CANDIDATE,
                 bucket,
-                f"bucket {bucket} >= {BUCKETS - self.interleave_percentage} "
-                f"(INTERLEAVE_PERCENTAGE={self.interleave_percentage}): interleaved",
+                f"bucket {bucket} >= {BUCKETS - interleave} "
+                f"(INTERLEAVE_PERCENTAGE={interleave}): interleaved",
             )
         if bucket < percentage:
             return CANDIDATE, bucket, f"bucket {bucket} < SIGLIP_ROLLOUT_PERCENTAGE={percentage}"
         return BASELINE, bucket, f"bucket {bucket} >= SIGLIP_ROLLOUT_PERCENTAGE={percentage}"
 
-    def interleaves(self, bucket: int, *, use_siglip: bool | None = None) -> bool:
+    def interleaves(self, bucket: int) -> bool:
         """The interleaving share is counted from the top bucket down, the SigLIP share
-        from the bottom up, so the two never overlap (settings check the sum at start)."""
-        if use_siglip is None:
-            use_siglip = self.use_siglip
-        return not use_siglip and bucket >= BUCKETS - self.interleave_percentage
+        from the bottom up, so the two never overlap (their sum is checked at start and
+        on every change)."""
+        flags = self.flags.current()
+        return not flags.use_siglip and bucket >= BUCKETS - flags.interleave_percentage
 
     def route(self, user_id: str | None) -> RouteDecision:
         return self._decide(user_id, self.readiness)
@@ -200,7 +202,7 @@ class EmbeddingRouter:
     def models_in_use(self) -> list[ModelKey]:
         """The models the flags can send traffic to (what ``PRELOAD_MODELS`` loads)."""
         flags = self.flags.current()
-        if flags.use_siglip or flags.siglip_rollout_percentage > 0 or self.interleave_percentage:
+        if flags.use_siglip or flags.siglip_rollout_percentage > 0 or flags.interleave_percentage:
             return [BASELINE, CANDIDATE]
         return [BASELINE]
 
@@ -303,7 +305,7 @@ class EmbeddingRouter:
             "siglip_rollout_percentage": flags.siglip_rollout_percentage,
             "flags_source": flags.source,
             "flags_refresh_s": self.flags.refresh_s,
-            "interleave_percentage": self.interleave_percentage,
+            "interleave_percentage": flags.interleave_percentage,
             "min_rollout_coverage": self.min_coverage,
             "coverage_cache_ttl_s": self.coverage_ttl_s,
             "baseline": BASELINE,

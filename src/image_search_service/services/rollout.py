@@ -37,10 +37,13 @@ class RolloutState:
     use_siglip: bool
     siglip_rollout_percentage: int
     source: FlagsSource  # where the values in force come from
+    interleave_percentage: int = 0
 
     @property
     def flags(self) -> repo.RolloutFlags:
-        return repo.RolloutFlags(self.use_siglip, self.siglip_rollout_percentage)
+        return repo.RolloutFlags(
+            self.use_siglip, self.siglip_rollout_percentage, self.interleave_percentage
+        )
 
 
 @dataclass(frozen=True)
@@ -51,19 +54,35 @@ class RolloutChangeView:
     new_use_siglip: bool
     new_siglip_rollout_percentage: int
     source: str
+    old_interleave_percentage: int = 0
+    new_interleave_percentage: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def validate_flags(use_siglip: object, percentage: object) -> repo.RolloutFlags:
+def validate_flags(
+    use_siglip: object, percentage: object, interleave: object = 0
+) -> repo.RolloutFlags:
     if not isinstance(use_siglip, bool):
         raise InvalidRequest("use_siglip must be true or false")
-    if isinstance(percentage, bool) or not isinstance(percentage, int):
-        raise InvalidRequest("siglip_rollout_percentage must be an integer")
-    if not 0 <= percentage <= 100:
-        raise InvalidRequest(f"siglip_rollout_percentage must be 0..100, got {percentage}")
-    return repo.RolloutFlags(use_siglip, percentage)
+    for name, value in (
+        ("siglip_rollout_percentage", percentage),
+        ("interleave_percentage", interleave),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"{name} must be an integer")
+        if not 0 <= value <= 100:
+            raise InvalidRequest(f"{name} must be 0..100, got {value}")
+    assert isinstance(percentage, int)
+    assert isinstance(interleave, int)
+    if percentage + interleave > 100:
+        # The SigLIP share counts buckets from the bottom, interleaving from the top.
+        raise InvalidRequest(
+            "siglip_rollout_percentage + interleave_percentage must be at most 100, "
+            f"got {percentage} + {interleave}"
+        )
+    return repo.RolloutFlags(use_siglip, percentage, interleave)
 
 
 class LiveRollout:
@@ -80,7 +99,10 @@ class LiveRollout:
         self._ctx = ctx
         settings = ctx.settings
         self.environment = RolloutState(
-            settings.use_siglip, settings.siglip_rollout_percentage, "environment"
+            settings.use_siglip,
+            settings.siglip_rollout_percentage,
+            "environment",
+            settings.interleave_percentage,
         )
         self.refresh_s = settings.rollout_refresh_s if refresh_s is None else refresh_s
         self._clock = clock
@@ -104,9 +126,11 @@ class LiveRollout:
         with self._lock:
             if self._state is not None and self._state != state:
                 logger.info(
-                    "rollout changed: USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d (%s)",
+                    "rollout changed: USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d "
+                    "INTERLEAVE_PERCENTAGE=%d (%s)",
                     state.use_siglip,
                     state.siglip_rollout_percentage,
+                    state.interleave_percentage,
                     state.source,
                 )
             self._state = state
@@ -122,18 +146,30 @@ class LiveRollout:
             stored = repo.rollout_flags(session)
         if stored is None:
             return self.environment
-        return RolloutState(stored.use_siglip, stored.siglip_rollout_percentage, "database")
+        return RolloutState(
+            stored.use_siglip,
+            stored.siglip_rollout_percentage,
+            "database",
+            stored.interleave_percentage,
+        )
 
     def set(
         self,
         *,
         use_siglip: bool | None = None,
         siglip_rollout_percentage: int | None = None,
+        interleave_percentage: int | None = None,
         source: str = "api",
     ) -> RolloutChangeView:
         """Change the flags (a value left out keeps its current one) and record it."""
-        if use_siglip is None and siglip_rollout_percentage is None:
-            raise InvalidRequest("give use_siglip and/or siglip_rollout_percentage")
+        if (
+            use_siglip is None
+            and siglip_rollout_percentage is None
+            and interleave_percentage is None
+        ):
+            raise InvalidRequest(
+                "give use_siglip, siglip_rollout_percentage and/or interleave_percentage"
+            )
         for attempt in (1, 2):
             try:
                 with self._ctx.transaction() as session:
@@ -145,6 +181,11 @@ class LiveRollout:
                             old.siglip_rollout_percentage
                             if siglip_rollout_percentage is None
                             else siglip_rollout_percentage
+                        ),
+                        (
+                            old.interleave_percentage
+                            if interleave_percentage is None
+                            else interleave_percentage
                         ),
                     )
                     change = repo.set_rollout_flags(session, new, old=old, source=source)
@@ -185,4 +226,6 @@ def _view(change: RolloutChange) -> RolloutChangeView:
         new_use_siglip=change.new_use_siglip,
         new_siglip_rollout_percentage=change.new_siglip_rollout_percentage,
         source=change.source,
+        old_interleave_percentage=change.old_interleave_percentage,
+        new_interleave_percentage=change.new_interleave_percentage,
     )

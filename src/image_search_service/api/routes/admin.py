@@ -90,6 +90,7 @@ def change_rollout(embedding_router: RouterDep, body: RolloutUpdate) -> RolloutO
     embedding_router.flags.set(
         use_siglip=body.use_siglip,
         siglip_rollout_percentage=body.siglip_rollout_percentage,
+        interleave_percentage=body.interleave_percentage,
         source="api",
     )
     return RolloutOut.model_validate(embedding_router.rollout_status())

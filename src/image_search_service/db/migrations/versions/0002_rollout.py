@@ -22,11 +22,16 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("use_siglip", sa.Boolean(), nullable=False),
         sa.Column("siglip_rollout_percentage", sa.Integer(), nullable=False),
+        sa.Column("interleave_percentage", sa.Integer(), server_default="0", nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint("id = 1", name=op.f("ck_rollout_settings_single_row")),
         sa.CheckConstraint(
             "siglip_rollout_percentage BETWEEN 0 AND 100",
             name=op.f("ck_rollout_settings_percentage_range"),
+        ),
+        sa.CheckConstraint(
+            "interleave_percentage BETWEEN 0 AND 100",
+            name=op.f("ck_rollout_settings_interleave_range"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rollout_settings")),
     )
@@ -38,6 +43,8 @@ def upgrade() -> None:
         sa.Column("old_siglip_rollout_percentage", sa.Integer(), nullable=False),
         sa.Column("new_use_siglip", sa.Boolean(), nullable=False),
         sa.Column("new_siglip_rollout_percentage", sa.Integer(), nullable=False),
+        sa.Column("old_interleave_percentage", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("new_interleave_percentage", sa.Integer(), server_default="0", nullable=False),
         sa.Column("source", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rollout_changes")),
     )
