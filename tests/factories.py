@@ -15,6 +15,8 @@ from open_clip.model import CLIP, CustomTextCLIP
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
+from image_search_service.core.config import Settings
+
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -258,3 +260,18 @@ def near_duplicates(image: Image.Image) -> dict[str, Image.Image]:
         "half": image.resize((w // 2, h // 2), Image.Resampling.LANCZOS),
         "crop": image.crop((w // 20, h // 20, w - w // 20, h - h // 20)),
     }
+
+
+def demo_models_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a library indexed with the two shipped demo models (quality tests)."""
+    values: dict[str, Any] = {
+        "_env_file": None,
+        "data_dir": data_dir,
+        "clip_model_name": "demo-clip",
+        "clip_pretrained": "",
+        "siglip_model_name": "demo-siglip",
+        "siglip_pretrained": "",
+        "batch_size": 32,
+        **overrides,
+    }
+    return Settings(**values)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
+from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.demo.simulation import (
     QUERIES,
     ClickModel,
@@ -38,6 +38,7 @@ from image_search_service.services.search import (
     answer,
 )
 from image_search_service.services.search_log import SearchLog
+from tests.factories import demo_models_settings
 
 PICTURES = 200
 ASPECT = 4.5
@@ -108,16 +109,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("simulation")
     labels = write_panoramas(root / "photos", PICTURES, seed=SEED, aspect=ASPECT)
-    settings = Settings(
-        _env_file=None,
-        data_dir=root / "data",
-        clip_model_name="demo-clip",
-        clip_pretrained="",
-        siglip_model_name="demo-siglip",
-        siglip_pretrained="",
-        batch_size=32,
-    )
-    ctx = open_context(settings, encoders=EncoderRegistry(device="cpu"))
+    ctx = open_context(demo_models_settings(root / "data"), encoders=EncoderRegistry(device="cpu"))
     report = index_paths(ctx, [root / "photos"], model_keys=list(MODEL_KEYS))
     assert report.indexed == PICTURES
     world = World(ctx, labels)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
+from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.db.models import Asset
 from image_search_service.demo.synthetic import (
     ALL_SPECS,
@@ -30,6 +30,7 @@ from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import ServiceContext, open_context
 from image_search_service.services.indexing import index_paths
 from image_search_service.services.search import SearchOptions, SearchService
+from tests.factories import demo_models_settings
 
 QUERIES = [
     ShapeSpec("red", "circle"),
@@ -61,16 +62,7 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
     written = write_library(
         root / "photos", 320, seed=4242, jpeg_quality_range=(55, 95), size_range=(120, 360)
     )
-    settings = Settings(
-        _env_file=None,
-        data_dir=root / "data",
-        clip_model_name="demo-clip",
-        clip_pretrained="",
-        siglip_model_name="demo-siglip",
-        siglip_pretrained="",
-        batch_size=32,
-    )
-    ctx = open_context(settings, encoders=EncoderRegistry(device="cpu"))
+    ctx = open_context(demo_models_settings(root / "data"), encoders=EncoderRegistry(device="cpu"))
     report = index_paths(ctx, [root / "photos"], model_keys=list(MODEL_KEYS))
     assert report.indexed == 320
     yield Library(ctx, {str(p.resolve()): pic.labels for p, pic in written})

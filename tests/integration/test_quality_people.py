@@ -12,12 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
+from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.demo.synthetic import ALL_SPECS, ShapeSpec, render_picture
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.context import ServiceContext, open_context
 from image_search_service.services.indexing import index_paths
 from image_search_service.services.search import SearchOptions, SearchService
+from tests.factories import demo_models_settings
 from tests.xmp_factories import xmp_packet
 
 RED_CIRCLE = ShapeSpec("red", "circle")
@@ -53,16 +54,7 @@ def people_library(
             )
             truth[str(path.resolve())] = (frozenset(people), is_red)
             index += 1
-    settings = Settings(
-        _env_file=None,
-        data_dir=root / "data",
-        clip_model_name="demo-clip",
-        clip_pretrained="",
-        siglip_model_name="demo-siglip",
-        siglip_pretrained="",
-        batch_size=32,
-    )
-    ctx = open_context(settings, encoders=EncoderRegistry(device="cpu"))
+    ctx = open_context(demo_models_settings(root / "data"), encoders=EncoderRegistry(device="cpu"))
     report = index_paths(ctx, [root / "photos"], model_keys=list(MODEL_KEYS))
     assert report.indexed == len(truth)
     yield ctx, truth
