@@ -3,12 +3,8 @@ by environment as an operator would, spoken to over real HTTP."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +21,12 @@ from image_search_service.services.context import open_context
 from image_search_service.services.indexing import index_paths
 from tests.factories import jpeg_bytes
 from tests.integration.api_support import write_library
+from tests.integration.live_server import serve_process, tiny_model_env
 from tests.xmp_factories import jpeg_with_xmp, xmp_packet
 
 pytestmark = pytest.mark.slow
 
 MAX_UPLOAD = 200_000
-START_TIMEOUT_S = 180
 
 
 @dataclass
@@ -51,13 +47,6 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture
@@ -84,47 +73,16 @@ def server(
     finally:
         ctx.close()  # the server needs the embedded store to itself
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "DATABASE_"))}
+    env = tiny_model_env(tiny_models, data_dir)
     env.update(
         {
-            **models,
-            "DATA_DIR": str(data_dir),
-            "CLIP_PRETRAINED": "",
-            "SIGLIP_PRETRAINED": "",
             "SIGLIP_ROLLOUT_PERCENTAGE": "50",
             "MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
             "PRELOAD_MODELS": "true",
-            "API_KEY": "",
-            "DEVICE": "cpu",
         }
     )
-    port = _free_port()
-    log = tmp_path / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "image_search_service.cli", "serve", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,  # no stray .env file from the checkout
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-    running = Server(client, process, log, library, settings)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start:\n" + log.read_text()
-            time.sleep(0.2)
-        yield running
-    finally:
-        client.close()
-        running.stop()
+    with serve_process(tmp_path, env) as served:
+        yield Server(served.client, served.process, served.log, library, settings)
 
 
 def test_real_server_over_http(server: Server) -> None:
