@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from image_search_service.core.specs import DEMO_MODELS_DIR, ModelSpec
@@ -74,6 +75,8 @@ class TestExportAndAgreement:
         manifest = json.loads((enc.export.directory / "manifest.json").read_text())
         assert manifest["model_name"] == spec.model_name
         assert set(manifest["precisions"]) == {"fp32"}
+        # The image tower's one transformer block exports as the fused attention operator.
+        assert manifest["precisions"]["fp32"]["image"]["fused_attention"] == 1
         _assert_agrees(enc, OpenClipEncoder(spec, device="cpu"), 0.99999)
 
     @pytest.mark.parametrize("key", ["clip", "siglip"])
@@ -317,3 +320,74 @@ def test_an_export_killed_half_way_leaves_nothing_that_is_used_or_kept(
     assert enc.runtime == "onnx-fp32"
     assert not abandoned.exists()
     assert recent.exists()
+
+
+class _TimmTowerModel(torch.nn.Module):
+    """A SigLIP-shaped image tower (timm ViT with attention pooling) with open_clip's
+    ``encode_image``/``encode_text`` surface, small enough to export in a second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        torch.manual_seed(3)
+        self.visual = VisionTransformer(
+            img_size=32,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            global_pool="map",
+            class_token=False,
+            num_classes=16,
+        )
+        self.token_embedding = torch.nn.Embedding(64, 16)
+
+    def encode_image(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        out = self.visual(x)
+        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+    def encode_text(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        out = self.token_embedding(x).mean(dim=1)
+        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+
+class TestFusedAttention:
+    def _inputs(self) -> torch.Tensor:
+        return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+    def test_timm_self_attention_is_fused_and_agrees(self, tmp_path: Path) -> None:
+        model = _TimmTowerModel().eval()
+        inputs = self._inputs()
+        reference = onnx_export._reference(model, "image", inputs)
+        path = tmp_path / "image.onnx"
+        cosine, fused = onnx_export._export_verified(model, "image", inputs, reference, path)
+        # Both blocks; the pooling head's cross-attention is not self-attention and stays.
+        assert fused == 2
+        assert cosine >= onnx_export.FP32_MIN_COSINE
+        import onnx
+
+        ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+        assert ops.count("MultiHeadAttention") == 2
+        # The live model was not touched: its attention modules are timm's own.
+        assert {type(b.attn).__name__ for b in model.visual.blocks} == {"Attention"}
+
+    def test_an_attention_that_will_not_export_falls_back_to_the_plain_export(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def broken(module: torch.nn.Module) -> int:
+            raise RuntimeError("no fused attention for this model")
+
+        monkeypatch.setattr(onnx_export, "fuse_self_attention", broken)
+        model = _TimmTowerModel().eval()
+        inputs = self._inputs()
+        reference = onnx_export._reference(model, "image", inputs)
+        path = tmp_path / "image.onnx"
+        cosine, fused = onnx_export._export_verified(model, "image", inputs, reference, path)
+        assert fused == 0
+        assert cosine >= onnx_export.FP32_MIN_COSINE
+        import onnx
+
+        ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+        assert "MultiHeadAttention" not in ops
+        assert "Softmax" in ops
