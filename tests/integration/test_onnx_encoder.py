@@ -352,7 +352,7 @@ class _TimmTowerModel(torch.nn.Module):
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
 
-class TestFusedAttention:
+class TestRewrittenImageTower:
     def _inputs(self) -> torch.Tensor:
         return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 
@@ -361,9 +361,9 @@ class TestFusedAttention:
         inputs = self._inputs()
         reference = onnx_export._reference(model, "image", inputs)
         path = tmp_path / "image.onnx"
-        cosine, fused = onnx_export._export_verified(model, "image", inputs, reference, path)
+        cosine, rewrites = onnx_export._export_verified(model, "image", inputs, reference, path)
         # Both blocks; the pooling head's cross-attention is not self-attention and stays.
-        assert fused == 2
+        assert rewrites == {"fused_attention": 2}
         assert cosine >= onnx_export.FP32_MIN_COSINE
         import onnx
 
@@ -383,8 +383,8 @@ class TestFusedAttention:
         inputs = self._inputs()
         reference = onnx_export._reference(model, "image", inputs)
         path = tmp_path / "image.onnx"
-        cosine, fused = onnx_export._export_verified(model, "image", inputs, reference, path)
-        assert fused == 0
+        cosine, rewrites = onnx_export._export_verified(model, "image", inputs, reference, path)
+        assert rewrites == {"fused_attention": 0}
         assert cosine >= onnx_export.FP32_MIN_COSINE
         import onnx
 

@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 
 from image_search_service.core.specs import ModelSpec
-from image_search_service.encoders.onnx_attention import MS_DOMAIN, fuse_self_attention
+from image_search_service.encoders.onnx_rewrites import MS_DOMAIN, fuse_self_attention
 
 logger = logging.getLogger(__name__)
 
@@ -231,12 +231,14 @@ def _quiet() -> Iterator[None]:
 
 
 def _export_tower(
-    model: torch.nn.Module, tower: str, inputs: torch.Tensor, path: Path, *, fuse: bool
-) -> int:
-    """Export one tower to ``path``; returns how many attention layers were fused."""
+    model: torch.nn.Module, tower: str, inputs: torch.Tensor, path: Path, *, rewrite: bool
+) -> dict[str, int]:
+    """Export one tower to ``path``; returns what was rewritten (see onnx_rewrites)."""
     wrapper = _Tower(copy.deepcopy(model), tower).eval()
     visual = getattr(wrapper.model, "visual", None)
-    fused = fuse_self_attention(visual) if fuse and isinstance(visual, torch.nn.Module) else 0
+    rewrites = {"fused_attention": 0}
+    if rewrite and isinstance(visual, torch.nn.Module):
+        rewrites["fused_attention"] = fuse_self_attention(visual)
     wrapper.eval()
     with torch.inference_mode(False), torch.enable_grad(), _quiet():
         torch.onnx.export(
@@ -250,43 +252,43 @@ def _export_tower(
             dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
             custom_opsets={MS_DOMAIN: 1},
         )
-    return fused
+    return rewrites
 
 
 def _export_verified(
     model: torch.nn.Module, tower: str, inputs: torch.Tensor, reference: Any, path: Path
-) -> tuple[float, int]:
-    """Export ``tower`` and check it against PyTorch: (min cosine, fused attention layers).
+) -> tuple[float, dict[str, int]]:
+    """Export ``tower`` and check it against PyTorch: (min cosine, rewrites made).
 
-    The image tower is tried with fused attention first; if that export fails or
-    disagrees, the plain export is made instead (and must agree on its own).
+    The image tower is tried with the rewrites first; if that export fails, does not
+    load or disagrees, the plain export is made instead (and must agree on its own).
     """
     attempts = (True, False) if tower == "image" else (False,)
-    for fuse in attempts:
-        last = fuse is attempts[-1]
+    for rewrite in attempts:
+        last = rewrite is attempts[-1]
         try:
-            fused = _export_tower(model, tower, inputs, path, fuse=fuse)
+            rewrites = _export_tower(model, tower, inputs, path, rewrite=rewrite)
         except Exception as exc:  # the exporter raises anything from any op
             if not last:
-                logger.info(
-                    "%s tower: fused attention did not export (%s); plain export", tower, exc
-                )
+                logger.info("%s tower: rewritten export failed (%s); plain export", tower, exc)
                 continue
             raise ExportFailed(f"{tower} tower: {type(exc).__name__}: {exc}") from exc
         try:
             cosine = min_cosine(_run_onnx(path, inputs), reference)
         except Exception as exc:  # ONNX Runtime refused the graph (e.g. an older build)
             if not last:
-                logger.info("%s tower: fused attention did not load (%s); plain export", tower, exc)
+                logger.info(
+                    "%s tower: rewritten export did not load (%s); plain export", tower, exc
+                )
                 continue
             raise ExportFailed(f"{tower} tower: ONNX Runtime: {exc}") from exc
         if cosine >= FP32_MIN_COSINE:
-            return cosine, fused
+            return cosine, rewrites
         if last:
             raise ExportRefused(
                 f"{tower} tower: min cosine to PyTorch {cosine:.6f} < {FP32_MIN_COSINE}"
             )
-        logger.info("%s tower: fused attention disagrees (%.6f); plain export", tower, cosine)
+        logger.info("%s tower: rewritten export disagrees (%.6f); plain export", tower, cosine)
     raise AssertionError("unreachable")
 
 
@@ -371,8 +373,10 @@ def _build(
         entries: dict[str, Any] = {}
         for tower in TOWERS:
             name = f"{tower}.onnx"
-            cosine, fused = _export_verified(model, tower, inputs[tower], refs[tower], work / name)
-            entries[tower] = {**_file_entry(work, name, cosine), "fused_attention": fused}
+            cosine, rewrites = _export_verified(
+                model, tower, inputs[tower], refs[tower], work / name
+            )
+            entries[tower] = {**_file_entry(work, name, cosine), **rewrites}
         # The live model must come out of export exactly as it went in (see the module doc).
         model.eval()
         for tower in TOWERS:

@@ -1,6 +1,10 @@
-"""Self-attention exported as ONNX Runtime's fused ``MultiHeadAttention`` operator.
+"""Rewrites of an image tower, in a throwaway copy, that export to faster ONNX graphs.
 
-Exported as plain ONNX, each attention layer of a ViT becomes ~40 small nodes
+They compute what the original modules compute (the export is verified against the
+untouched PyTorch model either way) and only swap modules they can express exactly.
+
+**Self-attention as ONNX Runtime's fused ``MultiHeadAttention`` operator.** Exported as
+plain ONNX, each attention layer of a ViT becomes ~40 small nodes
 (reshapes, transposes, a shape-derived scale, two MatMuls, a Softmax). ONNX Runtime's
 CPU kernel for ``com.microsoft.MultiHeadAttention`` does the same work in one node, so
 the export swaps, in a throwaway copy of the model, every self-attention module whose
@@ -8,8 +12,8 @@ computation it can express exactly (no mask, no q/k norm, no gate) for one that 
 as ``MatMul + Add`` (the QKV projection, which INT8 quantization then takes like any
 other weight) ``-> Split -> MultiHeadAttention``. Measured on ViT-B-16-SigLIP's image
 tower (batch 16, 2 threads): INT8 1.19x, fp32 1.1x faster than the unfused export, same
-agreement with PyTorch (docs/performance.md). The export is verified against PyTorch
-either way; any module it does not recognise keeps its own export.
+agreement with PyTorch (docs/performance.md). Any module it does not recognise keeps
+its own export.
 """
 
 from __future__ import annotations
