@@ -76,6 +76,35 @@ def apply_file_metadata(
     refresh_search_text(session, asset_id)
 
 
+def apply_files_metadata(
+    session: Session, items: Sequence[tuple[uuid.UUID, PhotoMetadata, str | None]]
+) -> None:
+    """:func:`apply_file_metadata` for a batch (what indexing records per batch).
+
+    Most photos of a first index carry no people, tags, caption or title and had none:
+    those only get their metadata fields set, from three queries for the whole batch
+    instead of about ten per photo.
+    """
+    ids = [asset_id for asset_id, _, _ in items]
+    if not ids:
+        return
+    assets = {a.id: a for a in session.scalars(select(Asset).where(Asset.id.in_(ids)))}
+    labelled = set(
+        session.scalars(select(AssetPerson.asset_id).where(AssetPerson.asset_id.in_(ids)))
+    ) | set(session.scalars(select(AssetTag.asset_id).where(AssetTag.asset_id.in_(ids))))
+    for asset_id, meta, sidecar in items:
+        asset = assets.get(asset_id)
+        if asset is None:
+            continue
+        says_nothing = not (meta.people or meta.tags or meta.caption or meta.title)
+        had_nothing = not (asset.caption or asset.title or asset.search_text)
+        if says_nothing and had_nothing and asset_id not in labelled:
+            asset.metadata_error = meta.problem
+            asset.sidecar_signature = sidecar
+        else:
+            apply_file_metadata(session, asset_id, meta, sidecar=sidecar)
+
+
 def refresh_search_text(session: Session, asset_id: uuid.UUID) -> None:
     """Rebuild the text full-text search matches for one asset: caption, title, tags."""
     asset = session.get(Asset, asset_id)

@@ -49,6 +49,31 @@ def asset_by_hash(session: Session, digest: str) -> Asset | None:
     return session.scalar(select(Asset).where(Asset.content_hash == digest))
 
 
+_IN_CHUNK = 500  # bound parameters per IN (...) query, well under SQLite's limit
+
+
+def assets_by_paths(session: Session, paths: Sequence[str]) -> dict[str, Asset]:
+    """The assets recorded at any of ``paths``, by path (one query per 500 paths)."""
+    found: dict[str, Asset] = {}
+    for i in range(0, len(paths), _IN_CHUNK):
+        chunk = paths[i : i + _IN_CHUNK]
+        found.update(
+            (a.path, a) for a in session.scalars(select(Asset).where(Asset.path.in_(chunk)))
+        )
+    return found
+
+
+def known_hashes(session: Session, digests: Sequence[str]) -> set[str]:
+    """Which of ``digests`` some asset already has."""
+    known: set[str] = set()
+    for i in range(0, len(digests), _IN_CHUNK):
+        chunk = digests[i : i + _IN_CHUNK]
+        known.update(
+            session.scalars(select(Asset.content_hash).where(Asset.content_hash.in_(chunk)))
+        )
+    return known
+
+
 def assets_under(session: Session, prefixes: Sequence[str]) -> list[Asset]:
     """Assets whose path lies below any of ``prefixes`` (folders, with trailing sep)."""
     rows = session.scalars(select(Asset).where(_PRESENT))

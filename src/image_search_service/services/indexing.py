@@ -213,70 +213,90 @@ def _reconcile(
     and fills ``refresh`` with unchanged photos whose sidecar metadata changed."""
     to_embed: list[tuple[AssetRef, tuple[ModelKey, ...]]] = []
     seen: set[str] = set()
-    # Hashing new or changed files (a few ms per MB) runs in threads ahead of the
-    # DB work instead of serially before the model can start.
+    all_models = tuple(s.key for s in specs)
+    refused: list[Path] = []
+
+    def refuse(path: Path, reason: str) -> None:
+        refused.append(path)
+        report.failed += 1
+        report.failures.append({"path": str(path), "error": reason})
+
+    found: list[tuple[Path, int, int]] = []
+    for path in scan_images(
+        roots, on_refused=refuse, on_skipped=lambda p: report.note_unsupported(str(p))
+    ):
+        report.scanned += 1
+        key = str(path)
+        seen.add(key)
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            report.failed += 1
+            report.failures.append({"path": key, "error": f"cannot read: {exc}"})
+            continue
+        found.append((path, stat.st_size, stat.st_mtime_ns))
+    # The DB is asked in bulk (a query per 500 files, not several per file): on a first
+    # index this loop runs before the model can start, on one core.
+    recorded = repo.assets_by_paths(session, [str(path) for path, _, _ in found])
+    # Hashing new or changed files (a few ms per MB) runs in threads.
     with ThreadPoolExecutor(max_workers=ctx.threads.decode_workers) as pool:
         probes: list[tuple[Path, Asset | None, Future[str] | None, int, int]] = []
-        refused: list[Path] = []
-
-        def refuse(path: Path, reason: str) -> None:
-            refused.append(path)
-            report.failed += 1
-            report.failures.append({"path": str(path), "error": reason})
-
-        for path in scan_images(
-            roots,
-            on_refused=refuse,
-            on_skipped=lambda p: report.note_unsupported(str(p)),
-        ):
-            report.scanned += 1
-            key = str(path)
-            seen.add(key)
-            try:
-                stat = path.stat()
-            except OSError as exc:
-                report.failed += 1
-                report.failures.append({"path": key, "error": f"cannot read: {exc}"})
-                continue
-            asset = repo.asset_by_path(session, key)
+        for path, size, mtime_ns in found:
+            asset = recorded.get(str(path))
             unchanged = (
                 asset is not None
-                and asset.size_bytes == stat.st_size
-                and asset.mtime_ns == stat.st_mtime_ns
+                and asset.size_bytes == size
+                and asset.mtime_ns == mtime_ns
                 and asset.status != AssetStatus.MISSING
             )
-            digest = None if unchanged else pool.submit(content_hash, path)
-            probes.append((path, asset, digest, stat.st_size, stat.st_mtime_ns))
-        for path, asset, digest, size, mtime_ns in probes:
-            unchanged = digest is None
-            if digest is not None:
+            hashing = None if unchanged else pool.submit(content_hash, path)
+            probes.append((path, asset, hashing, size, mtime_ns))
+        digests: dict[Path, str] = {}
+        for path, _, future, _, _ in probes:
+            if future is not None:
                 try:
-                    asset = upsert_asset(
-                        ctx,
-                        session,
-                        key=str(path),
-                        digest=digest.result(),
-                        size=size,
-                        mtime_ns=mtime_ns,
-                        report=report,
-                        present=_file_present,
-                    )
+                    digests[path] = future.result()
                 except OSError as exc:
                     report.failed += 1
                     report.failures.append({"path": str(path), "error": f"cannot read: {exc}"})
-                    continue
-            if asset is None:  # a duplicate of another asset
+    taken = repo.known_hashes(session, list(digests.values()))
+    for path, asset, future, size, mtime_ns in probes:
+        unchanged = future is None
+        new = False
+        if future is not None:
+            digest = digests.get(path)
+            if digest is None:  # could not be read (reported above)
                 continue
-            if asset.status == AssetStatus.FAILED and unchanged:
-                report.skipped += 1  # unreadable and unchanged: its reason is already recorded
-                continue
-            needed = models_needed(session, asset, specs=specs)
-            if needed:
-                to_embed.append((AssetRef(asset.id, path), needed))  # reads metadata too
+            if asset is None and digest not in taken:
+                # New content at a new path, the common case of a first index.
+                asset = repo.add_asset(
+                    session, path=str(path), content_hash=digest, size_bytes=size, mtime_ns=mtime_ns
+                )
+                new = True
             else:
-                report.skipped += 1
-                if needs_metadata_refresh(path, asset.sidecar_signature):
-                    refresh.append((asset.id, path))
+                asset = upsert_asset(
+                    ctx,
+                    session,
+                    key=str(path),
+                    digest=digest,
+                    size=size,
+                    mtime_ns=mtime_ns,
+                    report=report,
+                    present=_file_present,
+                )
+            taken.add(digest)  # a copy later in this run is a duplicate of this one
+        if asset is None:  # a duplicate of another asset
+            continue
+        if asset.status == AssetStatus.FAILED and unchanged:
+            report.skipped += 1  # unreadable and unchanged: its reason is already recorded
+            continue
+        needed = all_models if new else models_needed(session, asset, specs=specs)
+        if needed:
+            to_embed.append((AssetRef(asset.id, path), needed))  # reads metadata too
+        else:
+            report.skipped += 1
+            if needs_metadata_refresh(path, asset.sidecar_signature):
+                refresh.append((asset.id, path))
     for path in refused:  # it was a library file once: it is not one now
         known = repo.asset_by_path(session, str(path))
         if known is not None:

@@ -165,9 +165,9 @@ def _flush(
         # What the file says, merged with the user's edits, before the vectors: the
         # payload carries the people and tags search filters on.
         with session_scope(session_factory) as session:
-            for d in batch:
-                if d.photo is not None:
-                    meta_repo.apply_file_metadata(session, d.ref.id, d.photo, sidecar=d.sidecar)
+            meta_repo.apply_files_metadata(
+                session, [(d.ref.id, d.photo, d.sidecar) for d in batch if d.photo is not None]
+            )
             labels = meta_repo.labels_for(session, [d.ref.id for d in batch])
         started = time.perf_counter()
         for enc in encoders:
