@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,6 +111,35 @@ class TestExportAndAgreement:
         assert enc._model is None
         assert enc.loaded
         assert enc.image_size == 32
+
+
+def test_a_batch_runs_in_passes_of_a_token_budget_with_the_same_vectors(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from image_search_service.encoders import onnx as onnx_encoder
+
+    spec = _tiny(tiny_models, "clip")
+    whole = OnnxEncoder(spec, export_dir=tmp_path / "onnx")
+    tensors = [whole.preprocess(image) for image in _photos()]
+    at_once = whole.encode_preprocessed(tensors)
+    assert whole._images_per_pass == onnx_encoder.IMAGE_PASS_TOKENS // 16  # 4x4 patches
+
+    monkeypatch.setattr(onnx_encoder, "IMAGE_PASS_TOKENS", 2 * 16)
+    split = OnnxEncoder(spec, export_dir=tmp_path / "onnx")
+    split.load()
+    assert split._images_per_pass == 2
+    runs: list[int] = []
+    session = split._image_session
+
+    class Counting:
+        def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+            runs.append(len(feeds["input"]))
+            return session.run(names, feeds)
+
+    split._image_session = Counting()
+    in_passes = split.encode_preprocessed(tensors)
+    assert runs == [2, 2]
+    np.testing.assert_allclose(in_passes, at_once, atol=1e-6)
 
 
 class TestExportCache:
