@@ -382,22 +382,25 @@ class _TimmTowerModel(torch.nn.Module):
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
 
-class TestRewrittenImageTower:
-    def _inputs(self) -> torch.Tensor:
-        return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+def _export_timm_tower(tmp_path: Path) -> tuple[_TimmTowerModel, float, dict[str, int], list[str]]:
+    """Export the timm tower's image side as the service does: (model, min cosine,
+    rewrites made, the graph's operator types)."""
+    import onnx
 
+    model = _TimmTowerModel().eval()
+    inputs = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    reference = onnx_export._reference(model, "image", inputs)
+    path = tmp_path / "image.onnx"
+    cosine, rewrites = onnx_export._export_verified(model, "image", inputs, reference, path)
+    return model, cosine, rewrites, [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+class TestRewrittenImageTower:
     def test_timm_self_attention_is_fused_and_agrees(self, tmp_path: Path) -> None:
-        model = _TimmTowerModel().eval()
-        inputs = self._inputs()
-        reference = onnx_export._reference(model, "image", inputs)
-        path = tmp_path / "image.onnx"
-        cosine, rewrites = onnx_export._export_verified(model, "image", inputs, reference, path)
+        model, cosine, rewrites, ops = _export_timm_tower(tmp_path)
         # Both blocks; the pooling head's cross-attention is not self-attention and stays.
         assert rewrites == {"fused_attention": 2}
         assert cosine >= onnx_export.FP32_MIN_COSINE
-        import onnx
-
-        ops = [node.op_type for node in onnx.load(str(path)).graph.node]
         assert ops.count("MultiHeadAttention") == 2
         # The live model was not touched: its attention modules are timm's own.
         assert {type(b.attn).__name__ for b in model.visual.blocks} == {"Attention"}
@@ -409,15 +412,8 @@ class TestRewrittenImageTower:
             raise RuntimeError("no fused attention for this model")
 
         monkeypatch.setattr(onnx_export, "fuse_self_attention", broken)
-        model = _TimmTowerModel().eval()
-        inputs = self._inputs()
-        reference = onnx_export._reference(model, "image", inputs)
-        path = tmp_path / "image.onnx"
-        cosine, rewrites = onnx_export._export_verified(model, "image", inputs, reference, path)
+        _, cosine, rewrites, ops = _export_timm_tower(tmp_path)
         assert rewrites == {"fused_attention": 0}
         assert cosine >= onnx_export.FP32_MIN_COSINE
-        import onnx
-
-        ops = [node.op_type for node in onnx.load(str(path)).graph.node]
         assert "MultiHeadAttention" not in ops
         assert "Softmax" in ops
