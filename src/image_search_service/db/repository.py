@@ -143,14 +143,34 @@ def _embedding(session: Session, asset_id: uuid.UUID, spec: ModelSpec) -> AssetE
     return row
 
 
-def mark_embedded(session: Session, asset_id: uuid.UUID, spec: ModelSpec) -> None:
-    if session.get(Asset, asset_id) is None:
-        return
-    row = _embedding(session, asset_id, spec)
-    row.state, row.last_error = EmbeddingState.DONE, None
-    row.attempts = (row.attempts or 0) + 1
-    row.model_name, row.pretrained, row.dim = spec.model_name, spec.pretrained, spec.embedding_dim
-    row.updated_at = utcnow()
+def mark_embedded(session: Session, asset_ids: Sequence[uuid.UUID], spec: ModelSpec) -> None:
+    """``spec`` embedded these assets (those still present): two queries however many
+    there are. The assets stay loaded in the session, so per-asset updates after it
+    cost no query."""
+    ids = list(asset_ids)
+    for i in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[i : i + _IN_CHUNK]
+        present = {a.id for a in session.scalars(select(Asset).where(Asset.id.in_(chunk)))}
+        rows = {
+            row.asset_id: row
+            for row in session.scalars(
+                select(AssetEmbedding).where(
+                    AssetEmbedding.asset_id.in_(chunk), AssetEmbedding.model_key == spec.key
+                )
+            )
+        }
+        now = utcnow()
+        for asset_id in chunk:
+            if asset_id not in present:  # deleted while being embedded
+                continue
+            row = rows.get(asset_id)
+            if row is None:
+                row = AssetEmbedding(asset_id=asset_id, model_key=spec.key, attempts=0)
+                session.add(row)
+            row.state, row.last_error = EmbeddingState.DONE, None
+            row.attempts = (row.attempts or 0) + 1
+            row.model_name, row.pretrained = spec.model_name, spec.pretrained
+            row.dim, row.updated_at = spec.embedding_dim, now
 
 
 def mark_embedding_failed(

@@ -185,11 +185,11 @@ def _flush(
     # The vectors are stored before the DB says "done": a crash in between leaves
     # "pending", which the next run redoes (upserts are idempotent by asset id).
     with session_scope(session_factory) as session:
+        for enc in encoders:  # first: it loads the batch's assets for record_metadata
+            repo.mark_embedded(session, [d.ref.id for d in batch], enc.spec)
         for d in batch:
             assert d.meta is not None
             repo.record_metadata(session, d.ref.id, d.meta)
-            for enc in encoders:
-                repo.mark_embedded(session, d.ref.id, enc.spec)
         for d in failed:
             assert d.error is not None
             repo.record_unreadable(session, d.ref.id, d.error)
