@@ -90,9 +90,12 @@ def add_asset(
     size_bytes: int,
     mtime_ns: int,
     etag: str | None = None,
+    flush: bool = True,
 ) -> Asset:
-    """A new, readable-until-proven-otherwise asset (its id is set on flush)."""
+    """A new, readable-until-proven-otherwise asset. Its id is set here, so a caller
+    adding many may leave them to one flush (one multi-row INSERT) with ``flush=False``."""
     asset = Asset(
+        id=uuid.uuid4(),
         path=path,
         content_hash=content_hash,
         size_bytes=size_bytes,
@@ -101,7 +104,8 @@ def add_asset(
         status=AssetStatus.ACTIVE,
     )
     session.add(asset)
-    session.flush()
+    if flush:
+        session.flush()
     return asset
 
 

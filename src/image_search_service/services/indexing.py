@@ -270,7 +270,12 @@ def _reconcile(
             if asset is None and digest not in taken:
                 # New content at a new path, the common case of a first index.
                 asset = repo.add_asset(
-                    session, path=str(path), content_hash=digest, size_bytes=size, mtime_ns=mtime_ns
+                    session,
+                    path=str(path),
+                    content_hash=digest,
+                    size_bytes=size,
+                    mtime_ns=mtime_ns,
+                    flush=False,  # flushed together, by the next query or below
                 )
                 new = True
             else:
