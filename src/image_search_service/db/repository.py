@@ -6,9 +6,10 @@ Functions here flush at most; the caller owns the transaction (see docs/architec
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -49,14 +50,19 @@ def asset_by_hash(session: Session, digest: str) -> Asset | None:
     return session.scalar(select(Asset).where(Asset.content_hash == digest))
 
 
+_T = TypeVar("_T")
 _IN_CHUNK = 500  # bound parameters per IN (...) query, well under SQLite's limit
+
+
+def _in_chunks(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for i in range(0, len(values), _IN_CHUNK):
+        yield values[i : i + _IN_CHUNK]
 
 
 def assets_by_paths(session: Session, paths: Sequence[str]) -> dict[str, Asset]:
     """The assets recorded at any of ``paths``, by path (one query per 500 paths)."""
     found: dict[str, Asset] = {}
-    for i in range(0, len(paths), _IN_CHUNK):
-        chunk = paths[i : i + _IN_CHUNK]
+    for chunk in _in_chunks(paths):
         found.update(
             (a.path, a) for a in session.scalars(select(Asset).where(Asset.path.in_(chunk)))
         )
@@ -66,8 +72,7 @@ def assets_by_paths(session: Session, paths: Sequence[str]) -> dict[str, Asset]:
 def known_hashes(session: Session, digests: Sequence[str]) -> set[str]:
     """Which of ``digests`` some asset already has."""
     known: set[str] = set()
-    for i in range(0, len(digests), _IN_CHUNK):
-        chunk = digests[i : i + _IN_CHUNK]
+    for chunk in _in_chunks(digests):
         known.update(
             session.scalars(select(Asset.content_hash).where(Asset.content_hash.in_(chunk)))
         )
@@ -151,9 +156,7 @@ def mark_embedded(session: Session, asset_ids: Sequence[uuid.UUID], spec: ModelS
     """``spec`` embedded these assets (those still present): two queries however many
     there are. The assets stay loaded in the session, so per-asset updates after it
     cost no query."""
-    ids = list(asset_ids)
-    for i in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[i : i + _IN_CHUNK]
+    for chunk in _in_chunks(list(asset_ids)):
         present = {a.id for a in session.scalars(select(Asset).where(Asset.id.in_(chunk)))}
         rows = {
             row.asset_id: row
