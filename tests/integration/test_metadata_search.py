@@ -270,6 +270,29 @@ def test_people_and_tags_with_counts_rename_and_merge(
     assert_error(client.patch(f"/api/v1/people/{people['Pat']['id']}", json={"name": ""}), 422)
 
 
+def test_people_and_tags_are_paginated_and_filtered_by_name(
+    client: TestClient, library: dict[str, Path]
+) -> None:
+    everyone = client.get("/api/v1/people").json()
+    assert (everyone["total"], everyone["limit"], everyone["offset"]) == (2, 100, 0)
+    first = client.get("/api/v1/people", params={"limit": 1}).json()
+    second = client.get("/api/v1/people", params={"limit": 1, "offset": 1}).json()
+    assert first["total"] == second["total"] == 2
+    # Pages follow the full list's order (most photographed, then by name) without overlap.
+    assert first["items"] + second["items"] == everyone["items"]
+    assert client.get("/api/v1/people", params={"offset": 2}).json()["items"] == []
+    # The name filter ignores case and surrounding space, and LIKE's wildcards are literal.
+    found = client.get("/api/v1/people", params={"q": " PA "}).json()
+    assert [p["name"] for p in found["items"]] == ["Pat"]
+    assert found["total"] == 1
+    assert client.get("/api/v1/people", params={"q": "%"}).json()["total"] == 0
+    assert client.get("/api/v1/tags", params={"q": "holi"}).json()["total"] == 1
+    assert client.get("/api/v1/tags", params={"q": "_"}).json()["items"] == []
+    for bad in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"q": "x" * 1000}):
+        assert_error(client.get("/api/v1/people", params=bad), 422)
+        assert_error(client.get("/api/v1/tags", params=bad), 422)
+
+
 def test_a_caption_only_match_is_fused_in(client: TestClient, library: dict[str, Path]) -> None:
     body = client.get("/api/v1/search", params={"q": "Christmas", "limit": 3}).json()
     assert body["understood"]["full_text"] is True

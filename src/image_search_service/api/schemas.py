@@ -18,7 +18,7 @@ from image_search_service.services.assets import MAX_PAGE, AssetPage, AssetView
 from image_search_service.services.embed import MAX_TEXTS, EmbedOutcome
 from image_search_service.services.embedding_router import MAX_USER_ID_CHARS, RouteDecision
 from image_search_service.services.experiment import MAX_RANK
-from image_search_service.services.metadata import AssetEdit
+from image_search_service.services.metadata import AssetEdit, NamePage
 from image_search_service.services.search import (
     MAX_EXAMPLES,
     MAX_LIMIT,
@@ -406,10 +406,18 @@ class NameCountOut(BaseModel):
 
 class NameListOut(BaseModel):
     items: list[NameCountOut]
+    total: int = Field(description="names that match, over all pages")
+    limit: int
+    offset: int
 
     @classmethod
-    def of(cls, items: list[NameCount]) -> NameListOut:
-        return cls(items=[NameCountOut.of(i) for i in items])
+    def of(cls, page: NamePage) -> NameListOut:
+        return cls(
+            items=[NameCountOut.of(i) for i in page.items],
+            total=page.total,
+            limit=page.limit,
+            offset=page.offset,
+        )
 
 
 class PersonRenameIn(BaseModel):

@@ -282,29 +282,62 @@ def known_people(session: Session) -> dict[str, str]:
     return {str(key): str(name) for key, name in rows}
 
 
-def _counts(session: Session, model: type[Person] | type[Tag]) -> list[NameCount]:
+@dataclass(frozen=True)
+class NameCountPage:
+    items: list[NameCount]
+    total: int
+
+
+def _counts(
+    session: Session,
+    model: type[Person] | type[Tag],
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+    containing: str = "",
+    only_id: int | None = None,
+) -> NameCountPage:
+    """Names with how many photos of the library carry each, most photographed first.
+    ``containing`` matches inside the name key (case- and space-insensitive)."""
     link, key = (
         (AssetPerson, AssetPerson.person_id) if model is Person else (AssetTag, AssetTag.tag_id)
     )
     count = func.count(link.asset_id)
-    rows = session.execute(
+    query = (
         select(model.id, model.name, count)
         .join(link, key == model.id)
         .join(Asset, Asset.id == link.asset_id)
         .where(Asset.status != AssetStatus.MISSING)
         .group_by(model.id, model.name, model.name_key)
-        .order_by(count.desc(), model.name_key)
+    )
+    if containing:
+        query = query.where(model.name_key.contains(containing, autoescape=True))
+    if only_id is not None:
+        query = query.where(model.id == only_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.execute(
+        query.order_by(count.desc(), model.name_key, model.id).limit(limit).offset(offset)
     ).all()
-    return [NameCount(int(i), n, int(c)) for i, n, c in rows]
+    return NameCountPage([NameCount(int(i), n, int(c)) for i, n, c in rows], total=int(total))
 
 
-def people_counts(session: Session) -> list[NameCount]:
+def people_counts(
+    session: Session, *, limit: int | None = None, offset: int = 0, containing: str = ""
+) -> NameCountPage:
     """People in the library with how many photos each is in, most photographed first."""
-    return _counts(session, Person)
+    return _counts(session, Person, limit=limit, offset=offset, containing=containing)
 
 
-def tag_counts(session: Session) -> list[NameCount]:
-    return _counts(session, Tag)
+def person_count(session: Session, person_id: int) -> NameCount | None:
+    """One person's photo count (None when the library has no photo of them)."""
+    items = _counts(session, Person, only_id=person_id).items
+    return items[0] if items else None
+
+
+def tag_counts(
+    session: Session, *, limit: int | None = None, offset: int = 0, containing: str = ""
+) -> NameCountPage:
+    return _counts(session, Tag, limit=limit, offset=offset, containing=containing)
 
 
 def get_person(session: Session, person_id: int) -> Person | None:

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from uuid import UUID
 
 from sqlalchemy.orm import Session
@@ -132,14 +133,48 @@ def _keep_boxes(session: Session, asset_id: UUID, names: Sequence[str]) -> list[
     return [PersonRegion(name, boxes.get(normalise_name(name))) for name in names]
 
 
-def list_people(ctx: ServiceContext) -> list[NameCount]:
-    with ctx.transaction() as session:
-        return meta_repo.people_counts(session)
+MAX_NAME_PAGE = 500
+MAX_NAME_OFFSET = 1_000_000_000
 
 
-def list_tags(ctx: ServiceContext) -> list[NameCount]:
+@dataclass(frozen=True)
+class NamePage:
+    items: list[NameCount]
+    total: int
+    limit: int
+    offset: int
+
+
+def _name_page(
+    ctx: ServiceContext,
+    which: Literal["people", "tags"],
+    *,
+    limit: int,
+    offset: int,
+    containing: str,
+) -> NamePage:
+    if not 1 <= limit <= MAX_NAME_PAGE:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_NAME_PAGE}")
+    if not 0 <= offset <= MAX_NAME_OFFSET:
+        raise InvalidRequest(f"offset must be between 0 and {MAX_NAME_OFFSET}")
+    counts = meta_repo.people_counts if which == "people" else meta_repo.tag_counts
     with ctx.transaction() as session:
-        return meta_repo.tag_counts(session)
+        page = counts(session, limit=limit, offset=offset, containing=normalise_name(containing))
+    return NamePage(page.items, total=page.total, limit=limit, offset=offset)
+
+
+def list_people(
+    ctx: ServiceContext, *, limit: int = 100, offset: int = 0, containing: str = ""
+) -> NamePage:
+    """People with photos in the library, most photographed first; ``containing`` keeps
+    the names that contain it (case-insensitive)."""
+    return _name_page(ctx, "people", limit=limit, offset=offset, containing=containing)
+
+
+def list_tags(
+    ctx: ServiceContext, *, limit: int = 100, offset: int = 0, containing: str = ""
+) -> NamePage:
+    return _name_page(ctx, "tags", limit=limit, offset=offset, containing=containing)
 
 
 def rename_person(ctx: ServiceContext, person_id: int, new_name: str) -> NameCount:
@@ -159,8 +194,8 @@ def rename_person(ctx: ServiceContext, person_id: int, new_name: str) -> NameCou
         # A rename is a user's correction: it must survive re-reading the files.
         meta_repo.mark_people_edited(session, affected)
     push_labels(ctx, affected)
-    counts = {c.id: c for c in list_people(ctx)}
     with ctx.transaction() as session:
         person = meta_repo.get_person(session, survivor_id)
         assert person is not None
-        return counts.get(survivor_id, NameCount(survivor_id, person.name, 0))
+        counted = meta_repo.person_count(session, survivor_id)
+        return counted or NameCount(survivor_id, person.name, 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from image_search_service.api.deps import RequireApiKey, RequireJson, ServicesDep
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
@@ -18,28 +18,46 @@ from image_search_service.core.errors import (
     Unauthorized,
     VectorStoreUnavailable,
 )
+from image_search_service.images.metadata import MAX_NAME_CHARS
 from image_search_service.services import metadata
-from image_search_service.services.metadata import PersonNotFound
+from image_search_service.services.metadata import MAX_NAME_OFFSET, MAX_NAME_PAGE, PersonNotFound
 
 router = APIRouter(prefix=API_PREFIX, tags=["people and tags"])
 
 
+Limit = Annotated[int, Query(ge=1, le=MAX_NAME_PAGE, description="names per page")]
+Offset = Annotated[int, Query(ge=0, le=MAX_NAME_OFFSET, description="names to skip")]
+Containing = Annotated[
+    str,
+    Query(
+        max_length=MAX_NAME_CHARS,
+        description="only names containing this (case-insensitive), for a picker as you type",
+    ),
+]
+
+
 @router.get(
     "/people",
-    summary="People in the library, with how many photos each is in",
-    responses=error_responses(DatabaseUnavailable),
+    summary="People in the library, with how many photos each is in (paginated)",
+    responses=error_responses(InvalidRequest, DatabaseUnavailable),
 )
-def list_people(services: ServicesDep) -> NameListOut:
-    return NameListOut.of(metadata.list_people(services.ctx))
+def list_people(
+    services: ServicesDep, limit: Limit = 100, offset: Offset = 0, q: Containing = ""
+) -> NameListOut:
+    page = metadata.list_people(services.ctx, limit=limit, offset=offset, containing=q)
+    return NameListOut.of(page)
 
 
 @router.get(
     "/tags",
-    summary="Tags (keywords) in the library, with how many photos carry each",
-    responses=error_responses(DatabaseUnavailable),
+    summary="Tags (keywords) in the library, with how many photos carry each (paginated)",
+    responses=error_responses(InvalidRequest, DatabaseUnavailable),
 )
-def list_tags(services: ServicesDep) -> NameListOut:
-    return NameListOut.of(metadata.list_tags(services.ctx))
+def list_tags(
+    services: ServicesDep, limit: Limit = 100, offset: Offset = 0, q: Containing = ""
+) -> NameListOut:
+    page = metadata.list_tags(services.ctx, limit=limit, offset=offset, containing=q)
+    return NameListOut.of(page)
 
 
 @router.patch(
