@@ -337,6 +337,34 @@ class TestRollout:
         assert both.json()["model"] == "clip"
         assert _metric(rollout_client, "image_search_searches_total", model="siglip") >= 7
 
+    def test_a_search_that_names_its_model_bypasses_the_router(
+        self, rollout_client: TestClient
+    ) -> None:
+        inside, outside = self.users(True, 1)[0], self.users(False, 1)[0]
+        # The named model answers, whatever the user's bucket, the coverage guard (SigLIP
+        # covers half the library: its half is what it finds) or interleaving.
+        for user, model in ((inside, "clip"), (outside, "siglip"), (inside, "siglip")):
+            body = rollout_client.get(
+                "/api/v1/search",
+                params={"q": "sea", "model": model, "limit": 50},
+                headers={"X-User-Id": user},
+            ).json()
+            assert (body["model"], body["fallback_reason"]) == (model, None)
+            assert len(body["results"]) == (12 if model == "clip" else 6)
+        similar = rollout_client.get("/api/v1/assets").json()["items"][0]["id"]
+        pinned = rollout_client.get(f"/api/v1/search/similar/{similar}", params={"model": "clip"})
+        assert pinned.json()["model"] == "clip"
+        # Not rollout evidence: the user chose the arm. Its search id knows no events.
+        report = rollout_client.get("/api/v1/admin/experiment").json()
+        assert sum(arm["searches"] for arm in report["arms"].values()) == 0
+        event = {"search_id": body["search_id"], "asset_id": body["results"][0]["asset_id"]}
+        refused = rollout_client.post("/api/v1/events", json={**event, "type": "click", "rank": 1})
+        assert refused.status_code == 404
+        rollout_client.get("/api/v1/search", params={"q": "sea"}, headers={"X-User-Id": inside})
+        report = rollout_client.get("/api/v1/admin/experiment").json()
+        assert sum(arm["searches"] for arm in report["arms"].values()) == 1  # a routed one is
+        assert_error(rollout_client.get("/api/v1/search", params={"q": "x", "model": "b"}), 422)
+
     def test_similar_search_runs_in_the_routed_collection(
         self, rollout_client: TestClient, tmp_path: Path
     ) -> None:

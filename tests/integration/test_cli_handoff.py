@@ -1,5 +1,5 @@
-"""While `image-search serve` holds the embedded store, `index`, `status` and `reembed`
-hand their work to it over HTTP (found through DATA_DIR/server.json). Real processes."""
+"""While `image-search serve` holds the embedded store, `index`, `search`, `status` and
+`reembed` hand their work to it over HTTP (found through DATA_DIR/server.json). Real processes."""
 
 from __future__ import annotations
 
@@ -47,6 +47,34 @@ def test_cli_commands_work_while_the_server_runs(
         assert report["models"] == ["clip"]
         found = served.client.get("/api/v1/search", params={"q": "photo", "limit": 50}).json()
         assert {hit["path"] for hit in found["results"]} == {str(p) for p in library}
+
+        # Search: text, an example file and filters, answered by the server with the
+        # model the CLI names; a search that named its model is no rollout evidence.
+        recorded_before = served.client.get("/api/v1/admin/experiment").json()["arms"]
+        searched = _cli(env, tmp_path, "search", "photo", "--limit", "3", "--json")
+        assert searched.returncode == 0, searched.stderr + served.log.read_text()[-3000:]
+        answer = json.loads(searched.stdout)
+        assert (answer["model"], len(answer["results"])) == ("clip", 3)
+        assert all(isinstance(hit["people"], list) for hit in answer["results"])
+        example = library[0]
+        by_file = _cli(env, tmp_path, "search", "--image", str(example), "--format", "JPEG")
+        assert by_file.returncode == 0, by_file.stderr
+        assert "a server is running on this DATA_DIR" in by_file.stderr
+        first = by_file.stdout.splitlines()[1]
+        assert first.startswith("  1. ")
+        assert str(example) in first  # the example itself ranks first
+        filtered = _cli(env, tmp_path, "search", "photo", "--format", "WEBP", "--json")
+        assert json.loads(filtered.stdout)["results"] == []
+        png_only = _cli(env, tmp_path, "search", "photo", "--format", "PNG", "--json")
+        assert [hit["format"] for hit in json.loads(png_only.stdout)["results"]] == ["PNG"]
+        missing_file = _cli(env, tmp_path, "search", "--image", "nope.jpg")
+        assert missing_file.returncode == 2
+        assert f"no such image file: {tmp_path / 'nope.jpg'}" in missing_file.stderr
+        not_ready = _cli(env, tmp_path, "search", "photo", "--model", "siglip")
+        assert not_ready.returncode == 1  # no SigLIP collection yet: the server's reason
+        assert "siglip" in not_ready.stderr.lower(), not_ready.stderr
+        recorded_after = served.client.get("/api/v1/admin/experiment").json()["arms"]
+        assert recorded_after == recorded_before
 
         status = _cli(env, tmp_path, "status")
         assert status.returncode == 0, status.stderr

@@ -89,6 +89,11 @@ class SearchParams(BaseModel):
         True,
         description="text searches: known person names in the query become people filters",
     )
+    model: ModelKey | None = Field(
+        None,
+        description="answer with this model instead of the rollout's choice (operators, the "
+        "CLI): no coverage guard, no interleaving, and not recorded as rollout evidence",
+    )
 
     @field_validator("taken_after", "taken_before", mode="before")
     @classmethod

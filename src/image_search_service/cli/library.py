@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,13 @@ from image_search_service.cli.common import (
     handing_off,
     opened_context,
 )
-from image_search_service.cli.remote import index_via_server, running_server, status_via_server
-from image_search_service.core.config import MODEL_KEYS, ModelKey, load_settings
+from image_search_service.cli.remote import (
+    index_via_server,
+    running_server,
+    search_via_server,
+    status_via_server,
+)
+from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings, load_settings
 from image_search_service.core.specs import BASELINE
 from image_search_service.images.loading import SUPPORTED_FORMATS
 
@@ -147,85 +153,124 @@ def search(
 
     Known person names in TEXT become filters: "Pat and Jack at the beach" finds photos
     with both Pat and Jack, ranked by "at the beach".
-    """
-    from image_search_service.services.search import (
-        CombinedQuery,
-        Example,
-        SearchOptions,
-        SearchService,
-        name_filter,
-    )
-    from image_search_service.vector.base import SearchFilter
 
+    While `image-search serve` runs on this DATA_DIR, the server answers.
+    """
     if not (text or images or similar):
         raise click.UsageError("give TEXT, --image FILE or --similar ASSET_ID (or several)")
-    examples: list[Example] = [Example(path, image_weight) for path in images]
     for value in similar:
         try:
-            examples.append(Example(UUID(value), image_weight))
+            UUID(value)
         except ValueError:
             raise click.BadParameter(
                 f"{value!r} is not a valid asset id (UUID)", param_hint="--similar"
             ) from None
-    search_filter = SearchFilter(
-        format=image_format,
-        taken_after=taken_after,
-        taken_before=taken_before,
-        people=name_filter(_names(people)),
-        people_any=name_filter(_names(people_any)),
-        tags=name_filter(_names(tags)),
-    )
-    options = SearchOptions(
-        limit=limit,
-        offset=offset,
-        min_score=min_score,
-        search_filter=None if search_filter.is_empty else search_filter,
-        understand=not literal,
-    )
-    query = CombinedQuery(
-        text=text,
-        text_weight=text_weight,
-        examples=tuple(examples),
-        negatives=negatives,
-        negative_weight=not_weight,
-    )
-    with opened_context() as ctx:
-        outcome = SearchService(ctx).search_combined(query, model=model, options=options)
+    for path in images:
+        if not path.is_file():  # named in full: "photo.jpg" alone does not say where
+            raise click.BadParameter(f"no such image file: {path.absolute()}", param_hint="--image")
+    # The same form fields for the server and for this process (validated by the
+    # server's own schema), so both read the options alike.
+    fields: list[tuple[str, str]] = [
+        ("text_weight", str(text_weight)),
+        ("example_weight", str(image_weight)),
+        ("not_weight", str(not_weight)),
+        ("understand", str(not literal).lower()),
+        ("limit", str(limit)),
+        ("offset", str(offset)),
+        ("model", model),
+    ]
+    fields += [("like", value) for value in similar]
+    fields += [("not", value) for value in negatives]
+    for name, values in (("people", people), ("people_any", people_any), ("tags", tags)):
+        fields += [(name, value) for value in _names(values)]
+    if min_score is not None:
+        fields.append(("min_score", str(min_score)))
+    if image_format:
+        fields.append(("format", image_format))
+    for name, moment in (("taken_after", taken_after), ("taken_before", taken_before)):
+        if moment is not None:
+            fields.append((name, moment.isoformat()))
+    settings = load_settings()
+    server = running_server(settings)
+    if server is not None:
+        handing_off(server.url, as_json)
+        data = search_via_server(server, text=text, images=list(images), fields=fields)
+    else:
+        data = _search_here(settings, text, images, fields, model)
     if as_json:
-        echo_json(outcome.as_dict())
+        echo_json(data)
         return
+    _print_search(data)
+
+
+def _search_here(
+    settings: Settings,
+    text: str | None,
+    images: tuple[Path, ...],
+    fields: list[tuple[str, str]],
+    model: ModelKey,
+) -> dict[str, Any]:
+    """The search in this process (no server holds the store)."""
+    from pydantic import ValidationError
+
+    from image_search_service.api.schemas import CombinedSearchParams
+    from image_search_service.services.search import Example, SearchService
+
+    form: dict[str, Any] = {"q": text}
+    for name, value in fields:
+        if name in _LIST_FIELDS:
+            form.setdefault(name, []).append(value)
+        else:
+            form[name] = value
+    try:
+        params = CombinedSearchParams.model_validate(form)
+    except ValidationError as exc:
+        raise click.UsageError(str(exc)) from None
+    query = params.combined(params.q)
+    # Files stay paths here (read and bounded like indexed photos, not like uploads).
+    files = tuple(Example(path, params.example_weight) for path in images)
+    query = replace(query, examples=files + query.examples)
+    with opened_context(settings) as ctx:
+        outcome = SearchService(ctx).search_combined(query, model=model, options=params.options())
+    return outcome.as_dict()
+
+
+_LIST_FIELDS = frozenset({"like", "not", "people", "people_any", "tags"})
+
+
+def _print_search(data: dict[str, Any]) -> None:
     click.echo(
-        f"{len(outcome.results)} results from {outcome.collection} ({outcome.model}) "
-        f"in {outcome.took_ms:.0f} ms"
+        f"{len(data['results'])} results from {data['collection']} ({data['model']}) "
+        f"in {data['took_ms']:.0f} ms"
     )
-    understood = outcome.understood
+    understood = data.get("understood")
     if understood is not None:
         read = []
-        if understood.concept is not None:
-            read.append(f"concept {understood.concept!r}")
-        if understood.people:
-            read.append(f"people: all of {', '.join(understood.people)}")
-        if understood.people_any:
-            read.append(f"people: any of {', '.join(understood.people_any)}")
-        if understood.tags:
-            read.append(f"tags: {', '.join(understood.tags)}")
-        if understood.negative:
-            read.append(f"not: {', '.join(understood.negative)}")
-        if understood.full_text:
+        if understood["concept"] is not None:
+            read.append(f"concept {understood['concept']!r}")
+        if understood["people"]:
+            read.append(f"people: all of {', '.join(understood['people'])}")
+        if understood["people_any"]:
+            read.append(f"people: any of {', '.join(understood['people_any'])}")
+        if understood["tags"]:
+            read.append(f"tags: {', '.join(understood['tags'])}")
+        if understood["negative"]:
+            read.append(f"not: {', '.join(understood['negative'])}")
+        if understood["full_text"]:
             read.append("captions/tags matched")
         if read:
             click.echo("understood: " + "; ".join(read))
-    for rank, hit in enumerate(outcome.results, start=offset + 1):
-        calibrated = f"  p={hit.calibrated_score:.3f}" if hit.calibrated_score is not None else ""
-        via = f"  ({hit.matched_by})" if hit.matched_by != "image" else ""
-        click.echo(f"{rank:3d}. {hit.score:.4f}{calibrated}{via}  {hit.path}  [{hit.asset_id}]")
-        labels = hit.labels
-        if labels.people:
-            click.echo(f"       people: {', '.join(p.name for p in labels.people)}")
-        if labels.tags:
-            click.echo(f"       tags: {', '.join(labels.tags)}")
-        if labels.caption:
-            click.echo(f"       caption: {labels.caption}")
+    for rank, hit in enumerate(data["results"], start=data["offset"] + 1):
+        calibrated = hit["calibrated_score"]
+        shown = f"  p={calibrated:.3f}" if calibrated is not None else ""
+        via = f"  ({hit['matched_by']})" if hit["matched_by"] != "image" else ""
+        click.echo(f"{rank:3d}. {hit['score']:.4f}{shown}{via}  {hit['path']}  [{hit['asset_id']}]")
+        if hit["people"]:
+            click.echo(f"       people: {', '.join(hit['people'])}")
+        if hit["tags"]:
+            click.echo(f"       tags: {', '.join(hit['tags'])}")
+        if hit["caption"]:
+            click.echo(f"       caption: {hit['caption']}")
 
 
 @click.command()

@@ -2,8 +2,9 @@
 
 The embedded vector store (Qdrant Edge, the default) is open in one process only: while
 ``image-search serve`` runs, it holds it. ``serve`` writes its address to
-``DATA_DIR/server.json``; ``index``, ``status`` and ``reembed`` find it there and ask the
-server over HTTP (with ``API_KEY`` from the environment), showing progress by polling.
+``DATA_DIR/server.json``; ``index``, ``search``, ``status`` and ``reembed`` find it there
+and ask the server over HTTP (with ``API_KEY`` from the environment), showing progress by
+polling.
 Nothing is opened twice, so nothing can be lost or corrupted.
 """
 
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from urllib3 import encode_multipart_formdata
 
 from image_search_service.core.config import Settings
 from image_search_service.core.errors import ServiceError
@@ -80,10 +83,14 @@ class RemoteServer:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        return self.send(method, path, data, "application/json")
+
+    def send(self, method: str, path: str, data: bytes | None, content_type: str) -> Any:
+        """One request; the JSON answer, or the server's refusal as a ServiceError."""
         request = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method)
         request.add_header("Accept", "application/json")
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            request.add_header("Content-Type", content_type)
         if self.api_key:
             request.add_header("X-API-Key", self.api_key)
         try:
@@ -174,6 +181,23 @@ def merge_reports(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if total["seconds"]:
         total["images_per_second"] = round(total["indexed"] / total["seconds"], 2)
     return total
+
+
+def search_via_server(
+    server: RemoteServer, *, text: str | None, images: list[Path], fields: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """One search on the server (``POST /api/v1/search/combined``: text, example files and
+    every option as form fields), in the shape the CLI prints without a server."""
+    parts: list[tuple[str, Any]] = list(fields)
+    if text:
+        parts.append(("q", text))
+    for path in images:
+        parts.append(("file", (path.name, path.read_bytes())))
+    data, content_type = encode_multipart_formdata(parts)
+    answer: dict[str, Any] = server.send("POST", "/api/v1/search/combined", data, content_type)
+    for hit in answer["results"]:
+        hit["people"] = [person["name"] for person in hit["people"]]
+    return answer
 
 
 def status_via_server(server: RemoteServer) -> dict[str, Any]:

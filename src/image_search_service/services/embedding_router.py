@@ -83,6 +83,9 @@ class RouteDecision:
     # Both models answer and their results are merged by team draft (``model`` is then
     # the candidate, whose readiness allowed it; the baseline always serves).
     interleave: bool = False
+    # The request named its model (operators, the CLI): no flags, no coverage guard, and
+    # not rollout evidence, since the user chose the arm.
+    pinned: bool = False
 
     @property
     def anonymous(self) -> bool:
@@ -171,6 +174,18 @@ class EmbeddingRouter:
 
     def route(self, user_id: str | None) -> RouteDecision:
         return self._decide(user_id, self.readiness)
+
+    def pinned(self, model: ModelKey, user_id: str | None) -> RouteDecision:
+        """The decision for a request that names its model: that model answers."""
+        return RouteDecision(
+            model=model,
+            collection=self._ctx.spec(model).collection,
+            selected=model,
+            user_id=user_id,
+            bucket=user_bucket(user_id) if user_id is not None else 0,
+            rule="the request named its model",
+            pinned=True,
+        )
 
     def _decide(
         self, user_id: str | None, readiness: Callable[[ModelKey], Readiness]

@@ -151,8 +151,9 @@ class SearchLog:
         kind: str,
         latency_ms: float,
     ) -> None:
-        """Log one answered search. Never raises."""
-        if not self.enabled:
+        """Log one answered search (not one that named its model: the user chose that
+        arm, so it is no evidence about the rollout). Never raises."""
+        if not self.enabled or decision.pinned:
             return
         try:
             record = make_record(

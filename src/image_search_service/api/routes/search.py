@@ -28,6 +28,7 @@ from image_search_service.api.schemas import (
     TextSearchParams,
 )
 from image_search_service.api.uploads import read_upload
+from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
     AssetNotFound,
     CollectionMissing,
@@ -70,6 +71,7 @@ async def _routed(
     query: str,
     options: SearchOptions,
     search: SearchRun,
+    pinned: ModelKey | None = None,
     encodes: bool = True,
 ) -> SearchResponse:
     """Route the request, run the search off the event loop (both models, merged, for
@@ -77,7 +79,10 @@ async def _routed(
     started = time.perf_counter()
 
     def work() -> tuple[RouteDecision, SearchOutcome]:
-        decision = services.router.route(user_id)
+        if pinned is not None:
+            decision = services.router.pinned(pinned, user_id)
+        else:
+            decision = services.router.route(user_id)
         request.state.model = decision.arm  # the latency metric's model label
         return decision, answer(decision, search, options, kind=kind, query=query)
 
@@ -110,6 +115,7 @@ async def search_text(
         kind="text",
         query=params.q,
         options=params.options(),
+        pinned=params.model,
         search=lambda model, options: services.search.search_combined(
             params.combined(params.q), model=model, options=options
         ),
@@ -132,6 +138,7 @@ async def search_text_json(
         kind="text",
         query=body.q,
         options=body.options(),
+        pinned=body.model,
         search=lambda model, options: services.search.search_combined(
             body.combined(body.q), model=model, options=options
         ),
@@ -165,6 +172,7 @@ async def search_image(
         kind="image",
         query=hashlib.sha256(data).hexdigest(),
         options=params.options(),
+        pinned=params.model,
         search=lambda model, options: services.search.search_image(
             data, model=model, options=options
         ),
@@ -201,6 +209,7 @@ async def search_combined(
         kind="combined",
         query=_combined_key(params.q, uploads),
         options=params.options(),
+        pinned=params.model,
         search=lambda model, options: services.search.search_combined(
             params.combined(params.q, uploads), model=model, options=options
         ),
@@ -234,6 +243,7 @@ async def search_similar(
         kind="similar",
         query=str(asset_id),
         options=params.options(),
+        pinned=params.model,
         search=lambda model, options: services.search.search_similar(
             asset_id, model=model, options=options
         ),
