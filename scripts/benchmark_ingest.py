@@ -30,61 +30,25 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from benchmark_photos import make_photo
+from benchmark_runtimes import add_runtime_arguments, forward_only, load_runtimes
 
-from image_search_service.core.config import Settings
-from image_search_service.core.specs import model_spec
-from image_search_service.core.threads import plan_threads
-from image_search_service.encoders.openclip import OpenClipEncoder
-from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.images.loading import load_image
 from image_search_service.services.context import open_context
 from image_search_service.services.indexing import index_paths
-
-if TYPE_CHECKING:
-    import torch
-
-
-def forward_only(encoder: OpenClipEncoder, tensors: list[torch.Tensor], batch: int) -> float:
-    """images/s of the image tower alone on already decoded, preprocessed tensors."""
-    import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
-
-    started = time.perf_counter()
-    for i in range(0, len(tensors), batch):
-        encoder.encode_preprocessed(torch.stack(tensors[i : i + batch]))
-    return len(tensors) / (time.perf_counter() - started)
-
-
-def loaded(registry: EncoderRegistry, settings: Settings) -> tuple[OpenClipEncoder, float]:
-    import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
-
-    torch.manual_seed(0)  # random weights, but the same in every runtime
-    encoder = registry.get(model_spec(settings, "clip"))
-    started = time.perf_counter()
-    encoder.load()
-    return encoder, time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--source", choices=["folder", "s3"], default="folder")
     parser.add_argument("--images", type=int, default=None, help="32 (folder), 200 (s3)")
-    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--width", type=int, default=None, help="4000 (folder), 2000 (s3)")
     parser.add_argument("--height", type=int, default=None, help="3000 (folder), 1500 (s3)")
     parser.add_argument(
         "--rounds", type=int, default=None, help="alternated passes: 2 (folder), 3 (s3)"
     )
     parser.add_argument("--e2e-torch", action="store_true", help="also index with PyTorch")
-    parser.add_argument(
-        "--model-cache",
-        type=Path,
-        help="keep the ONNX exports here between runs (weights are seeded: same export)",
-    )
-    parser.add_argument("--decode-workers", type=int, default=0, help="0 = chosen for the cores")
-    parser.add_argument("--model-threads", type=int, default=0, help="0 = chosen for the cores")
+    add_runtime_arguments(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     s3 = args.source == "s3"
@@ -111,41 +75,10 @@ def main() -> None:
             files.append(path)
         mb = sum(f.stat().st_size for f in files) / 1e6
 
-        def settings_for(runtime: str, precision: str | None = None, data: str = "data") -> Any:
-            extra: dict[str, Any] = {"encoder_precision": precision} if precision else {}
-            return Settings(
-                _env_file=None,
-                data_dir=root / data,
-                model_cache_dir=args.model_cache or root / "models",  # one for every run
-                decode_workers=args.decode_workers,
-                model_threads=args.model_threads,
-                clip_model_name="ViT-B-32",
-                clip_pretrained="random",
-                batch_size=args.batch_size,
-                device="cpu",
-                encoder_runtime=runtime,
-                **extra,
-            )
-
-        default = settings_for("onnx")
-        other = "fp32" if default.encoder_precision == "int8" else "int8"
-        plan = plan_threads(default)
-        registries = {
-            "torch-fp32": EncoderRegistry.from_settings(settings_for("torch")),
-            f"onnx-{default.encoder_precision}": EncoderRegistry.from_settings(default),
-            f"onnx-{other}": EncoderRegistry.from_settings(settings_for("onnx", other)),
-        }
-        encoders, load_s = {}, {}
-        for name, registry in registries.items():
-            encoders[name], load_s[name] = loaded(registry, default)
-            assert encoders[name].runtime == name, (name, encoders[name].runtime)
-        size = encoders["torch-fp32"].image_size
-        tensors = [
-            encoders["torch-fp32"].preprocess(
-                load_image(f, max_pixels=default.max_image_pixels, min_side=size).image
-            )
-            for f in files
-        ]
+        runtimes = load_runtimes(root, args, key="clip", model_name="ViT-B-32", torch_first=True)
+        default, plan, encoders = runtimes.default, runtimes.plan, runtimes.encoders
+        registries, load_s = runtimes.registries, runtimes.load_s
+        tensors = runtimes.preprocessed(files)
         print(
             f"{plan.cores} cores: {plan.model_threads} model threads, {plan.decode_workers} "
             f"decode threads; files {mb:.0f} MB; load+export s: "
@@ -163,7 +96,7 @@ def main() -> None:
         runs = [("default", default, registries[f"onnx-{default.encoder_precision}"])]
         if args.e2e_torch:
             runs.append(
-                ("torch", settings_for("torch", data="data-torch"), registries["torch-fp32"])
+                ("torch", runtimes.settings("torch", data="data-torch"), registries["torch-fp32"])
             )
         for label, settings, registry in runs:
             ctx = open_context(settings, encoders=registry)

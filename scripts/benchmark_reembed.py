@@ -21,51 +21,23 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from benchmark_photos import make_photo
+from benchmark_runtimes import add_runtime_arguments, forward_only, load_runtimes
 from PIL import Image
 
-from image_search_service.core.config import Settings
-from image_search_service.core.specs import model_spec
-from image_search_service.core.threads import plan_threads
-from image_search_service.encoders.openclip import OpenClipEncoder
-from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.images.loading import load_image
 from image_search_service.jobs.runner import run_in_process
 from image_search_service.services.context import open_context
 from image_search_service.services.indexing import index_paths
 from image_search_service.services.reembed import plan_asset_ids
 
-if TYPE_CHECKING:
-    import torch
-
-
-def forward_only(encoder: OpenClipEncoder, tensors: list[torch.Tensor], batch: int) -> float:
-    """images/s of the image tower alone on already decoded, preprocessed tensors."""
-    import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
-
-    started = time.perf_counter()
-    for i in range(0, len(tensors), batch):
-        encoder.encode_preprocessed(torch.stack(tensors[i : i + batch]))
-    return len(tensors) / (time.perf_counter() - started)
-
 
 def main() -> None:
-    import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
-
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--images", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--job-size", type=int, default=64, help="asset ids per job")
     parser.add_argument("--rounds", type=int, default=1, help="forward-only passes per side")
-    parser.add_argument(
-        "--model-cache",
-        type=Path,
-        help="keep the ONNX exports here between runs (weights are seeded: same export)",
-    )
-    parser.add_argument("--decode-workers", type=int, default=0, help="0 = chosen for the cores")
-    parser.add_argument("--model-threads", type=int, default=0, help="0 = chosen for the cores")
+    add_runtime_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
@@ -81,46 +53,12 @@ def main() -> None:
         megapixels = [w * h / 1e6 for w, h in (Image.open(f).size for f in files)]
         mb = sum(f.stat().st_size for f in files) / 1e6
 
-        def settings_for(runtime: str, precision: str | None = None) -> Any:
-            extra: dict[str, Any] = {"encoder_precision": precision} if precision else {}
-            return Settings(
-                _env_file=None,
-                data_dir=root / "data",
-                model_cache_dir=args.model_cache or root / "models",
-                decode_workers=args.decode_workers,
-                model_threads=args.model_threads,
-                siglip_model_name="ViT-B-16-SigLIP",
-                siglip_pretrained="random",
-                batch_size=args.batch_size,
-                device="cpu",
-                encoder_runtime=runtime,
-                **extra,
-            )
-
-        default = settings_for("onnx")
-        other = "fp32" if default.encoder_precision == "int8" else "int8"
-        plan = plan_threads(default)
-        registries = {
-            f"onnx-{default.encoder_precision}": EncoderRegistry.from_settings(default),
-            f"onnx-{other}": EncoderRegistry.from_settings(settings_for("onnx", other)),
-            "torch-fp32": EncoderRegistry.from_settings(settings_for("torch")),
-        }
-        encoders: dict[str, OpenClipEncoder] = {}
-        load_s: dict[str, float] = {}
-        for name, registry in registries.items():
-            torch.manual_seed(0)  # random weights, but the same in every runtime
-            encoders[name] = registry.get(model_spec(default, "siglip"))
-            started = time.perf_counter()
-            encoders[name].load()
-            load_s[name] = time.perf_counter() - started
-            assert encoders[name].runtime == name, (name, encoders[name].runtime)
-        size = encoders["torch-fp32"].image_size
-        tensors = [
-            encoders["torch-fp32"].preprocess(
-                load_image(f, max_pixels=default.max_image_pixels, min_side=size).image
-            )
-            for f in files
-        ]
+        runtimes = load_runtimes(
+            root, args, key="siglip", model_name="ViT-B-16-SigLIP", torch_first=False
+        )
+        default, plan, encoders = runtimes.default, runtimes.plan, runtimes.encoders
+        registries, load_s = runtimes.registries, runtimes.load_s
+        tensors = runtimes.preprocessed(files)
         print(
             f"{plan.cores} cores: {plan.model_threads} model threads, {plan.decode_workers} "
             f"decode threads; files {mb:.0f} MB, {min(megapixels):.2f}-{max(megapixels):.2f} "

@@ -76,6 +76,14 @@ def test_cli_commands_work_while_the_server_runs(
         recorded_after = served.client.get("/api/v1/admin/experiment").json()["arms"]
         assert recorded_after == recorded_before
 
+        # create-collection cannot be handed over: it says what to do instead of waiting
+        # for the store's lock (a dry run touches nothing, so it still works).
+        created = _cli(env, tmp_path, "create-collection", "--model", "siglip")
+        assert created.returncode == 1
+        assert "image-search reembed --to siglip" in created.stderr, created.stderr
+        planned = _cli(env, tmp_path, "create-collection", "--model", "siglip", "--dry-run")
+        assert planned.returncode == 0, planned.stderr
+
         status = _cli(env, tmp_path, "status")
         assert status.returncode == 0, status.stderr
         assert "a server is running on this DATA_DIR" in status.stderr

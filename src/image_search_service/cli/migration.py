@@ -28,7 +28,7 @@ from image_search_service.cli.common import (
 )
 from image_search_service.cli.remote import RemoteServer, reembed_via_server, running_server
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings, load_settings
-from image_search_service.core.errors import VectorStoreLocked
+from image_search_service.core.errors import ServiceError, VectorStoreLocked
 from image_search_service.core.specs import model_spec
 
 if TYPE_CHECKING:
@@ -80,6 +80,15 @@ def create_collection(
         else:
             _print_plan(plan)
         return
+    server = running_server(settings)
+    if server is not None:
+        # The server holds the embedded store; waiting for its lock would only time out.
+        raise ServiceError(
+            f"a server is running on this DATA_DIR ({server.url}) and holds the vector "
+            f"store. `image-search reembed --to {key}` asks it to create the collection and "
+            "fill it, `image-search status` shows what exists; to create, check or drop a "
+            "collection on its own, stop the server first."
+        )
     with opened_context(settings) as ctx:
         if drop:
             result = _drop(ctx, key, yes=yes)
