@@ -354,13 +354,16 @@ class TestRollout:
         similar = rollout_client.get("/api/v1/assets").json()["items"][0]["id"]
         pinned = rollout_client.get(f"/api/v1/search/similar/{similar}", params={"model": "clip"})
         assert pinned.json()["model"] == "clip"
-        # Not rollout evidence: the user chose the arm. Its search id knows no events.
+        # Not rollout evidence: the user chose the arm. No search id, no experiment count.
+        assert body["search_id"] is None
         report = rollout_client.get("/api/v1/admin/experiment").json()
         assert sum(arm["searches"] for arm in report["arms"].values()) == 0
-        event = {"search_id": body["search_id"], "asset_id": body["results"][0]["asset_id"]}
-        refused = rollout_client.post("/api/v1/events", json={**event, "type": "click", "rank": 1})
-        assert refused.status_code == 404
-        rollout_client.get("/api/v1/search", params={"q": "sea"}, headers={"X-User-Id": inside})
+        counted = "image_search_experiment_searches_total"
+        assert _metric(rollout_client, counted, arm="siglip", kind="text", results="some") == 0
+        routed = rollout_client.get(
+            "/api/v1/search", params={"q": "sea"}, headers={"X-User-Id": inside}
+        ).json()
+        assert routed["search_id"] is not None
         report = rollout_client.get("/api/v1/admin/experiment").json()
         assert sum(arm["searches"] for arm in report["arms"].values()) == 1  # a routed one is
         assert_error(rollout_client.get("/api/v1/search", params={"q": "x", "model": "b"}), 422)

@@ -87,6 +87,11 @@ def test_errors_are_one_line_not_tracebacks(cli_env: dict[str, str], tmp_path: P
     bad_id = run(cli_env, "search", "--similar", "not-a-uuid", ok=False)
     assert bad_id.returncode == 2
     assert "UUID" in bad_id.stderr
+    # The server's own schema checks the options here too, worded as the server words it.
+    empty_not = run(cli_env, "search", "red", "--not", "", ok=False)
+    assert empty_not.returncode == 1
+    assert "error: not.0: String should have at least 1 character" in empty_not.stderr
+    assert "pydantic.dev" not in empty_not.stderr
     bad_env = dict(cli_env, SIGLIP_ROLLOUT_PERCENTAGE="150")
     config = run(bad_env, "status", ok=False)
     assert config.returncode == 1

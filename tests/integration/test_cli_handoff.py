@@ -70,9 +70,22 @@ def test_cli_commands_work_while_the_server_runs(
         missing_file = _cli(env, tmp_path, "search", "--image", "nope.jpg")
         assert missing_file.returncode == 2
         assert f"no such image file: {tmp_path / 'nope.jpg'}" in missing_file.stderr
+        # A file over the upload limit: refused here when this process's limit says so,
+        # and by the server (413, or its connection cut mid-upload) when only its does.
+        big = tmp_path / "big.jpg"
+        big.write_bytes(library[0].read_bytes() + b"\0" * (21 * 2**20))
+        small_limit = {**env, "MAX_UPLOAD_BYTES": str(2**20)}
+        too_big = _cli(small_limit, tmp_path, "search", "--image", str(big))
+        assert too_big.returncode == 1
+        assert "over the running server's upload limit of 1.0 MiB" in too_big.stderr
+        big_limit = {**env, "MAX_UPLOAD_BYTES": str(64 * 2**20)}
+        cut = _cli(big_limit, tmp_path, "search", "--image", str(big))
+        assert cut.returncode == 1
+        assert "does not answer" not in cut.stderr
+        assert "limit" in cut.stderr.lower(), cut.stderr
         not_ready = _cli(env, tmp_path, "search", "photo", "--model", "siglip")
         assert not_ready.returncode == 1  # no SigLIP collection yet: the server's reason
-        assert "siglip" in not_ready.stderr.lower(), not_ready.stderr
+        assert "image-search reembed --to siglip" in not_ready.stderr, not_ready.stderr
         recorded_after = served.client.get("/api/v1/admin/experiment").json()["arms"]
         assert recorded_after == recorded_before
 

@@ -293,6 +293,40 @@ def test_people_and_tags_are_paginated_and_filtered_by_name(
         assert_error(client.get("/api/v1/tags", params=bad), 422)
 
 
+def test_no_text_a_client_sends_may_hold_a_nul(
+    client: TestClient, library: dict[str, Path]
+) -> None:
+    """PostgreSQL cannot store NUL and SQLite cuts a LIKE pattern at it: every text input
+    refuses it with 422 (on both databases), and nothing changes."""
+    asset = client.get("/api/v1/assets").json()["items"][0]["id"]
+    people_before = client.get("/api/v1/people").json()
+    person = people_before["items"][0]["id"]
+    requests: list[tuple[str, str, dict[str, Any]]] = [
+        ("GET", "/api/v1/search", {"params": {"q": "a\x00b"}}),
+        ("GET", "/api/v1/search", {"params": {"q": "x", "people": "a\x00"}}),
+        ("GET", "/api/v1/search", {"params": {"q": "x", "not": "\x00"}}),
+        ("GET", "/api/v1/search", {"params": {"q": "x", "user_id": "\x00"}}),
+        ("POST", "/api/v1/search", {"json": {"q": "a\x00"}}),
+        ("POST", "/api/v1/search/combined", {"data": {"q": "a\x00"}, "files": {"x": b""}}),
+        ("GET", "/api/v1/people", {"params": {"q": "\x00"}}),
+        ("GET", "/api/v1/tags", {"params": {"q": "a\x00"}}),
+        ("PATCH", f"/api/v1/assets/{asset}", {"json": {"people": ["a\x00b"]}}),
+        ("PATCH", f"/api/v1/assets/{asset}", {"json": {"tags": ["\x00"]}}),
+        ("PATCH", f"/api/v1/assets/{asset}", {"json": {"caption": "a\x00"}}),
+        ("PATCH", f"/api/v1/people/{person}", {"json": {"name": "\x00"}}),
+        ("POST", "/api/v1/embed/text", {"json": {"texts": ["a\x00"]}}),
+        ("POST", "/api/v1/admin/index", {"json": {"path": "/tmp/a\x00b"}}),
+    ]
+    for method, url, kwargs in requests:
+        refused = client.request(method, url, **kwargs)
+        assert_error(refused, 422)
+        assert "NUL" in refused.json()["detail"], (url, kwargs)
+    # A name of only invisible characters is blank.
+    assert_error(client.patch(f"/api/v1/people/{person}", json={"name": "\u200b"}), 422)
+    assert_error(client.patch(f"/api/v1/assets/{asset}", json={"tags": ["\u200b "]}), 422)
+    assert client.get("/api/v1/people").json() == people_before
+
+
 def test_a_caption_only_match_is_fused_in(client: TestClient, library: dict[str, Path]) -> None:
     body = client.get("/api/v1/search", params={"q": "Christmas", "limit": 3}).json()
     assert body["understood"]["full_text"] is True

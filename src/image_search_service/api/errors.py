@@ -84,7 +84,7 @@ def describe_validation_errors(errors: Iterable[Any]) -> str:
             continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path", "header")]
         where = ".".join(loc)
-        msg = str(err.get("msg", "invalid value"))
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts) or "invalid request"
 

@@ -91,6 +91,8 @@ class ApiMetrics:
         self.searches.labels(model=decision.model, kind=kind).inc()
         if decision.fallback_code is not None:
             self.fallbacks.labels(selected=decision.selected, reason=decision.fallback_code).inc()
+        if decision.pinned:
+            return  # not experiment evidence (the report leaves it out too)
         results = "some" if outcome.results else "none"
         self.arm_searches.labels(arm=outcome.arm, kind=kind, results=results).inc()
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from image_search_service.core.config import Arm, ModelKey
 from image_search_service.core.specs import BASELINE
@@ -48,8 +48,30 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 MAX_FILTER_NAMES = 20
 
 
+def _nul_free(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, dict):
+        return all(_nul_free(k) and _nul_free(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_nul_free(v) for v in value)
+    return True
+
+
+class InputModel(BaseModel):
+    """What a client sends. No text in it may hold a NUL character: nothing real needs
+    one, PostgreSQL cannot store one, and SQLite cuts a LIKE pattern short at it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        if not _nul_free(data):
+            raise ValueError("text must not contain NUL characters (\\x00)")
+        return data
+
+
 # -- search requests -------------------------------------------------------------------
-class SearchParams(BaseModel):
+class SearchParams(InputModel):
     """Options shared by every search: paging, score floor and payload filters."""
 
     limit: int = Field(20, ge=1, le=MAX_LIMIT, description="results per page")
@@ -273,7 +295,10 @@ class UnderstoodOut(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    search_id: UUID = Field(description="names this search in POST /api/v1/events")
+    search_id: UUID | None = Field(
+        description="names this search in POST /api/v1/events; null when the request named "
+        "its `model` (such searches are not recorded)"
+    )
     results: list[SearchResult]
     model: Arm = Field(
         description="the model that answered, or `interleaved` (both, merged by team draft)"
@@ -294,7 +319,7 @@ class SearchResponse(BaseModel):
         decision: RouteDecision,
         took_ms: float,
         *,
-        search_id: UUID,
+        search_id: UUID | None,
     ) -> SearchResponse:
         return cls(
             search_id=search_id,
@@ -374,7 +399,7 @@ class AssetOut(BaseModel):
         return cls.model_validate({**data, "people": [PersonInPhoto.of(p) for p in view.people]})
 
 
-class AssetEditIn(BaseModel):
+class AssetEditIn(InputModel):
     """``PATCH /api/v1/assets/{id}``: the fields given replace the asset's; a field left
     out is unchanged. An edited field is yours from then on: re-indexing keeps it."""
 
@@ -425,7 +450,7 @@ class NameListOut(BaseModel):
         )
 
 
-class PersonRenameIn(BaseModel):
+class PersonRenameIn(InputModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
@@ -551,7 +576,7 @@ class ReembedProgressOut(BaseModel):
     note: str | None
 
 
-class ReembedRequest(BaseModel):
+class ReembedRequest(InputModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelKey = Field(description="the model to embed with")
@@ -581,7 +606,7 @@ class ModelIdentityOut(BaseModel):
     dim: int
 
 
-class EmbedTextRequest(BaseModel):
+class EmbedTextRequest(InputModel):
     model_config = ConfigDict(extra="forbid")
 
     texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description="texts to embed")
@@ -661,7 +686,7 @@ class IngestOut(BaseModel):
     job_id: str | None = Field(None, description="RQ: the job, named after its objects")
 
 
-class RolloutUpdate(BaseModel):
+class RolloutUpdate(InputModel):
     """``PUT /api/v1/admin/rollout``: a value left out keeps its current one."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -695,7 +720,7 @@ class RolloutHistoryOut(BaseModel):
 
 
 # -- library indexing ------------------------------------------------------------------
-class IndexRequest(BaseModel):
+class IndexRequest(InputModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(min_length=1, max_length=4096, description="a folder on the server")
@@ -757,7 +782,7 @@ class LibraryStatusOut(BaseModel):
 
 
 # -- experiment ------------------------------------------------------------------------
-class EventIn(BaseModel):
+class EventIn(InputModel):
     """One interaction with one result of a search."""
 
     model_config = ConfigDict(extra="forbid")

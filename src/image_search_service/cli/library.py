@@ -25,6 +25,7 @@ from image_search_service.cli.remote import (
     status_via_server,
 )
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings, load_settings
+from image_search_service.core.errors import InvalidRequest, ServiceError
 from image_search_service.core.specs import BASELINE
 from image_search_service.images.loading import SUPPORTED_FORMATS
 
@@ -193,6 +194,14 @@ def search(
     settings = load_settings()
     server = running_server(settings)
     if server is not None:
+        sent = sum(path.stat().st_size for path in images)
+        if sent > settings.max_upload_bytes:
+            raise ServiceError(
+                f"the --image files are {sent / 2**20:.1f} MiB together, over the running "
+                f"server's upload limit of {settings.max_upload_bytes / 2**20:.1f} MiB "
+                "(MAX_UPLOAD_BYTES): use smaller files, or stop the server to search with "
+                "them here"
+            )
         handing_off(server.url, as_json)
         data = search_via_server(server, text=text, images=list(images), fields=fields)
     else:
@@ -213,6 +222,7 @@ def _search_here(
     """The search in this process (no server holds the store)."""
     from pydantic import ValidationError
 
+    from image_search_service.api.errors import describe_validation_errors
     from image_search_service.api.schemas import CombinedSearchParams
     from image_search_service.services.search import Example, SearchService
 
@@ -224,8 +234,8 @@ def _search_here(
             form[name] = value
     try:
         params = CombinedSearchParams.model_validate(form)
-    except ValidationError as exc:
-        raise click.UsageError(str(exc)) from None
+    except ValidationError as exc:  # worded as the server words it (the same schema)
+        raise InvalidRequest(describe_validation_errors(exc.errors())) from None
     query = params.combined(params.q)
     # Files stay paths here (read and bounded like indexed photos, not like uploads).
     files = tuple(Example(path, params.example_weight) for path in images)

@@ -105,6 +105,15 @@ class RemoteServer:
             error.status_code = exc.code
             raise error from None
         except (urllib.error.URLError, OSError) as exc:
+            cut = (ConnectionResetError, BrokenPipeError)
+            if data and (isinstance(exc, cut) or isinstance(getattr(exc, "reason", None), cut)):
+                # The server answers a body over its limit before reading it all, then
+                # closes the connection.
+                raise ServiceError(
+                    f"the server at {self.url} closed the connection before the request "
+                    f"({len(data) / 2**20:.1f} MiB) was sent in full: a body over its upload "
+                    "limit (MAX_UPLOAD_BYTES) is cut off like this"
+                ) from None
             raise ServerUnreachable(
                 f"a server is recorded in the data dir ({self.url}) but does not answer: {exc}"
             ) from None

@@ -59,11 +59,15 @@ class AssetEdit:
                 raise InvalidRequest(f"too many {label} ({len(names)})")
             for name in names:
                 if not normalise_name(name):
-                    raise InvalidRequest(f"{label} names must not be blank")
+                    raise InvalidRequest(f"{label} names must not be blank or invisible")
+                if "\x00" in name:
+                    raise InvalidRequest(f"{label} names must not contain NUL characters")
                 if len(name) > MAX_NAME_CHARS:
                     raise InvalidRequest(f"{label} names are at most {MAX_NAME_CHARS} characters")
         if self.caption is not None and len(self.caption) > MAX_CAPTION_CHARS:
             raise InvalidRequest(f"caption is at most {MAX_CAPTION_CHARS} characters")
+        if self.caption is not None and "\x00" in self.caption:
+            raise InvalidRequest("caption must not contain NUL characters")
 
 
 def needs_metadata_refresh(path: Path, recorded: str | None) -> bool:
@@ -157,6 +161,8 @@ def _name_page(
         raise InvalidRequest(f"limit must be between 1 and {MAX_NAME_PAGE}")
     if not 0 <= offset <= MAX_NAME_OFFSET:
         raise InvalidRequest(f"offset must be between 0 and {MAX_NAME_OFFSET}")
+    if "\x00" in containing:
+        raise InvalidRequest("the name filter must not contain NUL characters")
     counts = meta_repo.people_counts if which == "people" else meta_repo.tag_counts
     with ctx.transaction() as session:
         page = counts(session, limit=limit, offset=offset, containing=normalise_name(containing))
@@ -179,8 +185,10 @@ def list_tags(
 
 def rename_person(ctx: ServiceContext, person_id: int, new_name: str) -> NameCount:
     """Rename a person everywhere; a name that is already someone else's merges the two."""
-    if not normalise_name(new_name) or len(new_name) > MAX_NAME_CHARS:
-        raise InvalidRequest(f"name must be 1 to {MAX_NAME_CHARS} characters, not blank")
+    if not normalise_name(new_name) or len(new_name) > MAX_NAME_CHARS or "\x00" in new_name:
+        raise InvalidRequest(
+            f"name must be 1 to {MAX_NAME_CHARS} characters, not blank or invisible, no NUL"
+        )
     with ctx.transaction() as session:
         person = meta_repo.get_person(session, person_id)
         if person is None:

@@ -444,10 +444,16 @@ class SearchService:
         try:
             self.ctx.verify_collection(model)
         except CollectionMissing:
+            if model == BASELINE:
+                how = "Run `image-search index FOLDER` first (or upload photos to /api/v1/assets)"
+            else:  # indexing fills the baseline; the candidate is filled by re-embedding
+                how = (
+                    f"Run `image-search reembed --to {model}` (or `image-search index "
+                    f"FOLDER --model {model}`) first"
+                )
             raise CollectionMissing(
                 f"nothing indexed yet for {model}: collection {spec.name!r} does not exist. "
-                "Run `image-search index FOLDER` first (or upload photos to /api/v1/assets); "
-                f"the library is in {self.ctx.settings.data_dir.absolute()} (DATA_DIR)"
+                f"{how}; the library is in {self.ctx.settings.data_dir.absolute()} (DATA_DIR)"
             ) from None
 
     def _search(

@@ -151,9 +151,8 @@ class SearchLog:
         kind: str,
         latency_ms: float,
     ) -> None:
-        """Log one answered search (not one that named its model: the user chose that
-        arm, so it is no evidence about the rollout). Never raises."""
-        if not self.enabled or decision.pinned:
+        """Log one answered search. Never raises."""
+        if not self.enabled:
             return
         try:
             record = make_record(
