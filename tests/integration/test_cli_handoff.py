@@ -68,7 +68,7 @@ def test_cli_commands_work_while_the_server_runs(
         png_only = _cli(env, tmp_path, "search", "photo", "--format", "PNG", "--json")
         assert [hit["format"] for hit in json.loads(png_only.stdout)["results"]] == ["PNG"]
         missing_file = _cli(env, tmp_path, "search", "--image", "nope.jpg")
-        assert missing_file.returncode == 2
+        assert missing_file.returncode == 1
         assert f"no such image file: {tmp_path / 'nope.jpg'}" in missing_file.stderr
         # A file over the upload limit: refused here when this process's limit says so,
         # and by the server (413, or its connection cut mid-upload) when only its does.

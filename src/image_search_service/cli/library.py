@@ -168,7 +168,7 @@ def search(
             ) from None
     for path in images:
         if not path.is_file():  # named in full: "photo.jpg" alone does not say where
-            raise click.BadParameter(f"no such image file: {path.absolute()}", param_hint="--image")
+            raise InvalidRequest(f"no such image file: {path.absolute()}")
     # The same form fields for the server and for this process (validated by the
     # server's own schema), so both read the options alike.
     fields: list[tuple[str, str]] = [
