@@ -11,7 +11,7 @@ from image_search_service.images.metadata import (
     MAX_XMP_BYTES,
     NO_SIDECAR,
     Box,
-    display_name,
+    is_blank_name,
     normalise_name,
     read_metadata,
     sidecar_signature,
@@ -126,13 +126,12 @@ def test_names_are_matched_normalised_but_kept_as_written() -> None:
     assert normalise_name("  Mary   ANN ") == "mary ann"
     assert normalise_name("Ｐａｔ") == "pat"  # full-width letters (NFKC)
     assert normalise_name("STRASSE") == normalise_name("straße")  # case folding
-    # Control and invisible format characters never count: a name of only those is blank.
-    assert normalise_name("\u200b") == normalise_name("\x00\x07") == ""
-    assert normalise_name("Pa\u200bt\x00") == "pat"
-    assert display_name("Pa\x00t\x07 \u00e9") == "Pat \u00e9"  # NUL dropped: PostgreSQL
+    assert normalise_name("Mary\tAnn\n") == "mary ann"  # tabs and newlines are spaces
 
 
-def test_a_zwj_emoji_name_keeps_its_look_but_matches_without_the_joiners() -> None:
-    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
-    assert display_name(family) == family
-    assert normalise_name(family) == "\U0001f468\U0001f469\U0001f467"
+def test_a_name_of_only_invisible_characters_is_blank() -> None:
+    for blank in ("", "  ", "\u200b", "\x00\x07", "\u00a0\u2028", "\ufeff "):
+        assert is_blank_name(blank), repr(blank)
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # joined by ZWJs: visible
+    for name in ("Pat", family, "\u05d3\u05d5\u05d3\u200f", "a\u200bb"):
+        assert not is_blank_name(name), repr(name)

@@ -197,10 +197,10 @@ def search(
         sent = sum(path.stat().st_size for path in images)
         if sent > settings.max_upload_bytes:
             raise ServiceError(
-                f"the --image files are {sent / 2**20:.1f} MiB together, over the running "
-                f"server's upload limit of {settings.max_upload_bytes / 2**20:.1f} MiB "
-                "(MAX_UPLOAD_BYTES): use smaller files, or stop the server to search with "
-                "them here"
+                f"the --image files are {sent / 2**20:.1f} MiB together, over the upload "
+                f"limit a server started with these settings has (MAX_UPLOAD_BYTES, "
+                f"{settings.max_upload_bytes / 2**20:.1f} MiB): use smaller files, or stop "
+                "the server to search with them here"
             )
         handing_off(server.url, as_json)
         data = search_via_server(server, text=text, images=list(images), fields=fields)

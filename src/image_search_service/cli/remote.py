@@ -30,6 +30,9 @@ from image_search_service.core.errors import ServiceError
 SERVER_FILE = "server.json"
 POLL_S = 0.5
 STALL_TIMEOUT_S = 600.0  # no progress for this long: stop waiting, the server log says why
+# A search may be the first to need a model on the server: loading it (and exporting it
+# once to ONNX) takes seconds to minutes.
+SEARCH_TIMEOUT_S = 600.0
 
 
 class ServerUnreachable(ServiceError):
@@ -85,8 +88,17 @@ class RemoteServer:
         data = None if body is None else json.dumps(body).encode()
         return self.send(method, path, data, "application/json")
 
-    def send(self, method: str, path: str, data: bytes | None, content_type: str) -> Any:
+    def send(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        content_type: str,
+        *,
+        timeout_s: float | None = None,
+    ) -> Any:
         """One request; the JSON answer, or the server's refusal as a ServiceError."""
+        timeout_s = timeout_s or self.timeout_s
         request = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method)
         request.add_header("Accept", "application/json")
         if data is not None:
@@ -94,7 +106,7 @@ class RemoteServer:
         if self.api_key:
             request.add_header("X-API-Key", self.api_key)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             try:
@@ -105,14 +117,22 @@ class RemoteServer:
             error.status_code = exc.code
             raise error from None
         except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", None)
+            if isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
+                raise ServiceError(
+                    f"the server at {self.url} did not answer within {timeout_s:.0f} s; it may "
+                    "still be loading or exporting a model (see its log): try again shortly"
+                ) from None
             cut = (ConnectionResetError, BrokenPipeError)
-            if data and (isinstance(exc, cut) or isinstance(getattr(exc, "reason", None), cut)):
+            uploading = content_type.startswith("multipart/") and bool(data)
+            if uploading and (isinstance(exc, cut) or isinstance(reason, cut)):
                 # The server answers a body over its limit before reading it all, then
                 # closes the connection.
+                size = len(data or b"") / 2**20
                 raise ServiceError(
                     f"the server at {self.url} closed the connection before the request "
-                    f"({len(data) / 2**20:.1f} MiB) was sent in full: a body over its upload "
-                    "limit (MAX_UPLOAD_BYTES) is cut off like this"
+                    f"({size:.1f} MiB) was sent in full: a body over its upload limit "
+                    "(MAX_UPLOAD_BYTES) is cut off like this"
                 ) from None
             raise ServerUnreachable(
                 f"a server is recorded in the data dir ({self.url}) but does not answer: {exc}"
@@ -203,7 +223,9 @@ def search_via_server(
     for path in images:
         parts.append(("file", (path.name, path.read_bytes())))
     data, content_type = encode_multipart_formdata(parts)
-    answer: dict[str, Any] = server.send("POST", "/api/v1/search/combined", data, content_type)
+    answer: dict[str, Any] = server.send(
+        "POST", "/api/v1/search/combined", data, content_type, timeout_s=SEARCH_TIMEOUT_S
+    )
     for hit in answer["results"]:
         hit["people"] = [person["name"] for person in hit["people"]]
     return answer

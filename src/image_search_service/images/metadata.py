@@ -50,21 +50,23 @@ def _q(ns: str, name: str) -> str:
     return f"{{{ns}}}{name}"
 
 
-def _without(text: str, categories: tuple[str, ...]) -> str:
-    return "".join(c for c in text if unicodedata.category(c) not in categories)
-
-
 def normalise_name(name: str) -> str:
-    """The key names are matched by: Unicode-normalised, case-folded, single-spaced,
-    without control or invisible format characters (a name of only those is blank)."""
-    folded = unicodedata.normalize("NFKC", name).casefold()
-    return " ".join(_without(folded, ("Cc", "Cf")).split())
+    """The key names are matched by: Unicode-normalised, case-folded, single-spaced."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
 def display_name(name: str) -> str:
-    """A name as written, with its whitespace tidied, control characters (NUL, which
-    PostgreSQL cannot store, among them) dropped and its length bounded."""
-    return " ".join(_without(unicodedata.normalize("NFC", name), ("Cc",)).split())[:MAX_NAME_CHARS]
+    """A name as written, with its whitespace tidied and its length bounded."""
+    return " ".join(unicodedata.normalize("NFC", name).split())[:MAX_NAME_CHARS]
+
+
+_UNSEEN = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def is_blank_name(name: str) -> bool:
+    """Nothing a person could see: empty, or only spaces, control characters and
+    invisible format characters (a zero-width space). Such a name is refused."""
+    return all(unicodedata.category(c) in _UNSEEN for c in name)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from image_search_service.images.metadata import (
     MAX_NAME_CHARS,
     MAX_TAGS,
     PersonRegion,
+    is_blank_name,
     normalise_name,
     read_metadata,
     sidecar_signature,
@@ -58,7 +59,7 @@ class AssetEdit:
             if len(names) > max(MAX_TAGS, MAX_PEOPLE_PER_ASSET):
                 raise InvalidRequest(f"too many {label} ({len(names)})")
             for name in names:
-                if not normalise_name(name):
+                if is_blank_name(name):
                     raise InvalidRequest(f"{label} names must not be blank or invisible")
                 if "\x00" in name:
                     raise InvalidRequest(f"{label} names must not contain NUL characters")
@@ -185,7 +186,7 @@ def list_tags(
 
 def rename_person(ctx: ServiceContext, person_id: int, new_name: str) -> NameCount:
     """Rename a person everywhere; a name that is already someone else's merges the two."""
-    if not normalise_name(new_name) or len(new_name) > MAX_NAME_CHARS or "\x00" in new_name:
+    if is_blank_name(new_name) or len(new_name) > MAX_NAME_CHARS or "\x00" in new_name:
         raise InvalidRequest(
             f"name must be 1 to {MAX_NAME_CHARS} characters, not blank or invisible, no NUL"
         )
