@@ -120,6 +120,30 @@ def test_every_kind_of_broken_file_fails_alone(ctx: ServiceContext, tmp_path: Pa
     assert (again.indexed, again.failed) == (0, 0)
 
 
+def test_a_named_pipe_is_refused_without_being_opened(ctx: ServiceContext, tmp_path: Path) -> None:
+    """Opening a FIFO blocks until a writer comes: the run would hang forever."""
+    lib = tmp_path / "lib"
+    make_library(lib, 2)
+    os.mkfifo(lib / "pipe.jpg")
+    report = index_paths(ctx, [lib], model_keys=["clip"])  # returns: nothing opened it
+    assert (report.indexed, report.failed) == (2, 1)
+    assert "not a regular file" in report.failures[0]["error"]
+
+
+def test_a_data_dir_inside_the_library_is_not_indexed(
+    make_settings: Any, encoders: EncoderRegistry, tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, 2)
+    ctx = open_context(make_settings(data_dir=lib / "service-data"), encoders=encoders)
+    try:
+        write_jpeg(lib / "service-data" / "thumbnails" / "t.jpg", seed=9)
+        report = index_paths(ctx, [lib], model_keys=["clip"])
+        assert (report.scanned, report.indexed) == (2, 2)
+    finally:
+        ctx.close()
+
+
 def test_changing_the_model_under_a_collection_is_refused(
     make_settings: Any, encoders: EncoderRegistry, tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
@@ -220,7 +244,7 @@ def test_a_file_gone_before_it_is_read_stays_pending_not_failed(
         decode_workers=1,
         max_pixels=ctx.settings.max_image_pixels,
     )
-    assert (result.done, result.failed, result.vanished) == (1, 0, 1)
+    assert (result.done, result.failed, result.vanished) == (1, 0, [refs[1].id])
     with ctx.transaction() as session:
         asset = repo.asset_by_path(session, str(gone))
         assert asset is not None

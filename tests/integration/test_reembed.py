@@ -168,6 +168,27 @@ def test_a_corrupt_file_among_many_fails_alone(
         ctx.close()
 
 
+def test_a_photo_deleted_since_the_index_fails_with_advice_and_the_run_completes(
+    library_ctx: ServiceContext, tmp_path: Path
+) -> None:
+    gone = sorted((tmp_path / "photos").glob("*.jpg"))[3]
+    gone.unlink()
+    with library_ctx.session_factory() as session:
+        ids = plan_asset_ids(session, library_ctx.spec("siglip"))
+    report = run_in_process(library_ctx, "siglip", ids, job_size=4)
+    assert (report.done, report.failed) == (9, 1)
+    assert report.failures[0]["path"] == str(gone)
+    assert "image-search index" in report.failures[0]["error"]
+    progress = reembed_progress(library_ctx, target="siglip")
+    model = progress.headline
+    assert (model.done, model.failed, model.pending, progress.complete) == (9, 1, 0, True)
+    # Back again: retrying the failures lands it.
+    write_jpeg(gone, seed=3)
+    with library_ctx.session_factory() as session:
+        retry = plan_asset_ids(session, library_ctx.spec("siglip"), only_failed=True)
+    assert len(retry) == 1
+
+
 def test_new_photos_during_a_migration_land_in_both_collections(
     library_ctx: ServiceContext, tmp_path: Path
 ) -> None:

@@ -17,8 +17,11 @@ def scan_images(
     *,
     on_refused: Callable[[Path, str], None] | None = None,
     on_skipped: Callable[[Path], None] | None = None,
+    exclude: Iterable[Path] = (),
 ) -> Iterator[Path]:
-    """Yield image files (by suffix) below each root, sorted, skipping hidden entries.
+    """Yield image files (by suffix) below each root, sorted, skipping hidden entries
+    and the folders in ``exclude`` (the service's own data folder, when it lies inside
+    a library).
 
     Every other (non-hidden) file is passed to ``on_skipped``, so a caller can report
     what it did not index instead of leaving it out silently.
@@ -30,12 +33,13 @@ def scan_images(
     folders are not followed.
     """
     seen: set[Path] = set()
+    skip = frozenset(p.resolve() for p in exclude)
     for root in roots:
         root = root.resolve()
         if root.is_file():
             candidates: Iterable[Path] = [root]
         else:
-            candidates = _walk(root)
+            candidates = _walk(root, skip)
         for path in candidates:
             if path in seen:
                 continue
@@ -63,9 +67,11 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _walk(root: Path, skip: frozenset[Path] = frozenset()) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and Path(dirpath, d) not in skip
+        )
         for filename in sorted(filenames):
             if not filename.startswith("."):
                 yield Path(dirpath) / filename

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 from uuid import UUID
 
@@ -223,7 +224,10 @@ def _reconcile(
 
     found: list[tuple[Path, int, int]] = []
     for path in scan_images(
-        roots, on_refused=refuse, on_skipped=lambda p: report.note_unsupported(str(p))
+        roots,
+        on_refused=refuse,
+        on_skipped=lambda p: report.note_unsupported(str(p)),
+        exclude=[ctx.settings.data_dir],  # its thumbnails are not photos of the library
     ):
         report.scanned += 1
         key = str(path)
@@ -233,6 +237,10 @@ def _reconcile(
         except OSError as exc:
             report.failed += 1
             report.failures.append({"path": key, "error": f"cannot read: {exc}"})
+            continue
+        if not S_ISREG(stat.st_mode):
+            # Opening a named pipe blocks until someone writes to it: never try.
+            refuse(path, "not a regular file (a pipe, socket or device); not indexed")
             continue
         found.append((path, stat.st_size, stat.st_mtime_ns))
     # The DB is asked in bulk (a query per 500 files, not several per file): on a first

@@ -46,7 +46,7 @@ class PipelineResult:
     failed: int = 0
     failures: list[tuple[UUID, str]] = field(default_factory=list)
     encode_seconds: float = 0.0
-    vanished: int = 0  # files gone before they were read: left pending
+    vanished: list[UUID] = field(default_factory=list)  # files gone before they were read
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,8 @@ def embed_assets(
     )
     failed_batch: list[_Decoded] = []
     for item in decoded:
-        if item.vanished:
-            result.vanished += 1
+        if item.vanished:  # left pending here; the caller decides (see run_batch)
+            result.vanished.append(item.ref.id)
             continue
         if item.error is not None:
             failed_batch.append(item)

@@ -83,6 +83,12 @@ def chunked(ids: Sequence[UUID], size: int) -> list[list[UUID]]:
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
+GONE_REASON = (
+    "the file is gone since the library was indexed: run `image-search index` to update "
+    "the library (or put the file back, then `image-search reembed retry-failed`)"
+)
+
+
 # -- the job body ---------------------------------------------------------------------
 def run_batch(
     ctx: ServiceContext,
@@ -125,10 +131,21 @@ def run_batch(
         if final_attempt:
             _record_gave_up(ctx.session_factory, spec, asset_ids, exc)
         raise
-    result.done, result.failed = outcome.done, outcome.failed
+    failures = list(outcome.failures)
+    if outcome.vanished:
+        # Left pending, the run would never finish: nothing but an index run changes a
+        # gone file. Failed for this model instead, with what to do; `retry-failed`
+        # takes it up again once the file is back.
+        with ctx.transaction() as session:
+            for asset_id in outcome.vanished:
+                repo.mark_embedding_failed(session, asset_id, spec, GONE_REASON)
+        failures += [(asset_id, GONE_REASON) for asset_id in outcome.vanished]
+        if on_progress:
+            on_progress(len(outcome.vanished))
+    result.done, result.failed = outcome.done, outcome.failed + len(outcome.vanished)
     paths = {r.id: str(r.path) for r in refs}
     result.failures = [
-        {"asset_id": str(i), "path": paths[i], "error": reason} for i, reason in outcome.failures
+        {"asset_id": str(i), "path": paths[i], "error": reason} for i, reason in failures
     ]
     result.seconds = round(time.perf_counter() - started, 3)
     return result
