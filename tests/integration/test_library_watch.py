@@ -134,3 +134,20 @@ def test_a_folder_that_disappears_is_reported_not_a_crash(watching: WatchingServ
     watching.eventually(lambda: not watching.status()["problems"], "the problem cleared")
     watching.eventually(lambda: str(folder / "after.jpg") in watching.paths(), "watching again")
     assert watching.log.read_text().count("Traceback") == 0
+
+
+def test_a_folder_deleted_and_made_again_at_once_is_watched_again(
+    watching: WatchingServer,
+) -> None:
+    folder = watching.folder
+    watching.eventually(
+        lambda: len(watching.searchable()) == 3 and not watching.status()["running"],
+        "the folder indexed at start",
+    )
+    shutil.rmtree(folder)
+    folder.mkdir()  # faster than the watcher looks: it never sees the folder missing
+    watching.eventually(lambda: not watching.paths(), "the deleted photos gone")
+    time.sleep(2)  # well after the change: only a new watch hears what comes next
+    write_jpeg(folder / "new.jpg", seed=505, size=(50, 50))
+    watching.eventually(lambda: str(folder / "new.jpg") in watching.searchable(), "heard again")
+    assert watching.log.read_text().count("Traceback") == 0

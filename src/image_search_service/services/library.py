@@ -234,6 +234,15 @@ class LibraryIndexer:
             logger.exception("indexing %s failed", run.path)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which folder a path names now (device and inode), or None when it names none."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 @dataclass
 class _Root:
     path: Path
@@ -316,6 +325,10 @@ class LibraryWatcher:
                 self._recheck_missing()
                 continue
             scanned = False
+            # A folder deleted and made again at once is a new folder: the watch on the
+            # old one would hear nothing from it. An event on the folder itself, or a
+            # new identity (inodes may be reused, so not alone), starts a new watch.
+            identities = {r.path: _identity(r.path) for r in watched}
             try:
                 for changes in watch(
                     *[r.path for r in watched],
@@ -334,9 +347,15 @@ class LibraryWatcher:
                         for root in watched:
                             self._queue(root, "watch" if root.watched_before else "start")
                             root.watched_before = True
-                    self._handle(watched, {path for _, path in changes})
-                    if self._recheck_missing() or any(not r.path.is_dir() for r in watched):
-                        break  # a folder came back or went away: watch the new set
+                    paths = {path for _, path in changes}
+                    self._handle(watched, paths)
+                    if (
+                        any(str(r.path) in paths for r in watched)  # the folder itself
+                        or self._recheck_missing()
+                        or any(not r.path.is_dir() for r in watched)
+                        or any(_identity(r.path) != identities[r.path] for r in watched)
+                    ):
+                        break  # a folder came back, went away or was replaced: watch again
             except (OSError, RuntimeError) as exc:  # a folder vanished under the watcher
                 logger.warning("watching %s stopped: %s", [str(r.path) for r in watched], exc)
                 self._stop.wait(1.0)
