@@ -196,6 +196,14 @@ class TestAssets:
             with Image.open(io.BytesIO(thumb.content)) as image:
                 assert image.format == "JPEG"
                 assert max(image.size) <= 128
+        # A cached thumbnail, too, is served only while the file is the indexed one.
+        library[4].write_bytes(library[4].read_bytes()[:200])
+        thumb = client.get(f"/api/v1/assets/{asset['id']}/thumbnail", params={"size": 128})
+        assert_error(thumb, 409, "AssetFileChanged")
+        library[4].unlink()
+        library[4].symlink_to("/etc/hostname")
+        thumb = client.get(f"/api/v1/assets/{asset['id']}/thumbnail", params={"size": 128})
+        assert_error(thumb, 409, "AssetFileChanged")
 
     def test_upload_is_stored_and_indexed_by_every_model_with_a_collection(
         self, client: TestClient

@@ -82,6 +82,9 @@ def test_index_search_status_as_json(cli_env: dict[str, str], tmp_path: Path) ->
 def test_errors_are_one_line_not_tracebacks(cli_env: dict[str, str], tmp_path: Path) -> None:
     missing = run(cli_env, "index", str(tmp_path / "nope"), ok=False)
     assert missing.returncode == 1
+    unset = run(cli_env, "index", "", ok=False)  # `image-search index "$PHOTOS"`, unset
+    assert unset.returncode == 2
+    assert "a path is empty" in unset.stderr
     assert "no such file or folder" in missing.stderr
     assert "Traceback" not in missing.stderr
     bad_id = run(cli_env, "search", "--similar", "not-a-uuid", ok=False)

@@ -72,6 +72,13 @@ def test_pixel_limit_is_configurable() -> None:
         load_image(jpeg_bytes((100, 100)), max_pixels=9_999)
 
 
+def test_the_pixel_limit_may_be_raised_past_pillows_own() -> None:
+    """Pillow refuses at open past 179 MP by default; a higher MAX_IMAGE_PIXELS is ours to
+    enforce, with our message (225 MP here, against a limit of 200 MP)."""
+    with pytest.raises(ImageTooLarge, match=r"225,000,000 pixels exceeds the limit of 200,000,000"):
+        load_image(bomb_png_bytes(15_000), max_pixels=200_000_000)
+
+
 @pytest.mark.parametrize("kind", ["zero_byte", "not_image", "truncated", "corrupt"])
 def test_broken_files_raise_unsupported_with_reason(tmp_path: Path, kind: str) -> None:
     path = broken_files(tmp_path)[kind]

@@ -49,6 +49,9 @@ def index(paths: tuple[str, ...], model: str, as_json: bool) -> None:
     (s3://bucket/prefix/, configured by the standard AWS_* variables).
 
     While `image-search serve` runs on this DATA_DIR, the server does the work."""
+    for raw in paths:
+        if not raw.strip():  # an unset shell variable; Path("") would mean this folder
+            raise click.BadParameter("a path is empty", param_hint="PATHS")
     settings = load_settings()
     server = running_server(settings)
     if server is not None:

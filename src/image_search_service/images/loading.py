@@ -108,6 +108,10 @@ def load_image(
         if isinstance(source, bytes) and not source:
             raise UnsupportedImage("empty upload (0 bytes)")
         fp = source if isinstance(source, Path) else io.BytesIO(source)
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            # Pillow refuses at open past twice its own limit (179 MP by default), which
+            # would cap MAX_IMAGE_PIXELS there; ours is checked from the header below.
+            Image.MAX_IMAGE_PIXELS = max_pixels
         with warnings.catch_warnings():
             # Pillow warns before it errors on bombs; we enforce our own limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -119,9 +123,10 @@ def load_image(
         raise
     except MemoryError:
         raise ImageTooLarge(f"{name}: not enough memory to decode this image") from None
-    except Image.DecompressionBombError as exc:
+    except Image.DecompressionBombError:  # Pillow's own check, at open: far past ours
         raise ImageTooLarge(
-            f"{name}: refused as a possible decompression bomb ({exc}); see MAX_IMAGE_PIXELS"
+            f"{name}: refused as a possible decompression bomb: far more pixels than "
+            f"{max_pixels:,} (MAX_IMAGE_PIXELS)"
         ) from None
     except UnidentifiedImageError:
         raise UnsupportedImage(f"{name}: not an image file Pillow can identify") from None

@@ -211,6 +211,20 @@ class AssetService:
         resolved path differs) its content hash must match too, so a link re-pointed
         after indexing serves nothing. The resolved path is what gets served.
         """
+        real = self._same_file(asset)
+        changed = AssetFileChanged(
+            f"the file of asset {asset.id} changed since it was indexed; index it again"
+        )
+        if _sniff_format(real) != asset.format:
+            raise changed
+        if real != Path(asset.path) and content_hash(real) != asset.content_hash:
+            raise changed
+        return real
+
+    def _same_file(self, asset: AssetView) -> Path:
+        """The cheap part of :meth:`file`'s check (one stat): servable, a regular file,
+        the recorded size and mtime. Enough for a cached thumbnail, which shows the
+        indexed content, never what the path holds now."""
         _check_servable(asset)
         if as_s3_uri(asset.path) is not None:
             raise AssetFileMissing(f"asset {asset.id} is an S3 object, not a file: {asset.path}")
@@ -221,15 +235,10 @@ class AssetService:
             raise AssetFileMissing(f"the file of asset {asset.id} is gone: {asset.path}") from None
         if not real.is_file():
             raise AssetFileMissing(f"the file of asset {asset.id} is gone: {asset.path}")
-        changed = AssetFileChanged(
-            f"the file of asset {asset.id} changed since it was indexed; index it again"
-        )
         if stat.st_size != asset.size_bytes or stat.st_mtime_ns != asset.mtime_ns:
-            raise changed
-        if _sniff_format(real) != asset.format:
-            raise changed
-        if real != Path(asset.path) and content_hash(real) != asset.content_hash:
-            raise changed
+            raise AssetFileChanged(
+                f"the file of asset {asset.id} changed since it was indexed; index it again"
+            )
         return real
 
     def content(self, asset: AssetView) -> Path | Iterator[bytes]:
@@ -259,6 +268,10 @@ class AssetService:
         digest = asset.content_hash
         cached = self.thumbnails_dir / digest[:2] / f"{digest}-{size}.jpg"
         if cached.is_file():
+            if as_s3_uri(asset.path) is None:
+                self._same_file(asset)  # served only while the file is the indexed one
+            else:
+                _check_servable(asset)
             return cached
         with self._local_copy(asset) as source:
             try:

@@ -219,6 +219,7 @@ def experiment(
         ),
     ] = DEFAULT_MIN_EFFECT,
 ) -> ExperimentReportOut:
+    services.search_log.flush()  # every search answered before this one counts
     report = experiment_report(session, services.ctx.settings, since=since, min_effect=min_effect)
     return ExperimentReportOut.model_validate(report.as_dict())
 
@@ -230,8 +231,10 @@ def experiment(
     responses=error_responses(Unauthorized, DatabaseUnavailable),
 )
 def experiment_by_day(
+    services: ServicesDep,
     session: DbSession,
     days: Annotated[int, Query(ge=1, le=366, description="days back, today included")] = 30,
 ) -> list[ExperimentDayOut]:
+    services.search_log.flush()
     rows = experiment_daily(session, days=days, now=datetime.now(UTC))
     return [ExperimentDayOut.model_validate(asdict(row)) for row in rows]
