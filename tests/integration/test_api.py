@@ -226,6 +226,12 @@ class TestAssets:
         again = client.post("/api/v1/assets", files={"file": ("copy.jpg", data, "image/jpeg")})
         assert again.status_code == 200
         assert again.json()["id"] == asset["id"]
+        # Two files in one upload: refused, not the last one silently taken.
+        other = jpeg_bytes((60, 60), colour=(200, 20, 30), seed=43)
+        two = [("file", ("a.jpg", other, "image/jpeg")), ("file", ("b.jpg", data, "image/jpeg"))]
+        before = client.get("/api/v1/assets").json()["total"]
+        assert_error(client.post("/api/v1/assets", files=two), 422, "InvalidRequest")
+        assert client.get("/api/v1/assets").json()["total"] == before
 
     def test_uploading_known_content_again_embeds_what_it_lacks(self, client: TestClient) -> None:
         data = jpeg_bytes((60, 60), seed=31)

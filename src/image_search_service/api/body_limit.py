@@ -35,31 +35,36 @@ class BodySizeLimitMiddleware:
         self.upload_paths = upload_paths
         self.tiny_paths = tiny_paths
         self.upload_limit = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        self.upload_why = (
+            f" (MAX_UPLOAD_BYTES, {max_upload_bytes:,}, and {MULTIPART_OVERHEAD_BYTES:,} for "
+            "the form around the file)"
+        )
         # Other multipart routes with their own content cap (e.g. a batch of files).
         self.extra_limits = {
             path: limit + MULTIPART_OVERHEAD_BYTES for path, limit in (extra_limits or {}).items()
         }
 
-    def limit_for(self, scope: Scope) -> int:
+    def limit_for(self, scope: Scope) -> tuple[int, str]:
+        """The body limit of this request's route, and what sets it (for the 413)."""
         # endswith: behind a proxy the path may carry a root_path prefix.
         path = str(scope.get("path", "")).rstrip("/")
         if any(path.endswith(upload) for upload in self.upload_paths):
-            return self.upload_limit
+            return self.upload_limit, self.upload_why
         for route, limit in self.extra_limits.items():
             if path.endswith(route):
-                return limit
+                return limit, ""
         if any(path.endswith(tiny) for tiny in self.tiny_paths):
-            return TINY_BODY_BYTES
-        return SMALL_BODY_BYTES
+            return TINY_BODY_BYTES, ""
+        return SMALL_BODY_BYTES, ""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope)
+        limit, why = self.limit_for(scope)
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _reject(send, RequestTooLarge(limit))
+            await _reject(send, RequestTooLarge(limit, why))
             return
         received = 0
 
@@ -70,7 +75,7 @@ class BodySizeLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     # Raised inside body parsing; the app's error handler renders the 413.
-                    raise RequestTooLarge(limit)
+                    raise RequestTooLarge(limit, why)
             return message
 
         await self.app(scope, counted_receive, send)

@@ -42,8 +42,8 @@ class RequestTooLarge(StarletteHTTPException):
     """The request body is over the limit. An HTTPException so that FastAPI's body
     parsing lets it through instead of turning it into a generic 400."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body is over the limit of {limit:,} bytes")
+    def __init__(self, limit: int, why: str = "") -> None:
+        super().__init__(413, f"request body is over the limit of {limit:,} bytes{why}")
 
 
 def error_content(name: str, detail: str) -> dict[str, str]:

@@ -135,6 +135,8 @@ async def upload_asset(
     services: ServicesDep,
     file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, HEIC, MPO, GIF, TIFF or AVIF")],
 ) -> AssetOut:
+    if len((await request.form()).getlist("file")) > 1:  # parsed once already: cached
+        raise InvalidRequest("one file per upload: send each photo in its own request")
     data = await read_upload(file, services.ctx.settings.max_upload_bytes)
     result = await anyio.to_thread.run_sync(
         services.assets.upload, data, limiter=services.encode_limiter
