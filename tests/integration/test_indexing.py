@@ -96,6 +96,27 @@ def test_changed_moved_and_deleted_files(ctx: ServiceContext, tmp_path: Path) ->
     assert status["models"]["clip"]["coverage"] == 1.0
 
 
+def test_a_path_turned_into_a_link_out_hands_its_asset_to_an_identical_copy(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    original = write_jpeg(lib / "a.jpg", seed=11)
+    copy = lib / "b.jpg"
+    shutil.copyfile(original, copy)
+    outside = write_jpeg(tmp_path / "elsewhere" / "x.jpg", seed=12)
+    index_paths(ctx, [lib], model_keys=["clip"])
+    asset_id = _assets(ctx)[str(original.resolve())].id
+    original.unlink()
+    original.symlink_to(outside)  # now a link out of the library: refused
+    report = index_paths(ctx, [lib], model_keys=["clip"])
+    assert report.failed == 1
+    assert "outside the indexed folder" in report.failures[0]["error"]
+    after = _assets(ctx)
+    assert after[str(copy.resolve())].id == asset_id  # the same asset, at the copy's path
+    assert str(original) not in after
+    assert ctx.store.point_ids(ctx.spec("clip").collection) == {asset_id}
+
+
 def test_every_kind_of_broken_file_fails_alone(ctx: ServiceContext, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     make_library(lib, 4)

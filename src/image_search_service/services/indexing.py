@@ -268,6 +268,14 @@ def _reconcile(
                     report.failed += 1
                     report.failures.append({"path": str(path), "error": f"cannot read: {exc}"})
     taken = repo.known_hashes(session, list(digests.values()))
+    refused_keys = {str(path) for path in refused}
+
+    def present(asset: Asset) -> bool:
+        # A path refused in this run (now a link out of the library) holds nothing: an
+        # identical copy elsewhere takes its asset over (id and edits kept), rather than
+        # counting as a duplicate of an asset that is about to be forgotten.
+        return asset.path not in refused_keys and _file_present(asset)
+
     for path, asset, future, size, mtime_ns in probes:
         unchanged = future is None
         new = False
@@ -295,7 +303,7 @@ def _reconcile(
                     size=size,
                     mtime_ns=mtime_ns,
                     report=report,
-                    present=_file_present,
+                    present=present,
                 )
             taken.add(digest)  # a copy later in this run is a duplicate of this one
         if asset is None:  # a duplicate of another asset
