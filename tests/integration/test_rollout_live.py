@@ -4,6 +4,7 @@ without changing anything. Real apps on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from image_search_service.core.config import Settings
+from image_search_service.core.errors import InvalidRequest
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.embedding_router import user_bucket
 from tests.integration.api_support import api_client, assert_error, services
@@ -55,6 +57,27 @@ def client(app_settings: Any, encoders: EncoderRegistry) -> Iterator[TestClient]
 def _flags(client: TestClient) -> tuple[bool, int, str]:
     body = client.get("/api/v1/admin/rollout").json()
     return body["use_siglip"], body["siglip_rollout_percentage"], body["flags_source"]
+
+
+def _at_once(*changes: Callable[[], object]) -> list[str]:
+    """Run the changes in threads released together; "set" or "refused" for each."""
+    start = threading.Barrier(len(changes))
+    outcomes: list[str] = []
+
+    def run(change: Callable[[], object]) -> None:
+        start.wait()
+        try:
+            change()
+            outcomes.append("set")
+        except InvalidRequest:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=run, args=(change,)) for change in changes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
 
 
 def _history(client: TestClient) -> list[dict[str, Any]]:
@@ -115,6 +138,25 @@ class TestChange:
         assert_error(client.put("/api/v1/admin/rollout", json=body), 422, "InvalidRequest")
         assert _flags(client) == (False, 10, "environment")
         assert _history(client) == []
+
+    def test_changes_at_the_same_moment_never_break_the_shares(self, client: TestClient) -> None:
+        """Each change is checked against the flags it read: two at once (a SigLIP share
+        and an interleaving share that fit alone, not together) must not both land."""
+        flags = services(client).router.flags
+        for _ in range(15):
+            flags.set(siglip_rollout_percentage=0, interleave_percentage=0)
+            outcomes = _at_once(
+                lambda: flags.set(siglip_rollout_percentage=60),
+                lambda: flags.set(interleave_percentage=50),
+            )
+            assert sorted(outcomes) == ["refused", "set"]
+            state = flags.current()
+            assert state.siglip_rollout_percentage + state.interleave_percentage <= 100
+        # The history chains: each change's "old" is the previous change's "new".
+        changes = _history(client)[:-1]  # newest first; the first one's old is the env
+        for newer, older in zip(changes, changes[1:], strict=False):
+            assert newer["old_siglip_rollout_percentage"] == older["new_siglip_rollout_percentage"]
+            assert newer["old_interleave_percentage"] == older["new_interleave_percentage"]
 
     def test_interleaving_is_a_live_flag_too(self, client: TestClient) -> None:
         response = client.put("/api/v1/admin/rollout", json={"interleave_percentage": 30})

@@ -85,6 +85,13 @@ def validate_flags(
     return repo.RolloutFlags(use_siglip, percentage, interleave)
 
 
+# One change at a time in this process: each change is checked against the flags it
+# read (the shares may not overlap), and SQLite has no row lock (FOR UPDATE is a no-op
+# there), so two requests at once could each pass their check and together break it.
+# PostgreSQL's row lock does the same across processes.
+_WRITES = threading.Lock()
+
+
 class LiveRollout:
     """The flags in force, re-read from the DB at most every ``refresh_s`` seconds;
     thread-safe. When the DB cannot be read the last known flags stay in force."""
@@ -172,7 +179,7 @@ class LiveRollout:
             )
         for attempt in (1, 2):
             try:
-                with self._ctx.transaction() as session:
+                with _WRITES, self._ctx.transaction() as session:
                     stored = repo.rollout_flags(session, for_update=True)
                     old = stored or self.environment.flags
                     new = validate_flags(
@@ -199,7 +206,7 @@ class LiveRollout:
 
     def reset(self, *, source: str = "api") -> RolloutChangeView | None:
         """Forget the run-time flags: the environment's values apply again."""
-        with self._ctx.transaction() as session:
+        with _WRITES, self._ctx.transaction() as session:
             stored = repo.rollout_flags(session, for_update=True)
             if stored is None:
                 return None
