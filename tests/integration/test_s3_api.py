@@ -77,6 +77,21 @@ def test_s3_file_and_thumbnail_are_streamed(client: TestClient, s3_env: S3Server
     assert s3_env.secret_key not in client.get("/metrics").text
 
 
+def test_the_admin_index_endpoint_takes_a_bucket_uri(client: TestClient, s3_env: S3Server) -> None:
+    bucket = s3_env.new_bucket()
+    s3_env.client().put_object(Bucket=bucket, Key="2024/a.jpg", Body=jpeg_bytes(seed=31))
+    key = {"X-API-Key": "k"}
+    for path in (f"s3://{bucket}/2024/", f"s3://{bucket}-missing/"):
+        queued = client.post("/api/v1/admin/index", json={"path": path}, headers=key)
+        assert queued.status_code == 202, queued.text
+        assert queued.json()["run"]["path"] == path  # not taken for a local folder
+    assert services(client).indexer.wait_idle(120)
+    status = client.get("/api/v1/admin/index", headers=key).json()
+    runs = {r["path"]: r for r in status["finished"]}
+    assert runs[f"s3://{bucket}/2024/"]["report"]["indexed"] == 1
+    assert "bucket not found" in runs[f"s3://{bucket}-missing/"]["error"]
+
+
 def test_ingest_webhook_in_process(client: TestClient, s3_env: S3Server) -> None:
     bucket = s3_env.new_bucket()
     s3 = s3_env.client()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from image_search_service.core.errors import FolderNotFound, FolderUnreadable, ServiceError
+from image_search_service.images.s3 import as_s3_uri
 from image_search_service.services.context import ServiceContext
 from image_search_service.services.indexing import IndexReport, index_paths, models_to_index
 
@@ -36,11 +37,15 @@ RECHECK_MISSING_S = 5.0
 MAX_BATCH_FACTOR = 10
 
 
-def check_folder(raw: str | Path) -> Path:
-    """The absolute folder (or file) to index, or a clear error for the client."""
+def check_folder(raw: str | Path) -> Path | str:
+    """The absolute folder (or file) to index, or a clear error for the client. An
+    ``s3://bucket/prefix`` URI is returned as it is: the run reports a missing bucket
+    or refused credentials in one line (see services/buckets.py)."""
     text = str(raw).strip()
     if not text or "\x00" in text:
         raise FolderNotFound("give the path of a folder on the server")
+    if isinstance(raw, str) and as_s3_uri(text) is not None:
+        return text
     path = Path(os.path.expanduser(text)).resolve()
     if not path.exists():
         raise FolderNotFound(f"no such folder on the server: {path}")
@@ -207,11 +212,9 @@ class LibraryIndexer:
             return tick
 
         try:
-            check_folder(run.path)
+            root = check_folder(run.path)
             keys = models_to_index(self._ctx, run.model)
-            run.report = index_paths(
-                self._ctx, [Path(run.path)], model_keys=keys, progress=progress
-            )
+            run.report = index_paths(self._ctx, [root], model_keys=keys, progress=progress)
             run.phase = "done"
             logger.info(
                 "indexed %s (%s): %d new, %d failed, %d missing",
