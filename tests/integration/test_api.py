@@ -135,6 +135,10 @@ class TestImageAndSimilar:
         assert (body["limit"], body["model"]) == (3, "clip")
         assert body["results"][0]["path"] == str(library[2].resolve())
         assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+        # One query image: two `file` parts are refused, not one of them taken silently.
+        two = [("file", ("a.jpg", library[2].read_bytes(), "image/jpeg"))] * 2
+        for url in ("/api/v1/search/image", "/api/v1/embed/image"):
+            assert_error(client.post(url, files=two), 422, "InvalidRequest")
 
     def test_similar_uses_the_stored_vector_and_excludes_the_asset(
         self, settings: Settings, library: list[Path]

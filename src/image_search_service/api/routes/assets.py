@@ -22,7 +22,7 @@ from image_search_service.api.deps import (
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.schemas import AssetEditIn, AssetOut, AssetPageOut
-from image_search_service.api.uploads import read_upload
+from image_search_service.api.uploads import one_file_only, read_upload
 from image_search_service.core.errors import (
     AssetNotFound,
     DatabaseUnavailable,
@@ -135,8 +135,7 @@ async def upload_asset(
     services: ServicesDep,
     file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, HEIC, MPO, GIF, TIFF or AVIF")],
 ) -> AssetOut:
-    if len((await request.form()).getlist("file")) > 1:  # parsed once already: cached
-        raise InvalidRequest("one file per upload: send each photo in its own request")
+    await one_file_only(request)
     data = await read_upload(file, services.ctx.settings.max_upload_bytes)
     result = await anyio.to_thread.run_sync(
         services.assets.upload, data, limiter=services.encode_limiter

@@ -25,7 +25,7 @@ from image_search_service.api.schemas import (
     EmbedTextRequest,
     embed_info,
 )
-from image_search_service.api.uploads import read_upload
+from image_search_service.api.uploads import one_file_only, read_upload
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
     ImageTooLarge,
@@ -71,6 +71,7 @@ async def embed_image(
     file: Annotated[UploadFile, File(description=_FILE_FORMATS)],
     model: ModelParam = BASELINE,
 ) -> EmbedImageOut:
+    await one_file_only(request)
     data = await read_upload(file, services.ctx.settings.max_upload_bytes)
     service = EmbedService(services.ctx)
     outcome = await _run(

@@ -27,7 +27,7 @@ from image_search_service.api.schemas import (
     TextSearchBody,
     TextSearchParams,
 )
-from image_search_service.api.uploads import read_upload
+from image_search_service.api.uploads import one_file_only, read_upload
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
     AssetNotFound,
@@ -167,6 +167,7 @@ async def search_image(
     params: Annotated[SearchParams, Form()],
     header_user: UserIdHeader,
 ) -> SearchResponse:
+    await one_file_only(request)
     data = await read_upload(file, services.ctx.settings.max_upload_bytes)
     return await _routed(
         request,
