@@ -62,6 +62,16 @@ class TestCrossSiteWrites:
         )
         assert stored_state(app_ctx(client)) == before
 
+    def test_two_origin_headers_are_refused(self, client: TestClient) -> None:
+        """No browser sends two; a check that read only the first could be walked past."""
+        own = SAME_ORIGIN["Origin"]
+        asset_id = _first_id(client)
+        for pair in ([own, EVIL], [EVIL, own]):
+            doubled = [("Origin", origin) for origin in pair]
+            response = client.delete(f"/api/v1/assets/{asset_id}", headers=doubled)
+            assert_error(response, 403, "CrossSiteRequest")
+        assert client.get(f"/api/v1/assets/{asset_id}").status_code == 200
+
     def test_the_same_origin_page_can_write(self, client: TestClient) -> None:
         response = _upload(client, 6, SAME_ORIGIN)
         assert response.status_code == 201, response.text

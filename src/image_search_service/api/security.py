@@ -61,7 +61,10 @@ def cross_site_reason(
     """Why this request is a cross-site write, or None when it is not one."""
     if method.upper() in SAFE_METHODS:
         return None
-    origin = headers.get("origin")
+    origins = headers.getlist("origin")
+    if len(origins) > 1:  # no browser sends two; which one a check reads is a guess
+        return "more than one Origin header"
+    origin = origins[0] if origins else None
     if origin is not None:
         own = headers.get("host", "").strip().lower()
         if origin.rstrip("/").lower() in {o.rstrip("/").lower() for o in trusted_origins}:
