@@ -229,3 +229,18 @@ def test_the_report_needs_the_key(
             ),
             422,
         )
+        # A bare number is not a time (pydantic would read it as seconds since 1970).
+        for since in ("0", "1700000000", "1.5"):
+            refused = keyed.get(
+                "/api/v1/admin/experiment",
+                params={"since": since},
+                headers={"X-API-Key": "k" * 20},
+            )
+            assert_error(refused, 422)
+            assert "ISO 8601" in refused.json()["detail"]
+        dated = keyed.get(
+            "/api/v1/admin/experiment",
+            params={"since": "2026-01-01"},
+            headers={"X-API-Key": "k" * 20},
+        )
+        assert dated.status_code == 200, dated.text

@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from image_search_service.core.config import Arm, ModelKey
 from image_search_service.core.specs import BASELINE
@@ -42,6 +50,19 @@ def _as_utc(value: datetime) -> datetime:
 
 
 UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+def iso_only(value: Any) -> Any:
+    """Refuse a bare number where a time is asked for: pydantic reads it as a Unix time,
+    and `taken_before=0.5` or `since=0` is a mistake, not 1970."""
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+    ):
+        raise ValueError("must be an ISO 8601 date or date-time, not a number")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(iso_only)]
 
 ImageFormat = Literal["JPEG", "MPO", "PNG", "WEBP", "HEIF", "GIF", "TIFF", "AVIF"]
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -120,12 +141,7 @@ class SearchParams(InputModel):
     @field_validator("taken_after", "taken_before", mode="before")
     @classmethod
     def _iso_only(cls, value: Any) -> Any:
-        # pydantic reads bare numbers as Unix times; `taken_before=0.5` is a mistake.
-        if isinstance(value, int | float) or (
-            isinstance(value, str) and _NUMBER.fullmatch(value.strip())
-        ):
-            raise ValueError("must be an ISO 8601 date or date-time, not a number")
-        return value
+        return iso_only(value)
 
     @field_validator("taken_after", "taken_before")
     @classmethod

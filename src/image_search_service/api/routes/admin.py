@@ -23,6 +23,7 @@ from image_search_service.api.schemas import (
     IndexRequest,
     IndexStatusOut,
     IndexSubmissionOut,
+    IsoDateTime,
     LibraryStatusOut,
     ReembedProgressOut,
     ReembedRequest,
@@ -208,7 +209,8 @@ def experiment(
     services: ServicesDep,
     session: DbSession,
     since: Annotated[
-        datetime | None, Query(description="only searches at or after (ISO 8601; naive is UTC)")
+        IsoDateTime | None,
+        Query(description="only searches at or after (ISO 8601; naive is UTC)"),
     ] = None,
     min_effect: Annotated[
         float,
