@@ -251,6 +251,14 @@ def _search_here(
 _LIST_FIELDS = frozenset({"like", "not", "people", "people_any", "tags"})
 
 
+_UNDERSTOOD_LISTS = (
+    ("people", "people: all of "),
+    ("people_any", "people: any of "),
+    ("tags", "tags: "),
+    ("negative", "not: "),
+)
+
+
 def _print_search(data: dict[str, Any]) -> None:
     click.echo(
         f"{len(data['results'])} results from {data['collection']} ({data['model']}) "
@@ -261,14 +269,9 @@ def _print_search(data: dict[str, Any]) -> None:
         read = []
         if understood["concept"] is not None:
             read.append(f"concept {understood['concept']!r}")
-        if understood["people"]:
-            read.append(f"people: all of {', '.join(understood['people'])}")
-        if understood["people_any"]:
-            read.append(f"people: any of {', '.join(understood['people_any'])}")
-        if understood["tags"]:
-            read.append(f"tags: {', '.join(understood['tags'])}")
-        if understood["negative"]:
-            read.append(f"not: {', '.join(understood['negative'])}")
+        for key, label in _UNDERSTOOD_LISTS:
+            if understood[key]:
+                read.append(f"{label}{', '.join(understood[key])}")
         if understood["full_text"]:
             read.append("captions/tags matched")
         if read:

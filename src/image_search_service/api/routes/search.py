@@ -89,10 +89,11 @@ async def _routed(
     limiter = services.encode_limiter if encodes else None
     decision, outcome = await anyio.to_thread.run_sync(work, limiter=limiter)
     took_ms = (time.perf_counter() - started) * 1000
+    search_id = None
     # A search that named its model is no rollout evidence (its user chose the arm): it
     # is not recorded, so it has no id for events.
-    search_id = None if decision.pinned else uuid.uuid4()
-    if search_id is not None:
+    if not decision.pinned:
+        search_id = uuid.uuid4()
         services.search_log.record(
             search_id=search_id, decision=decision, outcome=outcome, kind=kind, latency_ms=took_ms
         )
