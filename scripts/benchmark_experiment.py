@@ -34,12 +34,13 @@ import numpy as np
 from sqlalchemy import insert
 
 from image_search_service.core.config import Settings
+from image_search_service.db.experiment_repository import latency_bucket
 from image_search_service.db.models import ExperimentSearch
 from image_search_service.db.session import make_engine, make_session_factory, upgrade_database
-from image_search_service.services.embedding_router import RouteDecision
-from image_search_service.services.experiment import experiment_daily, experiment_report
-from image_search_service.services.search import SearchHit, SearchOutcome
-from image_search_service.services.search_log import SearchLog, latency_bucket
+from image_search_service.services.rollout.report import experiment_daily, experiment_report
+from image_search_service.services.rollout.router import RouteDecision
+from image_search_service.services.search.log import SearchLog
+from image_search_service.services.search.service import SearchHit, SearchOutcome
 
 TARGET_S = 1.0
 CHUNK = 50_000
@@ -124,7 +125,7 @@ def time_daily(url: str, days: int = 30, runs: int = 5) -> list[float]:
 
 
 def time_recording(settings: Settings, n: int = 2000) -> dict[str, float]:
-    from image_search_service.services.context import open_context
+    from image_search_service.context import open_context
 
     ctx = open_context(settings)
     decision = RouteDecision(

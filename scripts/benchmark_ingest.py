@@ -34,8 +34,8 @@ from pathlib import Path
 from benchmark_photos import make_photo
 from benchmark_runtimes import add_runtime_arguments, forward_only, load_runtimes
 
-from image_search_service.services.context import open_context
-from image_search_service.services.indexing import index_paths
+from image_search_service.context import open_context
+from image_search_service.services.library.index import index_paths
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ from benchmark_photos import make_photo
 from benchmark_runtimes import add_runtime_arguments, forward_only, load_runtimes
 from PIL import Image
 
-from image_search_service.jobs.runner import run_in_process
-from image_search_service.services.context import open_context
-from image_search_service.services.indexing import index_paths
-from image_search_service.services.reembed import plan_asset_ids
+from image_search_service.context import open_context
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.reembed.batch import plan_asset_ids
+from image_search_service.services.reembed.runner import run_in_process
 
 
 def main() -> None:

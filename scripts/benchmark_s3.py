@@ -16,10 +16,10 @@ from pathlib import Path
 
 from benchmark_photos import make_photo
 
+from image_search_service.context import open_context
 from image_search_service.core.config import Settings
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import open_context
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.index import index_paths
 
 
 def _settings(root: Path, args: argparse.Namespace) -> Settings:

@@ -48,6 +48,7 @@ import httpx
 import numpy as np
 from sqlalchemy import insert
 
+from image_search_service.context import open_context
 from image_search_service.core.config import Settings
 from image_search_service.core.specs import model_spec
 from image_search_service.db.models import (
@@ -60,7 +61,6 @@ from image_search_service.db.models import (
 )
 from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import open_context
 from image_search_service.vector.base import VectorPoint
 from image_search_service.vector.schema import label_payload, payload_timestamp
 

@@ -29,6 +29,7 @@ from image_search_service.api.deps import AppServices
 from image_search_service.core.config import Settings
 from image_search_service.demo.run import demo_settings
 from image_search_service.demo.synthetic import write_library
+from image_search_service.services.library.background import index_status
 
 
 def _serve(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str, AppServices]:
@@ -74,7 +75,7 @@ def main() -> None:
             try:
                 while _total(url) < 20:
                     time.sleep(0.1)
-                services.indexer.wait_idle(120)
+                services.dispatcher.wait_idle(120)
                 extra = write_library(root / "extra", args.singles + args.burst, seed=2)
                 latencies = []
                 for i, (source, _) in enumerate(extra[: args.singles]):
@@ -92,10 +93,8 @@ def main() -> None:
                             break
                         time.sleep(0.02)
                     latencies.append(time.perf_counter() - started)
-                services.indexer.wait_idle(120)
-                before = {
-                    (r["path"], r["queued_at"]) for r in services.indexer.status()["finished"]
-                }
+                services.dispatcher.wait_idle(120)
+                before = {(r.path, r.queued_at) for r in index_status(services.dispatcher).finished}
                 started = time.perf_counter()
                 (library / "import").mkdir()
                 for i, (source, _) in enumerate(extra[args.singles :]):
@@ -105,11 +104,11 @@ def main() -> None:
                 while _total(url) < expected:
                     time.sleep(0.05)
                 listed = time.perf_counter() - started
-                services.indexer.wait_idle(120)
+                services.dispatcher.wait_idle(120)
                 runs = [
                     r
-                    for r in services.indexer.status()["finished"]
-                    if (r["path"], r["queued_at"]) not in before
+                    for r in index_status(services.dispatcher).finished
+                    if (r.path, r.queued_at) not in before
                 ]
                 print(
                     f"LIBRARY_DEBOUNCE_MS={debounce}: a new photo searchable after "

@@ -21,10 +21,10 @@ from pathlib import Path
 from benchmark_photos import make_photo
 from PIL import Image
 
+from image_search_service.context import open_context
 from image_search_service.core.config import ModelKey, Settings
-from image_search_service.services.context import open_context
-from image_search_service.services.duplicates import find_duplicates
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.duplicates import find_duplicates
+from image_search_service.services.library.index import index_paths
 
 THRESHOLDS = [0.80, 0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98]
 

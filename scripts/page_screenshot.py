@@ -23,7 +23,7 @@ from image_search_service.api.deps import AppServices
 from image_search_service.core.config import Settings
 from image_search_service.demo.run import DEMO_SEED, demo_settings
 from image_search_service.demo.synthetic import write_library
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.index import index_paths
 
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -24,14 +24,14 @@ import random
 import tempfile
 from pathlib import Path
 
+from image_search_service.context import open_context
 from image_search_service.core.config import MODEL_KEYS, Settings
 from image_search_service.demo.simulation import QUERIES, ClickModel, query_label, write_panoramas
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import open_context
-from image_search_service.services.indexing import index_paths
-from image_search_service.services.interleaving import team_draft
-from image_search_service.services.search import SearchOptions, SearchService
-from image_search_service.services.stats import sign_test, two_proportion_test
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.rollout.interleaving import team_draft
+from image_search_service.services.rollout.stats import sign_test, two_proportion_test
+from image_search_service.services.search.service import SearchOptions, SearchService
 
 SIZES = (25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
 CLICKS = ClickModel()

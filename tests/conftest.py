@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import Settings
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import ServiceContext, open_context
 from tests.factories import write_tiny_model
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL")

@@ -15,11 +15,12 @@ from sqlalchemy import func, select
 
 from image_search_service.api.app import create_app
 from image_search_service.api.deps import AppServices
+from image_search_service.context import ServiceContext
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
 from image_search_service.db.models import Asset
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import ServiceContext
-from image_search_service.services.indexing import IndexReport, index_paths
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.library.indexing import IndexReport
 from tests.factories import png_bytes, write_jpeg
 
 COLOURS = [(220, 20, 20), (20, 200, 40), (30, 40, 220), (240, 220, 30), (250, 250, 250)]

@@ -17,9 +17,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from image_search_service.cli import main
+from image_search_service.context import ServiceContext
 from image_search_service.core.config import Settings
-from image_search_service.services.context import ServiceContext
-from image_search_service.services.indexing import IndexReport, index_paths
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.library.indexing import IndexReport
 from tests.factories import write_jpeg
 
 _SETTINGS_ENV = (

@@ -26,7 +26,7 @@ def client(
 
 
 def _wait_idle(client: TestClient) -> None:
-    assert services(client).indexer.wait_idle(IDLE_TIMEOUT_S), "indexing never finished"
+    assert services(client).dispatcher.wait_idle(IDLE_TIMEOUT_S), "indexing never finished"
 
 
 def test_indexes_a_folder_in_the_background_and_reports_it(

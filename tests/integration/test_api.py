@@ -18,8 +18,8 @@ from PIL import Image
 from image_search_service.core.config import Settings
 from image_search_service.db import repository as repo
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.embedding_router import user_bucket
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.rollout.router import user_bucket
 from tests.factories import broken_files, jpeg_bytes
 from tests.integration.api_support import (
     TAKEN,

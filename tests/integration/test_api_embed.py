@@ -103,7 +103,7 @@ def test_batch_limits(client: TestClient) -> None:
 
 
 def test_embed_text(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="image_search_service.services.embed")
+    caplog.set_level(logging.INFO, logger="image_search_service.services.search.embed")
     response = client.post(
         "/api/v1/embed/text", json={"texts": ["a red photo", "a dog", "a red photo"]}, headers=KEY
     )

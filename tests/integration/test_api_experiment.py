@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from image_search_service.core.config import Settings
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.embedding_router import user_bucket
+from image_search_service.services.rollout.router import user_bucket
 from tests.integration.api_support import api_client, assert_error, index, write_library
 
 USERS = [f"user-{i}" for i in range(400)]

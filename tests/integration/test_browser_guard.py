@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.index import index_paths
 from tests.factories import jpeg_bytes, write_jpeg
 from tests.integration.api_support import api_client, app_ctx, assert_error, stored_state
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from image_search_service.context import open_context
 from image_search_service.core.config import Settings
 from image_search_service.core.specs import ModelIdentity
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import open_context
-from image_search_service.services.reembed import plan_asset_ids
+from image_search_service.services.reembed.batch import plan_asset_ids
 from image_search_service.vector.schema import CollectionSpec
 from tests.integration.reembed_support import (
     index_clip_only,

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from image_search_service.cli import main
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.errors import InvalidRequest
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.duplicates import find_duplicates
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.duplicates import find_duplicates
+from image_search_service.services.library.index import index_paths
 from tests.factories import near_duplicates, textured_photo
 from tests.integration.api_support import api_client
 

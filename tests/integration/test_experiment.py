@@ -11,16 +11,16 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select, text
 
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import ModelKey, Settings
 from image_search_service.core.errors import InvalidRequest, SearchNotFound, TooManyEvents
 from image_search_service.db import experiment_repository as exp_repo
 from image_search_service.db.models import ExperimentEvent, ExperimentResults, ExperimentSearch
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.embedding_router import RouteDecision
-from image_search_service.services.experiment import experiment_report, recommend
-from image_search_service.services.search import SearchHit, SearchOutcome
-from image_search_service.services.search_log import SearchLog
+from image_search_service.services.rollout.report import experiment_report, recommend
+from image_search_service.services.rollout.router import RouteDecision
+from image_search_service.services.search.log import SearchLog
+from image_search_service.services.search.service import SearchHit, SearchOutcome
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -382,7 +382,11 @@ class TestReport:
 
 
 def test_recommendation_in_words() -> None:
-    from image_search_service.services.experiment import ComparisonOut, InterleavingOut, PowerOut
+    from image_search_service.services.rollout.report import (
+        ComparisonOut,
+        InterleavingOut,
+        PowerOut,
+    )
 
     def cmp(diff: float, p: float) -> ComparisonOut:
         return ComparisonOut(
@@ -407,7 +411,7 @@ def test_recommendation_in_words() -> None:
 
 
 def test_daily_series_per_arm(log: SearchLog, db_ctx: ServiceContext, clock: Clock) -> None:
-    from image_search_service.services.experiment import experiment_daily
+    from image_search_service.services.rollout.report import experiment_daily
 
     first, ids = _search(log, "clip")  # day 1: two clip searches, one clicked at rank 2
     _event(log, first, ids[1], 2)

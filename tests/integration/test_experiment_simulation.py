@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.demo.simulation import (
     QUERIES,
@@ -27,17 +28,16 @@ from image_search_service.demo.simulation import (
     write_panoramas,
 )
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.embedding_router import EmbeddingRouter
-from image_search_service.services.experiment import ExperimentReport, experiment_report
-from image_search_service.services.indexing import index_paths
-from image_search_service.services.search import (
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.rollout.report import ExperimentReport, experiment_report
+from image_search_service.services.rollout.router import EmbeddingRouter
+from image_search_service.services.search.log import SearchLog
+from image_search_service.services.search.service import (
     SearchOptions,
     SearchOutcome,
     SearchService,
     answer,
 )
-from image_search_service.services.search_log import SearchLog
 from tests.factories import demo_models_settings
 
 PICTURES = 200

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from image_search_service.context import open_context
 from image_search_service.core.config import Settings
 from image_search_service.core.errors import ModelLoadError, ModelMismatch
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import open_context
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.index import index_paths
 from tests.factories import write_jpeg
 
 
@@ -128,7 +128,7 @@ class TestModelLoadTrap:
         tiny_models: dict[str, Path],
     ) -> None:
         write_jpeg(tmp_path / "photos" / "a.jpg", seed=1)
-        # Same weights under another name: a different stamp (invariant 3).
+        # Same weights under another name: a different stamp (docs/design.md, invariant 3).
         other = make_settings(clip_model_name=f"local-dir:{tiny_models['clip']}/../tiny-clip")
         ctx = open_context(other, encoders=encoders)
         try:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from image_search_service.context import ServiceContext
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.images.loading import SUPPORTED_FORMATS
-from image_search_service.services.context import ServiceContext
-from image_search_service.services.indexing import index_paths
-from image_search_service.services.search import SearchOptions, SearchService
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.search.service import SearchOptions, SearchService
 from tests.factories import PHONE_FORMATS, SUFFIX, photo_bytes, write_jpeg, write_photo
 from tests.integration.api_support import api_client
 

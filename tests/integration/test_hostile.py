@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from image_search_service.context import ServiceContext
 from image_search_service.core.config import Settings
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import ServiceContext
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.index import index_paths
 from tests.factories import (
     bad_exif_jpeg_bytes,
     elongated_png_bytes,

@@ -9,14 +9,15 @@ from typing import Any
 
 import pytest
 
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.errors import ModelMismatch
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.indexing import index_paths, models_to_index
-from image_search_service.services.search import SearchOptions, SearchService
-from image_search_service.services.status import library_status
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.library.indexing import models_to_index
+from image_search_service.services.library.status import library_status
+from image_search_service.services.search.service import SearchOptions, SearchService
 from tests.factories import broken_files, write_jpeg
 
 COLOURS = [(220, 20, 20), (20, 200, 40), (30, 40, 220), (240, 220, 30), (250, 250, 250)]
@@ -247,7 +248,7 @@ def test_a_file_gone_before_it_is_read_stays_pending_not_failed(
 ) -> None:
     """A watched folder changes under a run: a file deleted (or a disk unmounted) between
     the scan and the decode is not recorded as unreadable, which would stick."""
-    from image_search_service.services.pipeline import AssetRef, embed_assets
+    from image_search_service.services.library.pipeline import AssetRef, embed_assets
 
     kept = write_jpeg(tmp_path / "lib" / "kept.jpg", seed=1)
     gone = write_jpeg(tmp_path / "lib" / "gone.jpg", seed=2)

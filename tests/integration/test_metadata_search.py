@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from image_search_service.core.config import Settings
 from image_search_service.db.models import Asset
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.index import index_paths
 from tests.integration.api_support import api_client, app_ctx, assert_error
 from tests.xmp_factories import (
     png_bytes_with_raw_xmp,

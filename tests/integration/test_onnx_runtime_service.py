@@ -10,12 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from image_search_service.api.app import create_app
+from image_search_service.context import open_context
 from image_search_service.encoders.onnx import OnnxEncoder
 from image_search_service.encoders.openclip import OpenClipEncoder
-from image_search_service.services.context import open_context
-from image_search_service.services.indexing import index_paths
-from image_search_service.services.search import SearchOptions, SearchService
-from image_search_service.services.status import library_status
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.library.status import library_status
+from image_search_service.services.search.service import SearchOptions, SearchService
 from tests.factories import write_jpeg
 
 COLOURS = [(220, 20, 20), (20, 200, 40), (30, 40, 220), (240, 220, 30), (250, 250, 250)]
@@ -93,8 +93,8 @@ def test_switching_runtime_is_provenance_not_a_model_mismatch(
 
 
 def test_reembed_job_uses_the_configured_runtime(make_settings: Any, tmp_path: Path) -> None:
-    from image_search_service.jobs.runner import run_in_process
-    from image_search_service.services.reembed import plan_asset_ids
+    from image_search_service.services.reembed.batch import plan_asset_ids
+    from image_search_service.services.reembed.runner import run_in_process
 
     settings = make_settings(
         encoder_runtime="onnx", encoder_precision="int8", data_dir=tmp_path / "data"

@@ -23,9 +23,9 @@ from schemathesis.generation.case import Case
 
 from image_search_service.api.app import create_app
 from image_search_service.api.serving import uvicorn_limits
+from image_search_service.context import open_context
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import open_context
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.index import index_paths
 from tests.integration.api_support import write_library
 
 pytestmark = pytest.mark.slow

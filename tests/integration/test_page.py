@@ -21,7 +21,8 @@ from image_search_service.db import repository as repo
 from image_search_service.db.models import ExperimentEvent
 from image_search_service.demo.synthetic import write_library
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.library.watcher import LibraryWatcher
 from tests.integration.live_server import LiveServer, live_server
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -387,14 +388,17 @@ class TestPage:
         self, page: Any, library_server: tuple[LiveServer, list[Path]]
     ) -> None:
         server, _ = library_server
-        indexer = server.services.indexer
-        indexer.report_problem("watch:/media/usb", "watched folder /media/usb is unavailable")
+        services = server.services
+        # A watched folder on a disk that is not mounted: the watcher reports it.
+        services.watcher = LibraryWatcher(lambda path, reason: None, [Path("/media/usb")])
+        services.watcher.start()
         try:
             page.goto(server.url + "/")
             page.wait_for_selector("#index-status:not([hidden])")
             assert "/media/usb is unavailable" in page.inner_text("#index-status")
         finally:
-            indexer.report_problem("watch:/media/usb", None)
+            services.watcher.close()
+            services.watcher = None
 
     def test_screenshots_at_phone_and_desktop_width(
         self, browser: Any, library_server: tuple[LiveServer, list[Path]], tmp_path: Path

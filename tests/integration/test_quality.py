@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.db.models import Asset
 from image_search_service.demo.synthetic import (
@@ -27,9 +28,8 @@ from image_search_service.demo.synthetic import (
     write_library,
 )
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.indexing import index_paths
-from image_search_service.services.search import SearchOptions, SearchService
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.search.service import SearchOptions, SearchService
 from tests.factories import demo_models_settings
 
 QUERIES = [

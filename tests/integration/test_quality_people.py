@@ -12,12 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.demo.synthetic import ALL_SPECS, ShapeSpec, render_picture
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.indexing import index_paths
-from image_search_service.services.search import SearchOptions, SearchService
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.search.service import SearchOptions, SearchService
 from tests.factories import demo_models_settings
 from tests.xmp_factories import xmp_packet
 

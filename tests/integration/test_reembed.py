@@ -12,15 +12,19 @@ from uuid import UUID
 import pytest
 from sqlalchemy import select
 
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import Settings
 from image_search_service.db.models import AssetEmbedding
 from image_search_service.encoders.registry import EncoderRegistry
+from image_search_service.jobs.dispatcher import Dispatcher
 from image_search_service.jobs.retry import RetryPolicy
-from image_search_service.jobs.runner import run_in_process, start_in_background
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.indexing import index_paths, models_to_index
-from image_search_service.services.reembed import plan_asset_ids, reembed_progress
-from image_search_service.services.status import model_coverage
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.library.indexing import models_to_index
+from image_search_service.services.library.status import model_coverage
+from image_search_service.services.reembed.batch import plan_asset_ids
+from image_search_service.services.reembed.progress import reembed_progress
+from image_search_service.services.reembed.runner import RunReport, run_in_process
+from image_search_service.services.reembed.submit import submit_reembed
 from tests.factories import broken_files, write_jpeg
 from tests.integration.reembed_support import (
     index_clip_only,
@@ -277,11 +281,18 @@ def test_background_run_for_the_api(library_ctx: ServiceContext) -> None:
     ctx = library_ctx
     with ctx.session_factory() as session:
         ids = plan_asset_ids(session, ctx.spec("siglip"))
-    run = start_in_background(ctx, "siglip", ids, job_size=3)
-    run.thread.join(timeout=300)
-    assert not run.running
-    assert run.error is None
-    assert run.report is not None
-    assert run.report.done == 10
+    dispatcher = Dispatcher()
+    try:
+        submission = submit_reembed(ctx, "siglip", job_size=3, dispatcher=dispatcher)
+        assert submission.background is not None
+        assert submission.as_dict()["running_in_background"] is True
+        assert dispatcher.wait_idle(300)
+    finally:
+        dispatcher.close()
+    job = submission.background
+    assert (job.kind, job.state, job.error) == ("reembed", "done", None)
+    assert isinstance(job.result, RunReport)
+    assert job.result.done == 10
+    assert job.done == 10  # progress, counted per photo
     assert reembed_progress(ctx).as_dict()["complete"] is True
     assert {UUID(str(i)) for i in ids} == ctx.store.point_ids("image_assets_siglip")

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from image_search_service.core.config import Settings
 from image_search_service.core.errors import InvalidRequest
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.embedding_router import user_bucket
+from image_search_service.services.rollout.router import user_bucket
 from tests.integration.api_support import api_client, assert_error, services
 
 PROPAGATION_DEADLINE_S = 30  # generous: the refresh is 0.2 s here; no timing is asserted
@@ -242,9 +242,9 @@ class TestRefresh:
     ) -> None:
         from sqlalchemy import text
 
+        from image_search_service.context import open_context
         from image_search_service.db import repository as repo
-        from image_search_service.services.context import open_context
-        from image_search_service.services.rollout import LiveRollout
+        from image_search_service.services.rollout.flags import LiveRollout
 
         now = [0.0]
         ctx = open_context(make_settings(siglip_rollout_percentage=5), encoders=encoders)

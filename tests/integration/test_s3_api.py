@@ -12,14 +12,15 @@ import redis
 from fastapi.testclient import TestClient
 from rq import SimpleWorker
 
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import Settings
 from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetStatus
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.jobs.queue import reembed_queue
-from image_search_service.jobs.tasks import bind_context
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.ingest import InProcessIngest, submit_ingest
+from image_search_service.jobs.dispatcher import Dispatcher
+from image_search_service.jobs.process import bind_context
+from image_search_service.jobs.queue import work_queue
+from image_search_service.services.library.ingest import submit_ingest
 from tests.factories import jpeg_bytes, photo_bytes
 from tests.integration.api_support import api_client, assert_error, index, services
 from tests.integration.s3_support import S3Server, s3_env, s3_server
@@ -85,7 +86,7 @@ def test_the_admin_index_endpoint_takes_a_bucket_uri(client: TestClient, s3_env:
         queued = client.post("/api/v1/admin/index", json={"path": path}, headers=key)
         assert queued.status_code == 202, queued.text
         assert queued.json()["run"]["path"] == path  # not taken for a local folder
-    assert services(client).indexer.wait_idle(120)
+    assert services(client).dispatcher.wait_idle(120)
     status = client.get("/api/v1/admin/index", headers=key).json()
     runs = {r["path"]: r for r in status["finished"]}
     assert runs[f"s3://{bucket}/2024/"]["report"]["indexed"] == 1
@@ -98,7 +99,7 @@ def test_ingest_webhook_in_process(client: TestClient, s3_env: S3Server) -> None
     s3.put_object(Bucket=bucket, Key="in/summer day.jpg", Body=jpeg_bytes(seed=21))
     s3.put_object(Bucket=bucket, Key="in/burst.mpo", Body=photo_bytes("MPO", seed=22))
     ctx = services(client).ctx
-    ingest: InProcessIngest = services(client).ingest
+    dispatcher = services(client).dispatcher
 
     assert_error(client.post("/api/v1/ingest", json=_event(bucket, "in/summer day.jpg")), 401)
     created = client.post("/api/v1/ingest", json=_event(bucket, "in/summer day.jpg"), headers=KEY)
@@ -109,7 +110,7 @@ def test_ingest_webhook_in_process(client: TestClient, s3_env: S3Server) -> None
     bearer = {"Authorization": "Bearer k"}  # as MinIO's webhook target sends its token
     as_list = client.post("/api/v1/ingest", json=[f"s3://{bucket}/in/burst.mpo"], headers=bearer)
     assert as_list.json()["accepted"] == 1
-    ingest.drain()
+    assert dispatcher.wait_idle(120)
     day = f"s3://{bucket}/in/summer day.jpg"
     assert _status(ctx, day) == AssetStatus.ACTIVE
     assert _status(ctx, f"s3://{bucket}/in/burst.mpo") == AssetStatus.ACTIVE
@@ -117,13 +118,13 @@ def test_ingest_webhook_in_process(client: TestClient, s3_env: S3Server) -> None
 
     # Redelivered: nothing changes.
     client.post("/api/v1/ingest", json=_event(bucket, "in/summer day.jpg"), headers=KEY)
-    ingest.drain()
+    assert dispatcher.wait_idle(120)
     assert ctx.store.count("image_assets") == 2
 
     s3.delete_object(Bucket=bucket, Key="in/summer day.jpg")
     removed = _event(bucket, "in/summer day.jpg", "ObjectRemoved:Delete")
     assert client.post("/api/v1/ingest", json=removed, headers=KEY).status_code == 202
-    ingest.drain()
+    assert dispatcher.wait_idle(120)
     assert _status(ctx, day) == AssetStatus.MISSING
     assert ctx.store.count("image_assets") == 1
 
@@ -155,22 +156,22 @@ def test_ingest_through_rq_is_idempotent(
     s3_env.client().put_object(Bucket=bucket, Key="x/one.jpg", Body=jpeg_bytes(seed=31))
     uris = [f"s3://{bucket}/x/one.jpg"]
     ctx = open_context(settings, encoders=encoders)
-    local = InProcessIngest(ctx)
+    local = Dispatcher()
     connection = redis.Redis.from_url(redis_url)
     try:
-        first = submit_ingest(ctx, uris, in_process=local)
-        again = submit_ingest(ctx, uris, in_process=local)
+        first = submit_ingest(ctx, uris, dispatcher=local)
+        again = submit_ingest(ctx, uris, dispatcher=local)
         assert (first.runner, first.queued) == ("rq", 1)
         assert again.queued == 0  # redelivered while the first is waiting
         assert first.job_id == again.job_id
-        queue = reembed_queue(connection)
+        queue = work_queue(connection)
         assert len(queue.get_job_ids()) == 1
         bind_context(ctx)
         try:
             assert SimpleWorker([queue], connection=connection).work(burst=True)
             assert _status(ctx, uris[0]) == AssetStatus.ACTIVE
             # Delivered again after the job ran: queued, runs, changes nothing.
-            assert submit_ingest(ctx, uris, in_process=local).queued == 1
+            assert submit_ingest(ctx, uris, dispatcher=local).queued == 1
             assert SimpleWorker([queue], connection=connection).work(burst=True)
         finally:
             bind_context(None)

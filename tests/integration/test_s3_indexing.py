@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from image_search_service.cli import main
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetStatus
 from image_search_service.images.s3 import SourceAccessDenied, SourceNotFound
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.indexing import index_paths
-from image_search_service.services.search import SearchOptions, SearchService
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.search.service import SearchOptions, SearchService
 from tests.factories import jpeg_bytes, photo_bytes
 from tests.integration.s3_support import S3Server, s3_env, s3_server
 

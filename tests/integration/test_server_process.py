@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
+from image_search_service.context import open_context
 from image_search_service.core.config import Settings
 from image_search_service.db import repository as repo
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import open_context
-from image_search_service.services.indexing import index_paths
+from image_search_service.services.library.index import index_paths
 from tests.factories import jpeg_bytes
 from tests.integration.api_support import write_library
 from tests.integration.live_server import serve_process, tiny_model_env

@@ -18,17 +18,19 @@ import redis
 from rq import Queue, SimpleWorker
 from sqlalchemy import select
 
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import Settings
 from image_search_service.db.models import AssetEmbedding, EmbeddingState
 from image_search_service.db.session import make_engine, make_session_factory
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.jobs.queue import enqueue_reembed, reembed_queue
+from image_search_service.jobs.process import bind_context
+from image_search_service.jobs.queue import work_queue
 from image_search_service.jobs.retry import RetryPolicy
-from image_search_service.jobs.tasks import bind_context
 from image_search_service.jobs.worker import run_worker
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.reembed import model_progress, plan_asset_ids, reembed_progress
-from image_search_service.services.status import model_coverage
+from image_search_service.services.library.status import model_coverage
+from image_search_service.services.reembed.batch import plan_asset_ids
+from image_search_service.services.reembed.progress import model_progress, reembed_progress
+from image_search_service.services.reembed.submit import enqueue_reembed
 from tests.integration.reembed_support import (
     RedisServer,
     cli_command,
@@ -100,7 +102,7 @@ def test_simple_worker_runs_queued_jobs_in_process(
     _library(rq_settings, encoders, tmp_path / "photos", 10)
     ctx = open_context(rq_settings, encoders=encoders)
     try:
-        queue = reembed_queue(connection)
+        queue = work_queue(connection)
         first = enqueue_reembed(queue, "siglip", _plan(ctx), job_size=4)
         again = enqueue_reembed(queue, "siglip", _plan(ctx), job_size=4)
         assert (first.jobs, first.enqueued_assets) == (3, 10)
@@ -146,7 +148,7 @@ def test_transient_errors_retry_then_fail_the_assets_and_retry_failed_recovers(
     down = open_context(
         make_settings(qdrant_url="http://127.0.0.1:9", redis_url=redis_url), encoders=encoders
     )
-    queue = reembed_queue(connection)
+    queue = work_queue(connection)
     try:
         enqueue_reembed(
             queue, "siglip", _plan(down), job_size=6, policy=RetryPolicy(1, intervals=(0,))
@@ -195,7 +197,7 @@ def test_a_retry_scheduled_for_later_runs_when_due_in_a_burst(
     worker waits for it instead of leaving it behind, then lands the batch."""
     good: Settings = make_settings(qdrant_url=f"path:{tmp_path / 'qdrant'}", redis_url=redis_url)
     _library(good, encoders, tmp_path / "photos", 4)
-    queue = reembed_queue(connection)
+    queue = work_queue(connection)
     down = open_context(
         make_settings(qdrant_url="http://127.0.0.1:9", redis_url=redis_url), encoders=encoders
     )
@@ -232,7 +234,7 @@ def test_a_permanent_error_is_not_retried(
     _library(settings, encoders, tmp_path / "photos", 3)
     ctx = open_context(settings, encoders=encoders)
     try:
-        queue = reembed_queue(connection)
+        queue = work_queue(connection)
         enqueue_reembed(queue, "siglip", _plan(ctx))
         ctx.store.drop_collection("image_assets_siglip")  # an operator dropped it meanwhile
         report = run_worker(ctx, connection, burst=True)
@@ -358,7 +360,7 @@ def test_redis_restart_mid_migration_resumes(
         ctx = open_context(settings, encoders=encoders)
         try:
             client: redis.Redis[bytes] = redis.Redis.from_url(server.url)
-            enqueue_reembed(reembed_queue(client), "siglip", _plan(ctx), job_size=2)
+            enqueue_reembed(work_queue(client), "siglip", _plan(ctx), job_size=2)
             assert run_worker(ctx, client, burst=True, max_jobs=2).jobs == 2
             client.close()
 
@@ -370,7 +372,7 @@ def test_redis_restart_mid_migration_resumes(
                 assert queue.count == 3  # the queue survived
             else:
                 assert queue.count == 0  # lost: the DB still knows what is left
-                again = enqueue_reembed(reembed_queue(client), "siglip", _plan(ctx), job_size=2)
+                again = enqueue_reembed(work_queue(client), "siglip", _plan(ctx), job_size=2)
                 assert again.enqueued_assets == 6
             run_worker(ctx, client, burst=True)
             client.close()

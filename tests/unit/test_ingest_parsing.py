@@ -9,7 +9,7 @@ import pytest
 
 from image_search_service.core.errors import InvalidRequest
 from image_search_service.images.s3 import as_s3_uri, parse_object_uri, parse_uri
-from image_search_service.services.ingest import MAX_URIS, parse_ingest_body
+from image_search_service.services.library.ingest import MAX_URIS, parse_ingest_body
 
 
 def _record(name: str, bucket: str, key: str) -> dict[str, Any]:

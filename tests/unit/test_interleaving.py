@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from image_search_service.services.interleaving import draft_seed, team_draft
+from image_search_service.services.rollout.interleaving import draft_seed, team_draft
 
 
 def _draft(a: list[str], b: list[str], length: int, seed: int) -> list[tuple[str, int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from image_search_service.services.query import split_negatives, understand
+from image_search_service.services.search.query import split_negatives, understand
 
 KNOWN = {"pat": "Pat", "jack": "Jack", "mary ann": "Mary Ann", "mary": "Mary"}
 

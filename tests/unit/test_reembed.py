@@ -12,6 +12,8 @@ from uuid import UUID, uuid4
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from image_search_service.context import ServiceContext
+from image_search_service.core.batching import chunked
 from image_search_service.core.config import ModelKey, Settings
 from image_search_service.core.errors import (
     CollectionMissing,
@@ -24,16 +26,10 @@ from image_search_service.core.errors import (
 from image_search_service.db.repository import Coverage
 from image_search_service.jobs.queue import redact
 from image_search_service.jobs.retry import RetryPolicy
-from image_search_service.jobs.runner import run_in_process
 from image_search_service.jobs.worker import check_worker_settings
-from image_search_service.services.context import ServiceContext
-from image_search_service.services.reembed import (
-    BatchResult,
-    ModelProgress,
-    _default_target,
-    chunked,
-    is_transient,
-)
+from image_search_service.services.reembed.batch import BatchResult, is_transient
+from image_search_service.services.reembed.progress import ModelProgress, _default_target
+from image_search_service.services.reembed.runner import run_in_process
 
 
 class TestRetryPolicy:

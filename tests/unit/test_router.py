@@ -15,18 +15,18 @@ import pytest
 from click.testing import CliRunner
 
 from image_search_service.cli import main
+from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ConfigError, InvalidRequest
 from image_search_service.core.specs import ModelIdentity
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import ServiceContext, open_context
-from image_search_service.services.embedding_router import (
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.rollout.router import (
     BUCKETS,
     EmbeddingRouter,
     clean_user_id,
     user_bucket,
 )
-from image_search_service.services.indexing import index_paths
 from image_search_service.vector.schema import CollectionSpec
 from tests.factories import write_jpeg
 
@@ -67,7 +67,7 @@ class TestBucket:
         # A different hash seed makes Python's hash() differ; our buckets must not.
         code = (
             "import json, sys\n"
-            "from image_search_service.services.embedding_router import user_bucket\n"
+            "from image_search_service.services.rollout.router import user_bucket\n"
             "ids = json.load(sys.stdin)\n"
             "print(json.dumps([user_bucket(u) for u in ids]))\n"
             "print(hash(ids[0]))\n"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from image_search_service.services.stats import (
+from image_search_service.services.rollout.stats import (
     bootstrap_mean_difference,
     histogram_quantile,
     sample_size_two_proportions,

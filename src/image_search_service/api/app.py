@@ -24,28 +24,26 @@ from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
 from image_search_service.api.openapi import install_openapi
 from image_search_service.api.routes import (
     API_PREFIX,
-    admin,
-    assets,
-    duplicates,
-    embed,
-    events,
     health,
-    ingest,
+    library,
     metadata,
     page,
+    reembed,
+    rollout,
     search,
 )
 from image_search_service.api.security import BrowserGuardMiddleware
+from image_search_service.context import open_context
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.assets import AssetService
-from image_search_service.services.context import open_context
-from image_search_service.services.embedding_router import EmbeddingRouter
-from image_search_service.services.ingest import InProcessIngest
-from image_search_service.services.library import LibraryIndexer, LibraryWatcher
-from image_search_service.services.search import SearchService, TextEmbeddingCache
-from image_search_service.services.search_log import SearchLog
+from image_search_service.jobs.dispatcher import Dispatcher
+from image_search_service.services.library.assets import AssetService
+from image_search_service.services.library.background import submit_index
+from image_search_service.services.library.watcher import LibraryWatcher
+from image_search_service.services.rollout.router import EmbeddingRouter
+from image_search_service.services.search.log import SearchLog
+from image_search_service.services.search.service import SearchService, TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +111,7 @@ def create_app(
         trusted_origins=settings.trusted_origin_list,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (
-        health,
-        search,
-        assets,
-        metadata,
-        embed,
-        duplicates,
-        ingest,
-        events,
-        admin,
-        page,
-    ):
+    for module in (health, search, library, metadata, rollout, reembed, page):
         app.include_router(module.router)
     app.mount(page.STATIC_PREFIX, page.static_files(), name="static")
     return app
@@ -147,8 +134,8 @@ def _open_services(
             for key in router.models_in_use():
                 ctx.encoder(key).load()
         _log_rollout(router)
-        # New vectors change coverage: the router re-checks it after each index run.
-        indexer = LibraryIndexer(ctx, on_finished=lambda _run: router.invalidate())
+        # New vectors change coverage: the router re-checks it after each job.
+        dispatcher = Dispatcher(on_finished=lambda _job: router.invalidate())
         search_log = SearchLog(ctx)
         metrics.track_search_log(search_log)
     except BaseException:
@@ -160,15 +147,16 @@ def _open_services(
         router=router,
         assets=AssetService(ctx),
         metrics=metrics,
-        ingest=InProcessIngest(ctx),
         search_log=search_log,
         encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
-        indexer=indexer,
+        dispatcher=dispatcher,
     )
     try:
         if settings.library_paths:
             services.watcher = LibraryWatcher(
-                indexer, settings.library_paths, debounce_ms=settings.library_debounce_ms
+                lambda path, reason: submit_index(dispatcher, ctx, path, reason=reason),
+                settings.library_paths,
+                debounce_ms=settings.library_debounce_ms,
             )
             services.watcher.start()
             logger.info("watching %s", ", ".join(map(str, settings.library_paths)))

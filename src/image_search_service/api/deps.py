@@ -16,19 +16,19 @@ from sqlalchemy.orm import Session
 
 from image_search_service.api.errors import UnsupportedMediaType
 from image_search_service.api.metrics import ApiMetrics
+from image_search_service.context import ServiceContext
 from image_search_service.core.errors import Unauthorized
 from image_search_service.db.session import session_scope
-from image_search_service.services.assets import AssetService, AssetView
-from image_search_service.services.context import ServiceContext
-from image_search_service.services.embedding_router import (
+from image_search_service.jobs.dispatcher import Dispatcher
+from image_search_service.services.library.assets import AssetService, AssetView
+from image_search_service.services.library.watcher import LibraryWatcher
+from image_search_service.services.rollout.router import (
     MAX_USER_ID_CHARS,
     EmbeddingRouter,
     clean_user_id,
 )
-from image_search_service.services.ingest import InProcessIngest
-from image_search_service.services.library import LibraryIndexer, LibraryWatcher
-from image_search_service.services.search import SearchService
-from image_search_service.services.search_log import SearchLog
+from image_search_service.services.search.log import SearchLog
+from image_search_service.services.search.service import SearchService
 
 
 @dataclass
@@ -40,23 +40,24 @@ class AppServices:
     router: EmbeddingRouter
     assets: AssetService
     metrics: ApiMetrics
-    # POST /api/v1/ingest without RQ: one background thread of this process.
-    ingest: InProcessIngest
     search_log: SearchLog
     # Encoding saturates the CPU cores by itself; more concurrent forwards only add
     # memory and contention, so they queue here instead of in the generic thread pool.
     encode_limiter: anyio.CapacityLimiter
-    # Index runs (POST /admin/index, watched folders) on one background thread.
-    indexer: LibraryIndexer
+    # Background work of this process, one job at a time: index runs (POST /admin/index,
+    # watched folders), and without RQ ingests and re-embedding runs.
+    dispatcher: Dispatcher
     watcher: LibraryWatcher | None = None
+
+    def watch_problems(self) -> list[str]:
+        return self.watcher.problems() if self.watcher is not None else []
 
     def close(self) -> None:
         """Stop the background work first, then the stores it uses."""
         try:
             if self.watcher is not None:
                 self.watcher.close()
-            self.indexer.close()
-            self.ingest.close()
+            self.dispatcher.close()
             self.search_log.close()
         finally:
             self.ctx.close()

@@ -11,9 +11,9 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from image_search_service.services.embedding_router import RouteDecision
-from image_search_service.services.search import SearchOutcome, TextEmbeddingCache
-from image_search_service.services.search_log import EventOutcome, SearchLog
+from image_search_service.services.rollout.router import RouteDecision
+from image_search_service.services.search.log import EventOutcome, SearchLog
+from image_search_service.services.search.service import SearchOutcome, TextEmbeddingCache
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 

@@ -6,10 +6,10 @@ each command imports what it needs when it runs, so ``--help`` is instant.
 
 from __future__ import annotations
 
-from image_search_service.cli import duplicates, experiment, library, migration, server
+from image_search_service.cli import library, reembed, rollout, search, server
 from image_search_service.cli.common import main
 
-for _module in (library, migration, server, duplicates, experiment):
+for _module in (library, search, reembed, server, rollout):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

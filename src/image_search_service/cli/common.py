@@ -18,7 +18,7 @@ from image_search_service.core.logging import configure_logging
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-    from image_search_service.services.context import ServiceContext
+    from image_search_service.context import ServiceContext
 
 MODEL_CHOICE = click.Choice(list(MODEL_KEYS))
 FAILURES_SHOWN = 20
@@ -37,7 +37,7 @@ def handing_off(url: str, quiet: bool = False) -> None:
 @contextmanager
 def opened_context(settings: Settings | None = None) -> Iterator[ServiceContext]:
     """The settings, DB, vector store and encoders for one command, closed after it."""
-    from image_search_service.services.context import open_context
+    from image_search_service.context import open_context
 
     ctx = open_context(settings or load_settings())
     try:

@@ -7,6 +7,7 @@ transaction. The report reads aggregates only (GROUP BY over the covering index
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from image_search_service.db.models import ExperimentEvent, ExperimentResults, ExperimentSearch
+
+LATENCY_BUCKETS_PER_DECADE = 40
+
+
+def latency_bucket(ms: float) -> int:
+    return round(LATENCY_BUCKETS_PER_DECADE * math.log10(max(ms, 0.01)))
+
+
+def bucket_latency(bucket: int) -> float:
+    return float(10 ** (bucket / LATENCY_BUCKETS_PER_DECADE))
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from image_search_service.context import open_context
 from image_search_service.core.config import MODEL_KEYS, Settings
 from image_search_service.demo.synthetic import write_library
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.context import open_context
-from image_search_service.services.indexing import ProgressFactory, index_paths
-from image_search_service.services.search import SearchOptions, SearchService
+from image_search_service.services.library.index import index_paths
+from image_search_service.services.library.indexing import ProgressFactory
+from image_search_service.services.search.service import SearchOptions, SearchService
 
 EXAMPLE_QUERIES = ("a red circle", "a blue star", "a yellow triangle", "a white cross")
 DEMO_SEED = 20261123

@@ -17,7 +17,7 @@ Agreement is measured at export time against the live PyTorch model on fixed inp
 fp32 must reach :data:`FP32_MIN_COSINE`, INT8 :data:`INT8_MIN_COSINE`, or the export
 is refused (:class:`ExportRefused`).
 
-Export notes (DESIGN.md): opset 17 with the TorchScript exporter (``dynamo=False``),
+Export notes (docs/design.md): opset 17 with the TorchScript exporter (``dynamo=False``),
 with gradients enabled (the attention fast path under ``no_grad`` does not export), from
 a copy of the model put in ``eval()`` (exporting a wrapper that is not in eval mode puts
 the wrapped model back in training mode, and BatchNorm then corrupts it).
@@ -295,7 +295,7 @@ def _export_verified(
 def _quantize(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # Per-channel: per-tensor INT8 dropped SigLIP's agreement to 0.977 (DESIGN.md).
+    # Per-channel: per-tensor INT8 dropped SigLIP's agreement to 0.977 (docs/design.md).
     # MatMul/Gemm only: the transformer's weight and the ResNet heads; convolutions stay fp32
     # (ORT's CPU ConvInteger does not take signed weights).
     with _quiet():

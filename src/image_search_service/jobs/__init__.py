@@ -1,1 +1,1 @@
-"""Re-embedding jobs: one job body, run by RQ workers or an in-process runner."""
+"""Background-work plumbing that knows no use case: the RQ queue, the worker, retries."""

@@ -1,43 +1,60 @@
-"""The RQ side: connect, enqueue re-embedding jobs, inspect what is already queued."""
+"""The RQ side, knowing no use case: connect, the queue, enqueue a job by its dotted
+path, see what is waiting, count jobs. Job bodies live beside their use case
+(``services/<domain>``) and are named here by dotted path only."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-from uuid import UUID
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
+from sqlalchemy.engine import make_url
 
-from image_search_service.core.config import ModelKey
+from image_search_service.core.config import Settings
 from image_search_service.core.errors import ServiceError
 from image_search_service.jobs.retry import DEFAULT_POLICY, RetryPolicy
-from image_search_service.jobs.tasks import reembed_batch
-from image_search_service.services.reembed import DEFAULT_JOB_SIZE, QUEUE_NAME, chunked
 
+QUEUE_NAME = "reembed"  # kept: workers and queued jobs of earlier versions use it
 # Far above a batch's real cost (64 SigLIP images on 2 CPU cores: ~15 s), and also how
 # long RQ waits before retrying a batch whose worker died without a word (SIGKILL).
 JOB_TIMEOUT_S = 900
 RESULT_TTL_S = 24 * 3600
-_TASK = f"{reembed_batch.__module__}.{reembed_batch.__qualname__}"
+WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+
+Runner = Literal["auto", "rq", "in-process"]
+
+_EMBEDDED_NOTE = (
+    "REDIS_URL is set but the vector store is embedded (QDRANT_URL unset); a worker in "
+    "another process could not open it, so the jobs run here."
+)
 
 
 class QueueUnavailable(ServiceError):
     status_code = 503
 
 
+def choose_runner(
+    settings: Settings, requested: Runner = "auto"
+) -> tuple[Literal["rq", "in-process"], str | None]:
+    """Where background work runs, and a note when the settings overrule the request:
+    RQ when ``REDIS_URL`` and ``QDRANT_URL`` are set (a worker in another process could
+    not open the embedded store while this one holds it), this process otherwise."""
+    if requested == "in-process" or not settings.redis_url:
+        return "in-process", None
+    if not settings.qdrant_url:
+        return "in-process", _EMBEDDED_NOTE
+    return "rq", None
+
+
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: say nothing of it
+        return "<unparsable URL>"
 
 
 def connect(redis_url: str) -> redis.Redis[bytes]:
@@ -52,91 +69,56 @@ def connect(redis_url: str) -> redis.Redis[bytes]:
     return connection
 
 
-def reembed_queue(connection: redis.Redis[bytes]) -> Queue:
+def work_queue(connection: redis.Redis[bytes]) -> Queue:
+    """The one queue every background job goes to (re-embedding, ingest)."""
     return Queue(QUEUE_NAME, connection=connection, default_timeout=JOB_TIMEOUT_S)
 
 
-@dataclass
-class EnqueueReport:
-    model: str
-    planned: int
-    already_queued: int
-    enqueued_assets: int
-    jobs: int
-    queue: str = QUEUE_NAME
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _jobs_for(queue: Queue, key: ModelKey, job_ids: Sequence[str]) -> list[Job]:
-    jobs = Job.fetch_many(list(job_ids), connection=queue.connection)
-    return [
-        job
-        for job in jobs
-        if job is not None and job.func_name == _TASK and job.args and job.args[0] == key
-    ]
-
-
-def waiting_asset_ids(queue: Queue, key: ModelKey) -> set[str]:
-    """Assets already in a queued job or a job scheduled for retry.
-
-    Jobs that have *started* are not counted: their worker may have died (SIGKILL,
-    OOM), and re-queueing their assets is harmless because a job skips finished ones.
-    """
-    ids = queue.get_job_ids() + queue.scheduled_job_registry.get_job_ids()
-    waiting: set[str] = set()
-    for job in _jobs_for(queue, key, ids):
-        waiting.update(str(i) for i in job.args[1])
-    return waiting
-
-
-def enqueue_reembed(
-    queue: Queue,
-    key: ModelKey,
-    asset_ids: Sequence[UUID],
+def job_data(
+    func: str,
+    args: tuple[Any, ...],
     *,
-    job_size: int = DEFAULT_JOB_SIZE,
-    force: bool = False,
+    description: str,
+    job_id: str | None = None,
+    meta: dict[str, Any] | None = None,
     policy: RetryPolicy = DEFAULT_POLICY,
-) -> EnqueueReport:
-    """Queue ``asset_ids`` in jobs of ``job_size`` ids, leaving out those already waiting.
-
-    Callers pass ids whose rows are committed: a job re-reads them from the DB.
-    """
-    waiting = waiting_asset_ids(queue, key)
-    todo = [i for i in asset_ids if str(i) not in waiting]
-    batches = chunked(todo, job_size)
-    datas = [
-        Queue.prepare_data(
-            reembed_batch,
-            args=(key, [str(i) for i in batch], force),
-            timeout=JOB_TIMEOUT_S,
-            result_ttl=RESULT_TTL_S,
-            description=f"re-embed {len(batch)} assets with {key}",
-            meta={"model": key, "assets": len(batch)},
-            retry=policy.for_rq(),
-        )
-        for batch in batches
-    ]
-    if datas:
-        queue.enqueue_many(datas)
-    return EnqueueReport(
-        model=key,
-        planned=len(asset_ids),
-        already_queued=len(asset_ids) - len(todo),
-        enqueued_assets=len(todo),
-        jobs=len(batches),
+) -> Any:
+    """One job for :func:`enqueue_many`, named by the dotted path of its body."""
+    return Queue.prepare_data(
+        func,
+        args=args,
+        timeout=JOB_TIMEOUT_S,
+        result_ttl=RESULT_TTL_S,
+        description=description,
+        job_id=job_id,
+        meta=meta,
+        retry=policy.for_rq(),
     )
 
 
-def clear_failed_jobs(queue: Queue, key: ModelKey) -> int:
-    """Forget this model's failed jobs: their assets are re-queued from the DB instead."""
-    registry = queue.failed_job_registry
-    jobs = _jobs_for(queue, key, registry.get_job_ids())
-    for job in jobs:
-        registry.remove(job, delete_job=True)
-    return len(jobs)
+def enqueue_many(queue: Queue, datas: Sequence[Any]) -> int:
+    if datas:
+        queue.enqueue_many(list(datas))
+    return len(datas)
+
+
+def is_waiting(connection: redis.Redis[bytes], job_id: str) -> bool:
+    """A job with this id is queued, scheduled for a retry or deferred."""
+    existing = Job.fetch_many([job_id], connection=connection)[0]
+    return existing is not None and existing.get_status(refresh=False) in WAITING
+
+
+def jobs_of(queue: Queue, func: str, job_ids: Iterable[str]) -> list[Job]:
+    """The jobs among ``job_ids`` that run ``func`` (a dotted path)."""
+    jobs = Job.fetch_many(list(job_ids), connection=queue.connection)
+    return [job for job in jobs if job is not None and job.func_name == func]
+
+
+def waiting_jobs(queue: Queue, func: str) -> list[Job]:
+    """Jobs of ``func`` queued or scheduled for a retry. Jobs that have *started* are not
+    counted: their worker may have died (SIGKILL, OOM)."""
+    ids = queue.get_job_ids() + queue.scheduled_job_registry.get_job_ids()
+    return jobs_of(queue, func, ids)
 
 
 def next_retry_at(queue: Queue) -> float | None:
@@ -146,30 +128,38 @@ def next_retry_at(queue: Queue) -> float | None:
     return float(first[0][1]) if first else None
 
 
-def enqueue_ingest(redis_url: str, uris: list[str], *, job_id: str) -> bool:
-    """Queue an ingest of ``uris`` under ``job_id``; False when a job with that id is
-    still waiting (a redelivered notification), so it is not queued twice."""
-    from image_search_service.jobs.tasks import ingest_objects_job
+@dataclass(frozen=True)
+class QueueSnapshot:
+    name: str
+    queued: int = 0
+    started: int = 0
+    scheduled_retries: int = 0
+    failed_jobs: int = 0
+    workers: int = 0
+    error: str | None = None
 
-    connection = connect(redis_url)
+    @property
+    def busy(self) -> bool:
+        return bool(self.queued or self.started or self.scheduled_retries)
+
+
+def queue_snapshot(redis_url: str) -> QueueSnapshot:
+    """Job counts of the queue; a down Redis is reported, not raised."""
+    from rq import Worker
+
     try:
-        queue = reembed_queue(connection)
-        existing = Job.fetch_many([job_id], connection=connection)[0]
-        if existing is not None and existing.get_status(refresh=False) in (
-            JobStatus.QUEUED,
-            JobStatus.SCHEDULED,
-            JobStatus.DEFERRED,
-        ):
-            return False
-        queue.enqueue(
-            ingest_objects_job,
-            uris,
-            job_id=job_id,
-            job_timeout=JOB_TIMEOUT_S,
-            result_ttl=RESULT_TTL_S,
-            description=f"ingest {len(uris)} objects",
-            retry=DEFAULT_POLICY.for_rq(),
-        )
-        return True
-    finally:
-        connection.close()
+        connection = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+        try:
+            queue = Queue(QUEUE_NAME, connection=connection)
+            return QueueSnapshot(
+                name=QUEUE_NAME,
+                queued=queue.count,
+                started=queue.started_job_registry.count,
+                scheduled_retries=queue.scheduled_job_registry.count,
+                failed_jobs=queue.failed_job_registry.count,
+                workers=int(Worker.count(queue=queue)),
+            )
+        finally:
+            connection.close()
+    except redis.exceptions.RedisError as exc:
+        return QueueSnapshot(name=QUEUE_NAME, error=f"Redis unreachable: {exc}")

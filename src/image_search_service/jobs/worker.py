@@ -24,11 +24,11 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.scheduler import RQScheduler
 
+from image_search_service.context import ServiceContext
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
 from image_search_service.core.errors import ConfigError
-from image_search_service.jobs.queue import next_retry_at, reembed_queue
-from image_search_service.jobs.tasks import bind_context
-from image_search_service.services.context import ServiceContext
+from image_search_service.jobs.process import bind_context
+from image_search_service.jobs.queue import next_retry_at, work_queue
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def run_worker(
     """
     bind_context(ctx)
     report = WorkerReport()
-    queue = reembed_queue(connection)
+    queue = work_queue(connection)
     promoter = RetryPromoter(queue)
     promoter.start()
     # RQ installs its own SIGINT/SIGTERM handlers; give the caller's back afterwards.

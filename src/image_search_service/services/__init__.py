@@ -1,1 +1,1 @@
-"""Use cases: indexing, search, routing, assets, status, re-embedding and its submission."""
+"""Use cases, one package (or module) per domain: library, metadata, search, rollout, reembed."""

@@ -256,7 +256,7 @@ class EdgeVectorStore:
             score_threshold=min_score,
             with_payload=False,
             with_vector=False,
-            # INT8 alone loses ~10% recall@10: rescore with oversampling (DESIGN.md).
+            # INT8 alone loses ~10% recall@10: rescore with oversampling (docs/design.md).
             params=qe.SearchParams(
                 quantization=qe.QuantizationSearchParams(
                     rescore=True, oversampling=self.oversampling

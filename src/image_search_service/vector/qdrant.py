@@ -231,7 +231,7 @@ class QdrantServerStore:
 
     @property
     def _search_params(self) -> qm.SearchParams:
-        # INT8 alone loses ~10% recall@10: rescore with oversampling (DESIGN.md).
+        # INT8 alone loses ~10% recall@10: rescore with oversampling (docs/design.md).
         return qm.SearchParams(
             quantization=qm.QuantizationSearchParams(rescore=True, oversampling=self.oversampling)
         )

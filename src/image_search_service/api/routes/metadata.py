@@ -11,7 +11,6 @@ from fastapi import APIRouter, Path, Query
 from image_search_service.api.deps import RequireApiKey, RequireJson, ServicesDep
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
-from image_search_service.api.schemas import NameCountOut, NameListOut, PersonRenameIn
 from image_search_service.core.errors import (
     DatabaseUnavailable,
     InvalidRequest,
@@ -19,8 +18,13 @@ from image_search_service.core.errors import (
     VectorStoreUnavailable,
 )
 from image_search_service.images.metadata import MAX_NAME_CHARS
-from image_search_service.services import metadata
-from image_search_service.services.metadata import MAX_NAME_OFFSET, MAX_NAME_PAGE, PersonNotFound
+from image_search_service.services.metadata import service as metadata
+from image_search_service.services.metadata.schemas import NameCountOut, NameListOut, PersonRenameIn
+from image_search_service.services.metadata.service import (
+    MAX_NAME_OFFSET,
+    MAX_NAME_PAGE,
+    PersonNotFound,
+)
 
 router = APIRouter(prefix=API_PREFIX, tags=["people and tags"])
 

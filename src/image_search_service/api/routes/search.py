@@ -1,10 +1,13 @@
-"""``/api/v1/search``: by text, by an uploaded image, or similar to a stored asset."""
+"""Search: ``/api/v1/search`` (text, uploaded image, combined, similar to a stored
+asset), ``/api/v1/embed`` (vectors for other services, nothing stored) and
+``/api/v1/events`` (what a user did with a result: the experiment's clicks)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated
 from uuid import UUID
 
@@ -13,6 +16,8 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from image_search_service.api.deps import (
     AppServices,
+    DbSession,
+    RequireApiKey,
     RequireJson,
     RequireMultipart,
     ServicesDep,
@@ -20,13 +25,6 @@ from image_search_service.api.deps import (
 )
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
-from image_search_service.api.schemas import (
-    CombinedSearchParams,
-    SearchParams,
-    SearchResponse,
-    TextSearchBody,
-    TextSearchParams,
-)
 from image_search_service.api.uploads import one_file_only, read_upload
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
@@ -38,19 +36,37 @@ from image_search_service.core.errors import (
     InvalidRequest,
     ModelLoadError,
     ModelMismatch,
+    SearchNotFound,
+    TooManyEvents,
+    Unauthorized,
     UnsupportedImage,
     VectorStoreUnavailable,
 )
-from image_search_service.services.embedding_router import RouteDecision, clean_user_id
-from image_search_service.services.search import (
+from image_search_service.core.specs import BASELINE
+from image_search_service.services.rollout.router import RouteDecision, clean_user_id
+from image_search_service.services.search.embed import EmbedOutcome, EmbedService
+from image_search_service.services.search.schemas import (
+    CombinedSearchParams,
+    EmbedBatchOut,
+    EmbedImageOut,
+    EmbedItemError,
+    EmbedTextOut,
+    EmbedTextRequest,
+    EventIn,
+    EventOut,
+    SearchParams,
+    SearchResponse,
+    TextSearchBody,
+    TextSearchParams,
+    embed_info,
+)
+from image_search_service.services.search.service import (
     MAX_EXAMPLES,
     SearchOptions,
     SearchOutcome,
     SearchRun,
     answer,
 )
-
-router = APIRouter(prefix=f"{API_PREFIX}/search", tags=["search"])
 
 _COMMON_ERRORS = (
     InvalidRequest,
@@ -60,6 +76,8 @@ _COMMON_ERRORS = (
     DatabaseUnavailable,
     VectorStoreUnavailable,
 )
+
+search_router = APIRouter(prefix=f"{API_PREFIX}/search", tags=["search"])
 
 
 async def _routed(
@@ -101,7 +119,7 @@ async def _routed(
     return SearchResponse.of(outcome, decision, took_ms, search_id=search_id)
 
 
-@router.get(
+@search_router.get(
     "",
     summary="Search by text (and stored example assets, with `like`)",
     responses=error_responses(*_COMMON_ERRORS, AssetNotFound),
@@ -126,7 +144,7 @@ async def search_text(
     )
 
 
-@router.post(
+@search_router.post(
     "",
     summary="Search by text (JSON body)",
     dependencies=[RequireJson],
@@ -149,7 +167,7 @@ async def search_text_json(
     )
 
 
-@router.post(
+@search_router.post(
     "/image",
     summary="Search by an example image (multipart field `file`)",
     dependencies=[RequireMultipart],
@@ -184,7 +202,7 @@ async def search_image(
     )
 
 
-@router.post(
+@search_router.post(
     "/combined",
     summary="Text, example images (uploaded or stored) and negative texts in one query",
     dependencies=[RequireMultipart],
@@ -229,7 +247,7 @@ def _combined_key(text: str | None, uploads: list[bytes]) -> str:
     return digest.hexdigest()
 
 
-@router.get(
+@search_router.get(
     "/similar/{asset_id}",
     summary="Photos like a stored asset (its stored vector, no re-encoding)",
     responses=error_responses(*_COMMON_ERRORS, AssetNotFound),
@@ -254,3 +272,166 @@ async def search_similar(
         ),
         encodes=False,
     )
+
+
+ModelParam = Annotated[
+    ModelKey, Query(description="the model to embed with (default: the baseline)")
+]
+
+_FILE_FORMATS = "JPEG, PNG, WebP, HEIC, MPO, GIF, TIFF or AVIF"
+
+_ERRORS = (Unauthorized, InvalidRequest, ModelLoadError)
+
+embed_router = APIRouter(prefix=f"{API_PREFIX}/embed", tags=["embed"], dependencies=[RequireApiKey])
+
+
+async def _run(
+    request: Request,
+    services: AppServices,
+    kind: str,
+    model: ModelKey,
+    work: Callable[[], EmbedOutcome],
+) -> EmbedOutcome:
+    request.state.model = model  # the latency metric's model label
+    outcome = await anyio.to_thread.run_sync(work, limiter=services.encode_limiter)
+    services.metrics.record_embed(kind, model, len(outcome.items), outcome.failed)
+    return outcome
+
+
+@embed_router.post(
+    "/image",
+    summary="The embedding of one image (multipart field `file`)",
+    dependencies=[RequireMultipart],
+    responses=error_responses(*_ERRORS, UnsupportedMediaType, UnsupportedImage, ImageTooLarge),
+)
+async def embed_image(
+    request: Request,
+    services: ServicesDep,
+    file: Annotated[UploadFile, File(description=_FILE_FORMATS)],
+    model: ModelParam = BASELINE,
+) -> EmbedImageOut:
+    await one_file_only(request)
+    data = await read_upload(file, services.ctx.settings.max_upload_bytes)
+    service = EmbedService(services.ctx)
+    outcome = await _run(
+        request, services, "image", model, lambda: service.embed_images([data], model=model)
+    )
+    item = outcome.items[0]
+    if item.error is not None:
+        raise item.error
+    assert item.vector is not None
+    return EmbedImageOut(embedding=item.vector.tolist(), **embed_info(outcome))
+
+
+@embed_router.post(
+    "/batch",
+    summary="Embeddings of several images (multipart fields `files`), in input order",
+    dependencies=[RequireMultipart],
+    responses=error_responses(*_ERRORS, UnsupportedMediaType, ImageTooLarge),
+)
+async def embed_batch(
+    request: Request,
+    services: ServicesDep,
+    files: Annotated[list[UploadFile], File(description=f"{_FILE_FORMATS} files")],
+    model: ModelParam = BASELINE,
+) -> EmbedBatchOut:
+    settings = services.ctx.settings
+    if len(files) > settings.embed_max_batch_files:
+        raise InvalidRequest(
+            f"{len(files)} files, at most {settings.embed_max_batch_files} per batch "
+            "(EMBED_MAX_BATCH_FILES)"
+        )
+    blobs: list[bytes] = []
+    total = 0
+    for upload in files:
+        # A file over MAX_UPLOAD_BYTES fails alone (the service says so in its place).
+        blob = await upload.read(settings.max_upload_bytes + 1)
+        total += len(blob)
+        if total > settings.embed_max_batch_bytes:
+            raise ImageTooLarge(
+                f"batch is over the limit of {settings.embed_max_batch_bytes:,} bytes "
+                "(EMBED_MAX_BATCH_BYTES)"
+            )
+        blobs.append(blob)
+    service = EmbedService(services.ctx)
+    outcome = await _run(
+        request, services, "batch", model, lambda: service.embed_images(blobs, model=model)
+    )
+    errors = [
+        EmbedItemError(
+            index=i,
+            filename=files[i].filename,
+            error=type(item.error).__name__,
+            detail=item.error.detail,
+        )
+        for i, item in enumerate(outcome.items)
+        if item.error is not None
+    ]
+    return EmbedBatchOut(
+        embeddings=[None if it.vector is None else it.vector.tolist() for it in outcome.items],
+        errors=errors,
+        **embed_info(outcome),
+    )
+
+
+@embed_router.post(
+    "/text",
+    summary='Embeddings of texts: {"texts": [...], "model": "clip"}',
+    dependencies=[RequireJson],
+    responses=error_responses(*_ERRORS, UnsupportedMediaType),
+)
+async def embed_text(
+    request: Request, services: ServicesDep, body: EmbedTextRequest
+) -> EmbedTextOut:
+    service = EmbedService(services.ctx)
+    outcome = await _run(
+        request,
+        services,
+        "text",
+        body.model,
+        lambda: service.embed_texts(body.texts, model=body.model),
+    )
+    return EmbedTextOut(
+        embeddings=[it.vector.tolist() for it in outcome.items if it.vector is not None],
+        **embed_info(outcome),
+    )
+
+
+events_router = APIRouter(prefix=API_PREFIX, tags=["experiment"])
+
+
+@events_router.post(
+    "/events",
+    summary="Record a click (open, more like this, download) on a search result",
+    dependencies=[RequireJson],
+    responses=error_responses(
+        InvalidRequest,
+        SearchNotFound,
+        TooManyEvents,
+        UnsupportedMediaType,
+        DatabaseUnavailable,
+        (413, "RequestTooLarge"),
+    ),
+)
+def record_event(services: ServicesDep, session: DbSession, body: EventIn) -> EventOut:
+    outcome = services.search_log.record_event(
+        session,
+        search_id=body.search_id,
+        asset_id=body.asset_id,
+        type_=body.type,
+        rank=body.rank,
+    )
+    if outcome.recorded:
+        services.metrics.record_event(outcome)
+    return EventOut.model_validate(
+        {"search_id": body.search_id, "recorded": outcome.recorded, "model": outcome.model}
+    )
+
+
+router = APIRouter()
+for _part in (
+    search_router,
+    embed_router,
+    events_router,
+):
+    router.include_router(_part)

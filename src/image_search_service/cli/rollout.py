@@ -1,0 +1,96 @@
+"""``image-search experiment``: the rollout experiment's report, and pruning its log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import click
+
+from image_search_service.cli.common import echo_json
+from image_search_service.core.config import load_settings
+
+if TYPE_CHECKING:
+    from image_search_service.services.rollout.report import ExperimentReport
+
+
+@click.group()
+def experiment() -> None:
+    """The SigLIP rollout experiment: which model do users click more?"""
+
+
+@experiment.command()
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    help="only searches at or after this time (UTC)",
+)
+@click.option(
+    "--min-effect",
+    type=click.FloatRange(0.001, 0.5),
+    default=0.02,
+    show_default=True,
+    help="absolute CTR change the sample size is computed for",
+)
+def report(as_json: bool, since: datetime | None, min_effect: float) -> None:
+    """Per-arm metrics, differences with significance, and a recommendation."""
+    from image_search_service.services.rollout.report import report_for
+
+    when = since.replace(tzinfo=UTC) if since is not None else None
+    result = report_for(load_settings(), since=when, min_effect=min_effect)
+    if as_json:
+        echo_json(result.as_dict())
+        return
+    _print(result)
+
+
+@experiment.command()
+def prune() -> None:
+    """Delete recorded searches and events older than EXPERIMENT_RETENTION_DAYS."""
+    from image_search_service.services.rollout.report import prune_for
+
+    removed = prune_for(load_settings(), now=datetime.now(UTC))
+    click.echo(f"pruned {removed} searches")
+
+
+def _print(result: ExperimentReport) -> None:
+    click.echo(
+        f"SIGLIP_ROLLOUT_PERCENTAGE={result.siglip_rollout_percentage} "
+        f"INTERLEAVE_PERCENTAGE={result.interleave_percentage}"
+        + (f", since {result.since.isoformat()}" if result.since else "")
+    )
+    header = (
+        "arm", "searches", "CTR", "CTR@1", "CTR@5", "MRR", "zero", "aband", "reform",
+        "p50ms", "p95ms",
+    )  # fmt: skip
+    click.echo(" ".join(f"{h:>11}" for h in header))
+    for arm in result.arms.values():
+        cells = [
+            arm.arm,
+            f"{arm.searches:,}",
+            f"{arm.ctr:.1%}",
+            f"{arm.ctr_at_1:.1%}",
+            f"{arm.ctr_at_5:.1%}",
+            f"{arm.mrr:.3f}",
+            f"{arm.zero_result_rate:.1%}",
+            f"{arm.abandonment_rate:.1%}",
+            f"{arm.reformulation_rate:.1%}",
+            "-" if arm.latency_p50_ms is None else f"{arm.latency_p50_ms:.0f}",
+            "-" if arm.latency_p95_ms is None else f"{arm.latency_p95_ms:.0f}",
+        ]
+        click.echo(" ".join(f"{c:>11}" for c in cells))
+    for c in result.comparisons:
+        click.echo(
+            f"{c.metric}: {result.candidate} - {result.baseline} = {c.difference:+.4f} "
+            f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}], p={c.p_value:.3g} ({c.method})"
+        )
+    il = result.interleaving
+    click.echo(
+        f"interleaving: {il.searches} searches, {il.wins} wins / {il.losses} losses / "
+        f"{il.ties} ties for {result.candidate}, sign test p={il.p_value:.3g}"
+    )
+    click.echo(f"recommendation: {result.recommendation.text}")
+
+
+COMMANDS: list[click.Command] = [experiment]

@@ -1,0 +1,75 @@
+"""What every request and response schema shares: UTC times, ISO-only dates, no NUL."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    model_validator,
+)
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive times; every time the API gives carries its zone.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+def iso_only(value: Any) -> Any:
+    """Refuse a bare number where a time is asked for: pydantic reads it as a Unix time,
+    and `taken_before=0.5` or `since=0` is a mistake, not 1970."""
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+    ):
+        raise ValueError("must be an ISO 8601 date or date-time, not a number")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(iso_only)]
+
+
+ImageFormat = Literal["JPEG", "MPO", "PNG", "WEBP", "HEIF", "GIF", "TIFF", "AVIF"]
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+MAX_FILTER_NAMES = 20
+
+
+def _nul_free(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, dict):
+        return all(_nul_free(k) and _nul_free(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_nul_free(v) for v in value)
+    return True
+
+
+class InputModel(BaseModel):
+    """What a client sends. No text in it may hold a NUL character: nothing real needs
+    one, PostgreSQL cannot store one, and SQLite cuts a LIKE pattern short at it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        if not _nul_free(data):
+            raise ValueError("text must not contain NUL characters (\\x00)")
+        return data
+
+
+class OutputModel(BaseModel):
+    """What the service gives: built from the services' objects by attribute
+    (``Model.model_validate(obj)``), returned by routes and printed by the CLI's
+    ``--json``, so a result has one public shape everywhere."""
+
+    model_config = ConfigDict(from_attributes=True)

@@ -1,0 +1,1 @@
+"""The library: indexing folders and buckets, ingest on arrival, watched folders, assets."""

@@ -1,0 +1,186 @@
+"""Ingest on arrival: S3 event notifications (or lists of URIs) become indexing work.
+
+The body is either the JSON an S3-compatible store sends for its notifications
+(``{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": ...},
+"object": {"key": ...}}}]}``, as AWS, MinIO and others send), a JSON list of
+``s3://bucket/key`` URIs, or ``{"uris": [...]}``.
+
+Created and removed events are treated alike: the work is "bring these objects up to
+date" (:func:`buckets.index_objects` asks the bucket for each object's state
+now), so a redelivered, duplicated or out-of-order event does no harm, and an object
+created and deleted again before the work runs ends up missing, as it should.
+The work goes to RQ when ``REDIS_URL`` (and a shared vector store) are configured,
+otherwise to one background thread of this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+from urllib.parse import unquote_plus
+
+from image_search_service.context import ServiceContext
+from image_search_service.core.errors import InvalidRequest
+from image_search_service.images.s3 import SCHEME, parse_object_uri
+from image_search_service.jobs.dispatcher import Dispatcher
+from image_search_service.jobs.process import job_context
+from image_search_service.jobs.queue import (
+    choose_runner,
+    connect,
+    enqueue_many,
+    is_waiting,
+    job_data,
+    work_queue,
+)
+from image_search_service.services.library.buckets import index_objects
+from image_search_service.services.library.indexing import IndexReport, models_to_index
+
+logger = logging.getLogger(__name__)
+
+MAX_URIS = 1000
+
+
+@dataclass(frozen=True)
+class IngestSubmission:
+    runner: Literal["rq", "in-process"]
+    accepted: int  # distinct object URIs in the request
+    queued: int  # of those, newly queued (the rest was already waiting)
+    job_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_ingest_body(body: Any) -> list[str]:
+    """Distinct object URIs, in order, from an S3 event notification or a URI list."""
+    uris: list[str] = []
+    if isinstance(body, list):
+        uris = [_uri_item(item) for item in body]
+    elif isinstance(body, dict) and isinstance(body.get("uris"), list):
+        uris = [_uri_item(item) for item in body["uris"]]
+    elif isinstance(body, dict) and isinstance(body.get("Records"), list):
+        for record in body["Records"]:
+            uri = _record_uri(record)
+            if uri is not None:
+                uris.append(uri)
+    elif isinstance(body, dict) and body.get("Event") == "s3:TestEvent":
+        return []  # AWS checks the endpoint with this when notifications are set up
+    else:
+        raise InvalidRequest(
+            'body must be an S3 event notification ({"Records": [...]}), a list of '
+            's3:// URIs, or {"uris": [...]}'
+        )
+    distinct = list(dict.fromkeys(uris))
+    if len(distinct) > MAX_URIS:
+        raise InvalidRequest(f"at most {MAX_URIS} objects per request")
+    for uri in distinct:
+        try:
+            parse_object_uri(uri)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+    return distinct
+
+
+def _uri_item(item: Any) -> str:
+    if not isinstance(item, str) or not item.startswith(SCHEME):
+        raise InvalidRequest(f"not an s3:// object URI: {str(item)[:200]!r}")
+    return item
+
+
+def _record_uri(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        raise InvalidRequest("each record must be an object")
+    event = str(record.get("eventName", ""))
+    if not event.startswith(
+        ("ObjectCreated", "ObjectRemoved", "s3:ObjectCreated", "s3:ObjectRemoved")
+    ):
+        return None  # other notifications (replication, lifecycle, ...) are not ours
+    try:
+        bucket = record["s3"]["bucket"]["name"]
+        key = record["s3"]["object"]["key"]
+    except (KeyError, TypeError):
+        raise InvalidRequest("a record lacks s3.bucket.name or s3.object.key") from None
+    if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
+        raise InvalidRequest("s3.bucket.name and s3.object.key must be non-empty strings")
+    # Keys in notifications are URL-encoded, spaces as "+".
+    return f"{SCHEME}{bucket}/{unquote_plus(key)}"
+
+
+def ingest_objects(ctx: ServiceContext, uris: Sequence[str]) -> IndexReport:
+    """Bring these objects up to date in the index (the body of a queued ingest)."""
+    keys = models_to_index(ctx, "auto")
+    report = IndexReport(models=list(keys))
+    specs = [ctx.spec(k) for k in keys]
+    for key in keys:
+        ctx.ensure_collection(key)
+    if index_objects(ctx, uris, specs=specs, report=report):
+        for spec in specs:
+            ctx.store.optimize(spec.collection)
+    logger.info(
+        "ingested %d objects: indexed %d, skipped %d, failed %d, missing %d",
+        len(uris),
+        report.indexed,
+        report.skipped,
+        report.failed,
+        report.missing,
+    )
+    return report
+
+
+def ingest_objects_job(uris: list[str]) -> dict[str, Any]:
+    """The RQ job: :func:`ingest_objects` with this process's context."""
+    data = ingest_objects(job_context(), uris).as_dict()
+    data["failures"] = data["failures"][:20]
+    data["unsupported_files"] = data["unsupported_files"][:20]
+    return data
+
+
+INGEST_JOB = f"{__name__}.{ingest_objects_job.__qualname__}"
+INGEST = "ingest"  # the dispatcher's job kind
+
+
+def submit_ingest(
+    ctx: ServiceContext, uris: Sequence[str], *, dispatcher: Dispatcher
+) -> IngestSubmission:
+    """Queue indexing work for ``uris`` under a key derived from the URIs, so a
+    redelivery while the first is still waiting is not queued again: an RQ job, or a job
+    on this process's dispatcher (kept to the end when the server shuts down: the
+    notification was acknowledged)."""
+    runner, _note = choose_runner(ctx.settings)
+    if not uris:
+        return IngestSubmission(runner=runner, accepted=0, queued=0, job_id=None)
+    job_id = "ingest-" + hashlib.sha256("\n".join(sorted(uris)).encode()).hexdigest()[:32]
+    if runner == "in-process":
+        todo = list(uris)
+        _job, new = dispatcher.submit(
+            INGEST,
+            lambda _control: ingest_objects(ctx, todo),
+            key=job_id,
+            description=f"ingest of {len(todo)} objects",
+            keep_on_close=True,
+        )
+        return IngestSubmission(
+            runner="in-process", accepted=len(uris), queued=len(uris) if new else 0, job_id=None
+        )
+    assert ctx.settings.redis_url
+    connection = connect(ctx.settings.redis_url)
+    try:
+        if is_waiting(connection, job_id):
+            return IngestSubmission(runner="rq", accepted=len(uris), queued=0, job_id=job_id)
+        enqueue_many(
+            work_queue(connection),
+            [
+                job_data(
+                    INGEST_JOB,
+                    (list(uris),),
+                    job_id=job_id,
+                    description=f"ingest {len(uris)} objects",
+                )
+            ],
+        )
+    finally:
+        connection.close()
+    return IngestSubmission(runner="rq", accepted=len(uris), queued=len(uris), job_id=job_id)

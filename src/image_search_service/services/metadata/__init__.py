@@ -1,0 +1,1 @@
+"""People, tags and captions: re-read from files, edited by users, pushed to payloads."""

@@ -1,0 +1,1 @@
+"""Re-embedding the library with a model: plan, job body, runners, progress, collections."""

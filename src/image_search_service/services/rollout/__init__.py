@@ -1,0 +1,1 @@
+"""The model rollout: the embedding router, live flags, interleaving and the experiment report."""

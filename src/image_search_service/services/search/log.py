@@ -1,0 +1,317 @@
+"""Recording searches and their click events for the rollout experiment.
+
+Every answered search gets an id and a row in the experiment log: who asked (user id
+or anonymous, bucket), which arm answered (a model, or ``interleaved``), what the
+flags chose and why the router fell back, the kind of query, the result ids in order
+(with each result's team when interleaved), the count and the latency.
+
+Recording never slows or fails a search: :meth:`SearchLog.record` puts the record on
+a bounded queue and returns; one writer thread inserts records in batches, and an
+error there is logged and counted (``errors``), never raised to the search. An event
+waits for the queue to drain first, so a click right after its search finds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, get_args
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from image_search_service.context import ServiceContext
+from image_search_service.core.config import INTERLEAVED
+from image_search_service.core.errors import InvalidRequest, SearchNotFound, TooManyEvents
+from image_search_service.core.specs import CANDIDATE
+from image_search_service.db import experiment_repository as exp_repo
+from image_search_service.db.experiment_repository import SearchRecord, latency_bucket
+from image_search_service.services.rollout.router import RouteDecision
+from image_search_service.services.search.service import SearchOutcome
+
+logger = logging.getLogger(__name__)
+
+EventType = Literal["click", "open", "more_like_this", "download"]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+QueryKind = Literal["text", "image", "similar"]
+
+# Latency is kept as a log-scale bucket too (about 6 % wide) so the report can take
+# percentiles from a GROUP BY instead of sorting every search.
+
+
+QUEUE_SIZE = 10_000
+BATCH_SIZE = 500
+PRUNE_EVERY_S = 3600.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_record(
+    *,
+    search_id: uuid.UUID,
+    decision: RouteDecision,
+    outcome: SearchOutcome,
+    kind: str,
+    latency_ms: float,
+    now: datetime,
+) -> SearchRecord:
+    return SearchRecord(
+        id=search_id,
+        created_at=now,
+        user_id=decision.user_id,
+        bucket=decision.bucket,
+        arm=outcome.arm,
+        selected=INTERLEAVED if decision.interleave else decision.selected,
+        fallback_code=decision.fallback_code,
+        kind=kind,
+        asset_ids=tuple(str(h.asset_id) for h in outcome.results),
+        models=tuple(h.model for h in outcome.results) if outcome.interleaved else None,
+        latency_ms=latency_ms,
+        latency_bucket=latency_bucket(latency_ms),
+    )
+
+
+def write_records(
+    session: Session, records: Sequence[SearchRecord], *, reformulation_window: timedelta
+) -> None:
+    """Insert ``records`` and mark the searches they reformulate: a user's earlier text
+    search, within the window, that got no click."""
+    exp_repo.insert_searches(session, records)
+    for r in records:
+        if r.kind == "text" and r.user_id is not None:
+            exp_repo.mark_reformulated(
+                session,
+                user_id=r.user_id,
+                since=r.created_at - reformulation_window,
+                before=r.created_at,
+            )
+
+
+class _Flush:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP = object()
+
+
+class SearchLog:
+    """The per-process experiment recorder (see the module docstring).
+
+    ``background=False`` writes each record at once in the caller's thread (the CLI,
+    tests and simulations, where the order of writes must be exactly the calls').
+    """
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        background: bool = True,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.ctx = ctx
+        settings = ctx.settings
+        self.enabled = settings.experiment_recording
+        self.retention = timedelta(days=settings.experiment_retention_days)
+        self.window = timedelta(seconds=settings.experiment_reformulation_window_s)
+        self.max_events = settings.experiment_max_events_per_search
+        self.background = background
+        self.clock = clock
+        self.recorded = 0
+        self.errors = 0
+        self.dropped = 0
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._next_prune = 0.0
+
+    # -- searches ------------------------------------------------------------------------
+    def record(
+        self,
+        *,
+        search_id: uuid.UUID,
+        decision: RouteDecision,
+        outcome: SearchOutcome,
+        kind: str,
+        latency_ms: float,
+    ) -> None:
+        """Log one answered search. Never raises."""
+        if not self.enabled:
+            return
+        try:
+            record = make_record(
+                search_id=search_id,
+                decision=decision,
+                outcome=outcome,
+                kind=kind,
+                latency_ms=latency_ms,
+                now=self.clock(),
+            )
+            if not self.background:
+                self._write([record])
+                return
+            self._ensure_thread()
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+            self.errors += 1
+            logger.warning("experiment log queue is full: search %s not recorded", search_id)
+        except Exception:  # recording must never fail a search
+            self.errors += 1
+            logger.exception("could not record search %s", search_id)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every record queued so far is written (or failed)."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        marker = _Flush()
+        self._queue.put(marker)
+        marker.done.wait(timeout)
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout=10.0)
+        self._thread = None
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="experiment-log", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch: list[SearchRecord] = []
+            markers: list[_Flush] = []
+            stop = False
+            while True:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, _Flush):
+                    markers.append(item)
+                elif isinstance(item, SearchRecord):
+                    batch.append(item)
+                if stop or len(batch) >= BATCH_SIZE:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._write(batch)
+            for marker in markers:
+                marker.done.set()
+            if stop:
+                return
+            self._maybe_prune()
+
+    def _write(self, batch: list[SearchRecord]) -> None:
+        try:
+            with self.ctx.transaction() as session:
+                write_records(session, batch, reformulation_window=self.window)
+            self.recorded += len(batch)
+        except Exception:
+            self.errors += len(batch)
+            logger.exception("could not record %d searches in the experiment log", len(batch))
+
+    def _maybe_prune(self) -> None:
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        try:
+            self.prune()
+        except Exception:
+            logger.exception("could not prune the experiment log")
+
+    def prune(self) -> int:
+        """Delete what is older than ``EXPERIMENT_RETENTION_DAYS``."""
+        with self.ctx.transaction() as session:
+            removed = exp_repo.prune(session, older_than=self.clock() - self.retention)
+        if removed:
+            logger.info("experiment log: pruned %d searches past retention", removed)
+        return removed
+
+    # -- events --------------------------------------------------------------------------
+    def record_event(
+        self,
+        session: Session,
+        *,
+        search_id: uuid.UUID,
+        asset_id: uuid.UUID,
+        type_: str,
+        rank: int,
+    ) -> EventOutcome:
+        """Validate and store one event (the caller commits). Raises
+        :class:`SearchNotFound` for an unknown or expired search, :class:`InvalidRequest`
+        for an asset not among its results (at that rank) or an unknown type, and
+        :class:`TooManyEvents` past the per-search cap; nothing is stored then. The same
+        event twice is stored once (``recorded=False`` the second time)."""
+        if type_ not in EVENT_TYPES:
+            raise InvalidRequest(f"type must be one of {', '.join(EVENT_TYPES)}")
+        self.flush()
+        found = exp_repo.get_search(session, search_id)
+        if found is None or _aware(found[0].created_at) < self.clock() - self.retention:
+            raise SearchNotFound(f"search {search_id} is unknown or has expired")
+        search, results = found
+        try:
+            position = results.asset_ids.index(str(asset_id))
+        except ValueError:
+            raise InvalidRequest(
+                f"asset {asset_id} is not among the results of that search"
+            ) from None
+        if rank != position + 1:
+            raise InvalidRequest(
+                f"asset {asset_id} is at rank {position + 1} of that search, not {rank}"
+            )
+        model = results.models[position] if results.models else search.arm
+        outcome = EventOutcome(recorded=False, arm=search.arm, model=model, type=type_)
+        if exp_repo.event_exists(session, search_id, asset_id, type_):
+            return outcome
+        credit = (model == CANDIDATE) if search.arm == INTERLEAVED else None
+        try:
+            with session.begin_nested():
+                stored = exp_repo.add_event(
+                    session,
+                    search_id=search_id,
+                    asset_id=asset_id,
+                    type_=type_,
+                    rank=rank,
+                    model=model,
+                    credit_candidate=credit,
+                    max_events=self.max_events,
+                )
+        except IntegrityError:  # the same event, stored meanwhile by another request
+            return outcome
+        if not stored:
+            raise TooManyEvents(
+                f"search {search_id} already holds {self.max_events} events "
+                "(EXPERIMENT_MAX_EVENTS_PER_SEARCH)"
+            )
+        return EventOutcome(recorded=True, arm=search.arm, model=model, type=type_)
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    recorded: bool  # False: the same event was already stored
+    arm: str
+    model: str  # the model credited
+    type: str
+
+
+def _aware(when: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every time here is UTC.
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
