@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,36 @@ from PIL import Image
 from image_search_service.core.specs import DEMO_MODELS_DIR, ModelSpec
 from image_search_service.demo.synthetic import ALL_SPECS, caption_for, write_library
 from image_search_service.encoders import onnx_export
+from image_search_service.encoders.cpu import (
+    CPU_ISAS,
+    SATURATING_U8S8,
+    detect_cpu_isa,
+    int8_settings,
+)
 from image_search_service.encoders.onnx import OnnxEncoder
 from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.images.loading import load_image
 from tests.factories import jpeg_bytes, write_tiny_model
 
 TEXTS = ["a red circle", "two dogs on a beach", "a blue star at night"]
+
+# The CPU classes the INT8 tests force, one per set of quantization settings:
+# avx512_vnni stands for every class given U8S8 (avx_vnni, arm64_dotprod, arm64, other),
+# avx2 for every class given U8U8 (avx512 without VNNI, x86_64).
+ISA_CLASSES = ("avx512_vnni", "avx2")
+# Every settings some class is given is among those tested.
+assert {int8_settings(isa) for isa in ISA_CLASSES} == {int8_settings(isa) for isa in CPU_ISAS}
+
+
+def _exact_here(isa: str) -> bool:
+    """Whether ``isa``'s INT8 settings compute exactly on the CPU running the tests: U8U8
+    (or 7-bit weights) on every CPU; U8S8 on every CPU but x86-64 without VNNI, where
+    products may saturate and only the rule is checked.
+
+    ONNX Runtime on a VNNI CPU (the development machine) runs U8S8 without saturating, so
+    forcing the AVX2 class there checks that its settings are accurate, not that U8S8
+    saturates."""
+    return int8_settings(isa).exact_on_every_cpu or detect_cpu_isa() not in SATURATING_U8S8
 
 
 def _spec(name: str, key: str, dim: int) -> ModelSpec:
@@ -80,19 +105,38 @@ class TestExportAndAgreement:
         assert manifest["precisions"]["fp32"]["image"]["fused_attention"] == 1
         _assert_agrees(enc, OpenClipEncoder(spec, device="cpu"), 0.99999)
 
+    @pytest.mark.parametrize("isa", ISA_CLASSES)
     @pytest.mark.parametrize("key", ["clip", "siglip"])
-    def test_trained_demo_models_fp32_and_int8(self, tmp_path: Path, key: str) -> None:
-        """CLIP-style and SigLIP-style trained weights: INT8 per-channel stays >= 0.999."""
+    def test_trained_demo_models_fp32_and_int8(self, tmp_path: Path, key: str, isa: str) -> None:
+        """CLIP-style and SigLIP-style trained weights, quantized per-channel with the
+        settings chosen for ``isa``: INT8 serves iff it agrees with PyTorch to >= 0.999 on
+        both towers, and settings that compute exactly here do agree."""
         spec = _demo(key)
         reference = OpenClipEncoder(spec, device="cpu")
-        fp32 = OnnxEncoder(spec, export_dir=tmp_path / "onnx")
+        fp32 = OnnxEncoder(spec, export_dir=tmp_path / "onnx", cpu_isa=isa)
         _assert_agrees(fp32, reference, 0.99999)
-        int8 = OnnxEncoder(spec, export_dir=tmp_path / "onnx", precision="int8")
+        int8 = OnnxEncoder(spec, export_dir=tmp_path / "onnx", precision="int8", cpu_isa=isa)
         int8.load()
-        assert int8.runtime == "onnx-int8"
         assert int8.export is not None
         assert int8.export.directory == fp32.export.directory  # type: ignore[union-attr]
-        assert min(int8.export.min_cosine("int8").values()) >= onnx_export.INT8_MIN_COSINE
+        assert int8.export.cpu_isa == isa
+        check = int8.export.int8_check
+        assert check is not None
+        assert check["settings"] == int8_settings(isa).name
+        assert set(check["min_cosine"]) == {"image", "text"}
+        accepted = min(check["min_cosine"].values()) >= onnx_export.INT8_MIN_COSINE
+        # The rule, whatever this CPU computes: INT8 serves iff it agrees.
+        assert int8.runtime == ("onnx-int8" if accepted else "onnx-fp32")
+        assert (int8.int8_refused is None) is accepted
+        assert int8.tower_runtimes == {"image": int8.runtime, "text": int8.runtime}
+        if _exact_here(isa):
+            # Includes: with the AVX2 settings (U8U8) both demo models reach >= 0.999.
+            assert accepted, check
+        if not accepted:
+            assert "min cosine" in str(int8.int8_refused)
+            _assert_agrees(int8, reference, 0.99999)  # fp32 ONNX serves
+            return
+        assert int8.export.min_cosine("int8") == pytest.approx(check["min_cosine"], abs=1e-6)
         assert int8.export.path("image", "int8").stat().st_size < (
             int8.export.path("image", "fp32").stat().st_size
         )
@@ -102,6 +146,19 @@ class TestExportAndAgreement:
             assert int8.cosine_at(0.5) == pytest.approx(reference.cosine_at(0.5))
         else:
             assert int8.calibrated_score(0.3) is None
+
+    @pytest.mark.parametrize("key", ["clip", "siglip"])
+    def test_int8_of_this_cpus_own_class_serves(
+        self, tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Unforced, the class is detected and its settings hold here: the issue-27 AVX2
+        machine served fp32 for both demo models before INT8 was chosen per CPU."""
+        monkeypatch.delenv("ONNX_CPU_ISA", raising=False)
+        int8 = OnnxEncoder(_demo(key), export_dir=tmp_path / "onnx", precision="int8")
+        assert int8.cpu_isa == detect_cpu_isa()
+        assert int8.runtime == "onnx-int8", int8.int8_refused
+        assert int8.export is not None
+        assert int8.export.directory.name.endswith(f"-{detect_cpu_isa()}")
 
     def test_pytorch_weights_are_released_once_onnx_serves(
         self, tiny_models: dict[str, Path], tmp_path: Path
@@ -210,6 +267,59 @@ class TestExportCache:
         assert not old_dir.exists()  # the stale export is not kept
         _assert_agrees(new, OpenClipEncoder(spec, device="cpu"), 0.99999)
 
+    def test_an_export_is_kept_per_cpu_class_and_never_used_on_another(
+        self, tiny_models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        spec = _tiny(tiny_models, "clip")
+        vnni = OnnxEncoder(spec, export_dir=tmp_path / "onnx", cpu_isa="avx512_vnni")
+        avx2 = OnnxEncoder(spec, export_dir=tmp_path / "onnx", cpu_isa="avx2")
+        assert vnni.export is not None
+        assert avx2.export is not None
+        vnni_dir, avx2_dir = vnni.export.directory, avx2.export.directory
+        assert vnni_dir.name.endswith("-avx512_vnni")
+        assert avx2_dir.name.endswith("-avx2")
+        # Same weights, two classes: a model cache shared by two machines keeps both.
+        assert vnni_dir.exists()
+        assert avx2.export.cpu_isa == "avx2"
+        # A whole, intact export made for another class, found where this class's export
+        # belongs, is not trusted: it is rebuilt for this class.
+        shutil.rmtree(avx2_dir)
+        shutil.copytree(vnni_dir, avx2_dir)
+        caplog.set_level(logging.INFO, logger="image_search_service")
+        caplog.clear()
+        again = OnnxEncoder(spec, export_dir=tmp_path / "onnx", cpu_isa="avx2")
+        again.load()
+        assert any("partial or corrupt" in r.getMessage() for r in caplog.records)
+        assert any("exported" in r.getMessage() for r in caplog.records)
+        manifest = json.loads((avx2_dir / "manifest.json").read_text())
+        assert manifest["cpu_isa"] == "avx2"
+        _assert_agrees(again, OpenClipEncoder(spec, device="cpu"), 0.99999)
+
+    def test_older_layouts_and_other_weights_are_pruned_on_every_class(
+        self, tiny_models: dict[str, Path], tmp_path: Path
+    ) -> None:
+        spec = _tiny(tiny_models, "siglip")
+        kept = OnnxEncoder(spec, export_dir=tmp_path / "onnx", cpu_isa="avx512_vnni")
+        assert kept.export is not None
+        kept_dir = kept.export.directory
+        stem_digest = kept_dir.name.rsplit("-", 1)[0]
+        stem = stem_digest.rsplit("-", 1)[0]
+        stale = [
+            tmp_path / "onnx" / stem_digest,  # format 2: no CPU class in the name
+            tmp_path / "onnx" / f"{stem}-{'0' * 20}-avx2",  # other weights, other class
+        ]
+        for folder in stale:
+            folder.mkdir()
+            (folder / "image.onnx").write_bytes(b"old")
+        other_model = tmp_path / "onnx" / f"other-{'0' * 20}-avx2"
+        other_model.mkdir()
+        new = OnnxEncoder(spec, export_dir=tmp_path / "onnx", cpu_isa="avx2")
+        assert new.export is not None
+        assert new.export.directory.name == f"{stem_digest}-avx2"
+        assert not [folder for folder in stale if folder.exists()]
+        assert kept_dir.exists()  # the same weights for another class
+        assert other_model.exists()  # another model altogether
+
 
 class TestFallbacks:
     def test_failed_export_falls_back_to_pytorch_with_one_log_line(
@@ -234,33 +344,45 @@ class TestFallbacks:
         )
         np.testing.assert_allclose(enc.encode_text(TEXTS), reference.encode_text(TEXTS), atol=1e-6)
 
+    @pytest.mark.parametrize("isa", ISA_CLASSES)
     def test_int8_failing_agreement_is_refused_and_fp32_serves(
         self,
         tiny_models: dict[str, Path],
         tmp_path: Path,
         caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch,
+        isa: str,
     ) -> None:
         # No INT8 export of anything reaches a cosine above 1: the check must refuse it.
         monkeypatch.setattr(onnx_export, "INT8_MIN_COSINE", 1.5)
         spec = _tiny(tiny_models, "siglip")
-        caplog.set_level(logging.WARNING, logger="image_search_service")
+        caplog.set_level(logging.INFO, logger="image_search_service")
         caplog.clear()
-        enc = OnnxEncoder(spec, export_dir=tmp_path / "onnx", precision="int8")
+        enc = OnnxEncoder(spec, export_dir=tmp_path / "onnx", precision="int8", cpu_isa=isa)
         enc.load()
         assert enc.runtime == "onnx-fp32"
+        assert enc.tower_runtimes == {"image": "onnx-fp32", "text": "onnx-fp32"}
         assert enc.export is not None
         assert not enc.export.has("int8")
         assert not list(enc.export.directory.glob("*int8*"))
         manifest = json.loads((enc.export.directory / "manifest.json").read_text())
         assert "min cosine" in manifest["int8_refused"]
-        assert any("INT8 refused" in r.getMessage() for r in caplog.records)
+        assert f"CPU class {isa}" in manifest["int8_refused"]
+        assert manifest["int8_check"]["settings"] == int8_settings(isa).name
+        assert enc.int8_refused == manifest["int8_refused"]
+        # Not a fault: one INFO line says what serves and why, and nothing warns.
+        refused = [r for r in caplog.records if "INT8 refused" in r.getMessage()]
+        assert [r.levelno for r in refused] == [logging.INFO]
+        assert "fp32 serves" in refused[0].getMessage()
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         _assert_agrees(enc, OpenClipEncoder(spec, device="cpu"), 0.99999)
         # Recorded: the next start does not quantize and refuse all over again.
-        caplog.clear()
-        again = OnnxEncoder(spec, export_dir=tmp_path / "onnx", precision="int8")
+        written = (enc.export.directory / "manifest.json").stat().st_mtime_ns
+        again = OnnxEncoder(spec, export_dir=tmp_path / "onnx", precision="int8", cpu_isa=isa)
         again.load()
         assert again.runtime == "onnx-fp32"
+        assert again.int8_refused == manifest["int8_refused"]
+        assert (enc.export.directory / "manifest.json").stat().st_mtime_ns == written
 
     def test_a_corrupt_model_that_onnx_runtime_cannot_load_falls_back(
         self, tiny_models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -299,24 +421,33 @@ def test_demo_model_folder_is_read_only_input(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key", ["clip", "siglip"])
 def test_int8_keeps_the_demo_models_search_results(tmp_path: Path, key: str) -> None:
     """The rule behind the INT8 default, on a small held-out set of the shape world:
-    precision within 0.02 of fp32 and recall@10 of INT8 against fp32 >= 0.98."""
+    precision within 0.02 of fp32 and recall@10 of INT8 against fp32 >= 0.98, with the
+    settings of each CPU class that compute exactly here (see ``_exact_here``)."""
     written = write_library(
         tmp_path / "held-out", 160, seed=77, jpeg_quality_range=(55, 90), size_range=(140, 300)
     )
     queries = [caption_for([spec]) for spec in ALL_SPECS]
     relevant = np.array([[spec.label in pic.labels for _, pic in written] for spec in ALL_SPECS])
+    runs: list[tuple[str, str | None]] = [("fp32", None)] + [
+        ("int8", isa) for isa in ISA_CLASSES if _exact_here(isa)
+    ]
+    assert len(runs) >= 2  # the AVX2 class's settings are exact everywhere
     results = {}
-    for precision in ("fp32", "int8"):
-        enc = OnnxEncoder(_demo(key), export_dir=tmp_path / "onnx", precision=precision)
+    for precision, isa in runs:
+        enc = OnnxEncoder(
+            _demo(key), export_dir=tmp_path / "onnx", precision=precision, cpu_isa=isa
+        )
         images = enc.encode_images(
             [
                 load_image(path, max_pixels=10**8, min_side=enc.image_size).image
                 for path, _ in written
             ]
         )
-        assert enc.runtime == f"onnx-{precision}"
+        assert enc.runtime == f"onnx-{precision}", (isa, enc.int8_refused)
         scores = enc.encode_text(queries) @ images.T
-        results[precision] = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+        results[f"{precision}-{isa}" if isa else precision] = np.argsort(
+            -scores, axis=1, kind="stable"
+        )[:, :10]
     precision_at_10 = {}
     for precision, top in results.items():
         rows = []
@@ -327,11 +458,14 @@ def test_int8_keeps_the_demo_models_search_results(tmp_path: Path, key: str) -> 
         assert len(rows) >= 35
         precision_at_10[precision] = float(np.mean(rows))
     assert precision_at_10["fp32"] >= 0.8  # a trained model: the check has teeth
-    assert abs(precision_at_10["int8"] - precision_at_10["fp32"]) <= 0.02
-    recall = np.mean(
-        [len(set(a) & set(b)) / 10 for a, b in zip(results["int8"], results["fp32"], strict=True)]
-    )
-    assert recall >= 0.98
+    for name, top in results.items():
+        if name == "fp32":
+            continue
+        assert abs(precision_at_10[name] - precision_at_10["fp32"]) <= 0.02, name
+        recall = np.mean(
+            [len(set(a) & set(b)) / 10 for a, b in zip(top, results["fp32"], strict=True)]
+        )
+        assert recall >= 0.98, name
 
 
 def test_an_export_killed_half_way_leaves_nothing_that_is_used_or_kept(
@@ -417,3 +551,77 @@ class TestRewrittenImageTower:
         assert cosine >= onnx_export.FP32_MIN_COSINE
         assert "MultiHeadAttention" not in ops
         assert "Softmax" in ops
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_status_says_what_serves_each_tower_and_never_loads_a_model(
+    make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: bool
+) -> None:
+    """``GET /api/v1/admin/status`` and ``image-search status``: per tower, the precision
+    that serves and why INT8 does not, for the models this process has loaded; the others
+    are said to be not loaded, and asking loads nothing."""
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from image_search_service.api.app import create_app
+    from image_search_service.cli import main
+    from image_search_service.context import open_context
+    from image_search_service.services.library.index import index_paths
+    from tests.factories import write_jpeg
+
+    # U8U8, the AVX2 class's settings: exact on every CPU, so demo-clip's INT8 holds.
+    monkeypatch.setenv("ONNX_CPU_ISA", "avx2")
+    if refused:
+        monkeypatch.setattr(onnx_export, "INT8_MIN_COSINE", 1.5)  # nothing reaches it
+    settings = make_settings(
+        encoder_runtime="onnx",
+        encoder_precision="int8",
+        clip_model_name="demo-clip",
+        clip_pretrained="",
+    )
+    for i, colour in enumerate([(220, 20, 20), (20, 200, 40), (30, 40, 220)]):
+        write_jpeg(tmp_path / "lib" / f"p{i}.jpg", colour=colour, seed=i, size=(96, 72))
+    ctx = open_context(settings)
+    try:
+        index_paths(ctx, [tmp_path / "lib"], model_keys=["clip"])
+    finally:
+        ctx.close()
+
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
+        registry = client.app.state.services.ctx.encoders  # type: ignore[attr-defined]
+        before = client.get("/api/v1/admin/status").json()["models"]
+        for key in ("clip", "siglip"):
+            assert before[key]["model_loaded"] is False
+            assert before[key]["precision"] is None
+            assert before[key]["int8_refused"] is None
+            assert before[key]["cpu_isa"] == "avx2"
+            assert before[key]["configured_runtime"] == "onnx-int8"
+        assert not registry._encoders  # status made no encoder, let alone loaded one
+        assert client.get("/api/v1/search", params={"q": "a red photo"}).status_code == 200
+        after = client.get("/api/v1/admin/status").json()["models"]
+        serving = "onnx-fp32" if refused else "onnx-int8"
+        assert after["clip"]["model_loaded"] is True
+        assert after["clip"]["precision"] == {"image": serving, "text": serving}
+        assert after["clip"]["cpu_isa"] == "avx2"
+        if refused:
+            assert "INT8 image tower: min cosine to PyTorch" in after["clip"]["int8_refused"]
+            assert "CPU class avx2, u8u8" in after["clip"]["int8_refused"]
+        else:
+            assert after["clip"]["int8_refused"] is None
+        assert after["siglip"]["model_loaded"] is False
+
+    # The CLI in a process of its own: nothing loaded there, and it says so.
+    for name, value in {
+        "DATA_DIR": str(settings.data_dir),
+        "CLIP_MODEL_NAME": "demo-clip",
+        "CLIP_PRETRAINED": "",
+        "SIGLIP_MODEL_NAME": settings.siglip_model_name,
+        "SIGLIP_PRETRAINED": "",
+    }.items():
+        monkeypatch.setenv(name, value)
+    printed = CliRunner().invoke(main, ["status"])
+    assert printed.exit_code == 0, printed.output
+    line = "encoder: onnx-int8 configured (CPU class avx2); model not loaded in this process"
+    assert printed.output.count(line) == 2
+    as_json = CliRunner().invoke(main, ["status", "--json"])
+    assert json.loads(as_json.output)["models"]["clip"]["model_loaded"] is False

@@ -8,8 +8,10 @@ verified against PyTorch (see :mod:`.onnx_export`). Once the ONNX sessions are u
 PyTorch weights are released.
 
 If the export cannot be made, the encoder says so in one log line and keeps encoding
-with PyTorch; if INT8 disagrees with PyTorch beyond tolerance it is refused and fp32
-ONNX is used. :attr:`runtime` tells which one made the vectors.
+with PyTorch; if INT8 disagrees with PyTorch beyond tolerance on this CPU class (INT8 is
+quantized and verified per class, see :mod:`.cpu`) it is refused and fp32 ONNX serves,
+said in the one INFO line that says what serves. :attr:`runtime` tells which one made
+the vectors; :attr:`tower_runtimes` and :attr:`int8_refused` tell status, without loading.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from image_search_service.core.config import CpuIsa
 from image_search_service.core.specs import ModelSpec
 from image_search_service.encoders.base import EncodeObserver, FloatArray
+from image_search_service.encoders.cpu import cpu_isa as resolve_cpu_isa
 from image_search_service.encoders.onnx_export import (
     ExportFailed,
     ExportRefused,
@@ -76,6 +80,7 @@ class OnnxEncoder(OpenClipEncoder):
         cache_dir: Path | None = None,
         observer: EncodeObserver | None = None,
         threads: int = 0,
+        cpu_isa: str | None = None,
     ):
         # ONNX Runtime serves on CPU; PyTorch only loads the weights and exports them.
         super().__init__(
@@ -83,6 +88,10 @@ class OnnxEncoder(OpenClipEncoder):
         )
         self._export_dir = export_dir
         self.precision = precision
+        # The CPU class INT8 is quantized and verified for: None = ONNX_CPU_ISA or detected.
+        # Resolved now, so a wrong name fails here and not at the first search.
+        self.cpu_isa: CpuIsa = resolve_cpu_isa(cpu_isa)
+        self._int8_refused: str | None = None
         self._active: str | None = None  # "fp32" | "int8" once ONNX serves; None = PyTorch
         self._export: OnnxExport | None = None
         self._image_session: Any = None
@@ -100,6 +109,21 @@ class OnnxEncoder(OpenClipEncoder):
         self.load()
         return self._export
 
+    @property
+    def tower_runtimes(self) -> dict[str, str] | None:
+        """What encodes each tower (``{"image": "onnx-int8", "text": "onnx-int8"}``), or
+        None while the model is not loaded: asking never loads it."""
+        if not self.loaded:
+            return None
+        runtime = f"onnx-{self._active}" if self._active else "torch-fp32"
+        return {"image": runtime, "text": runtime}
+
+    @property
+    def int8_refused(self) -> str | None:
+        """Why INT8 does not serve though it was asked for: refused on this CPU class, or
+        the export failed. None when it serves, was not asked for, or not loaded yet."""
+        return self._int8_refused if self.loaded else None
+
     def _load_locked(self) -> None:
         super()._load_locked()
         assert self._preprocess is not None
@@ -113,20 +137,23 @@ class OnnxEncoder(OpenClipEncoder):
                     image_size=self._image_size,
                     root=self._export_dir,
                     precision=self.precision,
+                    isa=self.cpu_isa,
                 )
                 active = self.precision
             except ExportRefused as exc:
                 if exc.fp32 is None:
                     raise
-                logger.warning(
-                    "%s: INT8 refused (%s); using the verified fp32 ONNX export", self.spec.key, exc
-                )
+                # Not a fault: INT8 does not hold on this CPU class, fp32 serves (one INFO
+                # line, below).
                 export, active = exc.fp32, "fp32"
+                self._int8_refused = str(exc)
             # Both sessions now: the files may be replaced later by another process that
             # exports newer weights of the same model (stale exports are pruned).
             image = make_session(export.path("image", active), threads=self._threads)
             text = make_session(export.path("text", active), threads=self._threads)
         except (ExportFailed, OSError) as exc:
+            if self.precision == "int8":
+                self._int8_refused = f"the ONNX export failed: {exc}"
             logger.warning(
                 "%s: ONNX export of %s failed (%s); encoding with PyTorch instead",
                 self.spec.key,
@@ -135,6 +162,8 @@ class OnnxEncoder(OpenClipEncoder):
             )
             return
         except Exception as exc:  # onnxruntime raises its own types for unloadable graphs
+            if self.precision == "int8":
+                self._int8_refused = f"ONNX Runtime cannot load the export: {exc}"
             logger.warning(
                 "%s: ONNX Runtime cannot load the export of %s (%s: %s); encoding with PyTorch",
                 self.spec.key,
@@ -150,12 +179,15 @@ class OnnxEncoder(OpenClipEncoder):
         self._model = None  # ONNX Runtime serves from here on; release the PyTorch weights
         cos = export.min_cosine(active)
         logger.info(
-            "%s: ONNX Runtime %s serves %s (min cosine to PyTorch: image %.6f, text %.6f)",
+            "%s: ONNX Runtime %s serves %s (CPU class %s; min cosine to PyTorch: image %.6f, "
+            "text %.6f)%s",
             self.spec.key,
             active,
             self.spec.model_name,
+            self.cpu_isa,
             cos["image"],
             cos["text"],
+            f"; INT8 refused: {self._int8_refused}" if self._int8_refused else "",
         )
 
     def encode_preprocessed(self, batch: Sequence[torch.Tensor] | torch.Tensor) -> FloatArray:

@@ -1,9 +1,11 @@
 """Export an open_clip model's towers to ONNX once, verify them, cache them on disk.
 
 Layout, one folder per model identity (a hash of the weights' content, so changed
-weights re-export and stale exports are never used)::
+weights re-export and stale exports are never used) and CPU class (:mod:`.cpu`: INT8 is
+quantized with the settings that hold on this class of CPU and verified on it, so an
+export verified on one class is never trusted on another)::
 
-    <MODEL_CACHE_DIR or DATA_DIR/models>/onnx/<model>-<identity>/
+    <MODEL_CACHE_DIR or DATA_DIR/models>/onnx/<model>-<identity>-<cpu class>/
         image.onnx  text.onnx  [image.int8.onnx  text.int8.onnx]
         manifest.json   # written last: files with sha256, agreement with PyTorch
 
@@ -14,8 +16,9 @@ two processes exporting at once never see each other's half-written files.
 
 Agreement is measured at export time against the live PyTorch model on fixed inputs
 (seeded images through the model's own preprocessing, seeded token ids) and recorded:
-fp32 must reach :data:`FP32_MIN_COSINE`, INT8 :data:`INT8_MIN_COSINE`, or the export
-is refused (:class:`ExportRefused`).
+fp32 must reach :data:`FP32_MIN_COSINE`, INT8 :data:`INT8_MIN_COSINE` on every tower
+(:func:`int8_refusal`), or the export is refused (:class:`ExportRefused`). What INT8
+measured is recorded either way (``int8_check``).
 
 Export notes (docs/design.md): opset 17 with the TorchScript exporter (``dynamo=False``),
 with gradients enabled (the attention fast path under ``no_grad`` does not export), from
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import hashlib
 import json
 import logging
@@ -45,14 +49,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from image_search_service.core.config import CpuIsa
 from image_search_service.core.specs import ModelSpec
+from image_search_service.encoders.cpu import Int8Settings, cpu_isa, int8_settings
 from image_search_service.encoders.onnx_rewrites import MS_DOMAIN, fuse_self_attention
 
 logger = logging.getLogger(__name__)
 
 # Bump when the export recipe changes: every cached export is rebuilt.
 # 2: image towers export self-attention as ONNX Runtime's fused MultiHeadAttention.
-EXPORT_FORMAT = 2
+# 3: keyed by CPU class, INT8 settings chosen per class, the INT8 check recorded.
+EXPORT_FORMAT = 3
 OPSET = 17
 FP32_MIN_COSINE = 0.99999
 INT8_MIN_COSINE = 0.999
@@ -96,6 +103,23 @@ class OnnxExport:
         entries = self.manifest["precisions"][precision]
         return {tower: float(entries[tower]["min_cosine"]) for tower in TOWERS}
 
+    @property
+    def cpu_isa(self) -> str:
+        """The CPU class this export was made and verified for."""
+        return str(self.manifest["cpu_isa"])
+
+    @property
+    def int8_refused(self) -> str | None:
+        """Why INT8 was refused on this CPU class (None: accepted or not tried yet)."""
+        refused = self.manifest.get("int8_refused")
+        return str(refused) if refused else None
+
+    @property
+    def int8_check(self) -> dict[str, Any] | None:
+        """What the INT8 check measured: settings, per-tower min cosine, threshold."""
+        check = self.manifest.get("int8_check")
+        return dict(check) if isinstance(check, dict) else None
+
 
 # -- identity --------------------------------------------------------------------------
 def weights_digest(model: torch.nn.Module) -> str:
@@ -109,9 +133,13 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def export_folder_name(spec: ModelSpec, digest: str) -> str:
+def export_folder_name(spec: ModelSpec, digest: str, isa: CpuIsa) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(spec.model_name.split(":")[-1]).name)[:60]
-    return f"{stem or 'model'}-{digest[:20]}"
+    return f"{stem or 'model'}-{digest[:20]}-{isa}"
+
+
+# <stem>-<20 hex digits of the weights digest>[-<cpu class>] (format 2 had no class).
+_FOLDER = re.compile(r"^(?P<stem>.+)-(?P<digest>[0-9a-f]{20})(?:-(?P<isa>[a-z0-9_]+))?$")
 
 
 # -- cache -----------------------------------------------------------------------------
@@ -120,11 +148,16 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def read_valid_export(directory: Path, digest: str) -> OnnxExport | None:
-    """The export in ``directory`` if it is complete and intact, else None."""
+def read_valid_export(directory: Path, digest: str, isa: CpuIsa) -> OnnxExport | None:
+    """The export in ``directory`` if it is complete, intact and made for these weights
+    on this CPU class, else None."""
     try:
         manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
-        if manifest.get("format") != EXPORT_FORMAT or manifest.get("weights") != digest:
+        if (
+            manifest.get("format") != EXPORT_FORMAT
+            or manifest.get("weights") != digest
+            or manifest.get("cpu_isa") != isa
+        ):
             return None
         for entries in manifest["precisions"].values():
             for tower in TOWERS:
@@ -292,9 +325,11 @@ def _export_verified(
     raise AssertionError("unreachable")
 
 
-def _quantize(source: Path, target: Path) -> None:
+def _quantize(source: Path, target: Path, settings: Int8Settings | None = None) -> None:
+    """Dynamic INT8 of ``source`` with ``settings`` (default: those for this CPU)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    settings = settings or int8_settings(cpu_isa())
     # Per-channel: per-tensor INT8 dropped SigLIP's agreement to 0.977 (docs/design.md).
     # MatMul/Gemm only: the transformer's weight and the ResNet heads; convolutions stay fp32
     # (ORT's CPU ConvInteger does not take signed weights).
@@ -303,7 +338,8 @@ def _quantize(source: Path, target: Path) -> None:
             str(source),
             str(target),
             per_channel=True,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8 if settings.weights == "int8" else QuantType.QUInt8,
+            reduce_range=settings.reduce_range,
             op_types_to_quantize=["MatMul", "Gemm"],
             # Outputs of com.microsoft operators (fused attention) carry no inferred type.
             extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
@@ -319,8 +355,10 @@ def ensure_export(
     image_size: int,
     root: Path,
     precision: str,
+    isa: CpuIsa | None = None,
 ) -> OnnxExport:
-    """A verified export of ``model`` holding ``precision`` (cached, or built now).
+    """A verified export of ``model`` holding ``precision`` (cached, or built now) for
+    the CPU class ``isa`` (None: this CPU's, see :func:`.cpu.cpu_isa`).
 
     Raises :class:`ExportFailed` when nothing usable could be made, and
     :class:`ExportRefused` when INT8 was asked for and disagrees with PyTorch (the fp32
@@ -328,9 +366,10 @@ def ensure_export(
     """
     if precision not in PRECISIONS:
         raise ExportFailed(f"unknown precision {precision!r}")
+    isa = isa or cpu_isa()
     digest = weights_digest(model)
-    directory = root / export_folder_name(spec, digest)
-    export = read_valid_export(directory, digest)
+    directory = root / export_folder_name(spec, digest, isa)
+    export = read_valid_export(directory, digest, isa)
     if export is None:
         if directory.exists():
             logger.warning(
@@ -345,6 +384,7 @@ def ensure_export(
             root=root,
             directory=directory,
             digest=digest,
+            isa=isa,
         )
         _prune_siblings(directory)
     if precision == "int8":
@@ -361,6 +401,7 @@ def _build(
     root: Path,
     directory: Path,
     digest: str,
+    isa: CpuIsa,
 ) -> OnnxExport:
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
@@ -386,6 +427,7 @@ def _build(
         manifest = {
             "format": EXPORT_FORMAT,
             "weights": digest,
+            "cpu_isa": isa,
             "model_name": spec.model_name,
             "pretrained": spec.pretrained,
             "dim": spec.embedding_dim,
@@ -399,7 +441,7 @@ def _build(
             os.rename(work, directory)
         except OSError:
             # Another process finished the same export first: use its copy if it is whole.
-            other = read_valid_export(directory, digest)
+            other = read_valid_export(directory, digest, isa)
             if other is None:
                 raise
             return other
@@ -418,6 +460,18 @@ def _build(
     return OnnxExport(directory, manifest)
 
 
+def int8_refusal(min_cosines: dict[str, float], *, isa: str, settings: Int8Settings) -> str | None:
+    """The rule: INT8 is accepted iff every tower's min cosine to PyTorch reaches
+    :data:`INT8_MIN_COSINE` (NaN never does); else the reason it is refused."""
+    for tower, cosine in min_cosines.items():
+        if not cosine >= INT8_MIN_COSINE:
+            return (
+                f"INT8 {tower} tower: min cosine to PyTorch {cosine:.6f} < {INT8_MIN_COSINE} "
+                f"(CPU class {isa}, {settings.name})"
+            )
+    return None
+
+
 def _ensure_int8(
     model: torch.nn.Module,
     export: OnnxExport,
@@ -426,34 +480,57 @@ def _ensure_int8(
     image_size: int,
 ) -> OnnxExport:
     manifest = export.manifest
-    refused = manifest.get("int8_refused")
+    refused = export.int8_refused
     if refused:
-        raise ExportRefused(str(refused), fp32=export)
+        raise ExportRefused(refused, fp32=export)
     if export.has("int8"):
         return export
     directory = export.directory
+    isa: CpuIsa = manifest["cpu_isa"]
+    settings = int8_settings(isa)
     inputs = {"image": check_images(preprocess, image_size), "text": check_tokens(model)}
-    entries: dict[str, Any] = {}
-    for tower in TOWERS:
-        name = f"{tower}.int8.onnx"
-        tmp = directory / f".{name}.{os.getpid()}.tmp"
-        try:
-            _quantize(directory / f"{tower}.onnx", tmp)
-            cosine = min_cosine(
-                _run_onnx(tmp, inputs[tower]), _reference(model, tower, inputs[tower])
-            )
-        except Exception as exc:
-            tmp.unlink(missing_ok=True)
-            raise ExportFailed(f"INT8 {tower} tower: {type(exc).__name__}: {exc}") from exc
-        if not cosine >= INT8_MIN_COSINE:
-            tmp.unlink(missing_ok=True)
-            reason = f"INT8 {tower} tower: min cosine to PyTorch {cosine:.6f} < {INT8_MIN_COSINE}"
+    cosines: dict[str, float] = {}
+    made: dict[str, Path] = {}
+    try:
+        # Both towers are measured (not stopping at the first refusal): the check is
+        # recorded whole, and status can say how far each tower was from the threshold.
+        for tower in TOWERS:
+            made[tower] = directory / f".{tower}.int8.onnx.{os.getpid()}.tmp"
+            try:
+                _quantize(directory / f"{tower}.onnx", made[tower], settings)
+                cosines[tower] = min_cosine(
+                    _run_onnx(made[tower], inputs[tower]),
+                    _reference(model, tower, inputs[tower]),
+                )
+            except Exception as exc:
+                raise ExportFailed(f"INT8 {tower} tower: {type(exc).__name__}: {exc}") from exc
+        check = {
+            "settings": settings.name,
+            "min_cosine": {tower: round(c, 7) for tower, c in cosines.items()},
+            "threshold": INT8_MIN_COSINE,
+        }
+        reason = int8_refusal(cosines, isa=isa, settings=settings)
+        if reason:
             # Recorded, so the next start does not quantize (and refuse) all over again.
-            _write_manifest(directory, {**manifest, "int8_refused": reason})
-            raise ExportRefused(reason, fp32=export)
-        os.replace(tmp, directory / name)
-        entries[tower] = _file_entry(directory, name, cosine)
-    manifest = {**manifest, "precisions": {**manifest["precisions"], "int8": entries}}
+            manifest = {**manifest, "int8_refused": reason, "int8_check": check}
+            _write_manifest(directory, manifest)
+            raise ExportRefused(reason, fp32=OnnxExport(directory, manifest))
+        entries: dict[str, Any] = {}
+        for tower in TOWERS:
+            name = f"{tower}.int8.onnx"
+            os.replace(made.pop(tower), directory / name)
+            entries[tower] = {
+                **_file_entry(directory, name, cosines[tower]),
+                "settings": settings.name,
+            }
+    finally:
+        for leftover in made.values():
+            leftover.unlink(missing_ok=True)
+    manifest = {
+        **manifest,
+        "precisions": {**manifest["precisions"], "int8": entries},
+        "int8_check": check,
+    }
     _write_manifest(directory, manifest)
     return OnnxExport(directory, manifest)
 
@@ -471,10 +548,17 @@ def _remove_abandoned(root: Path, older_than_s: float = 3600.0) -> None:
 
 
 def _prune_siblings(directory: Path) -> None:
-    """Exports of older weights of the same model: never used again, so not kept."""
-    stem = directory.name.rsplit("-", 1)[0]
-    for other in directory.parent.glob(f"{stem}-*"):
-        if other != directory and other.is_dir() and other.name.rsplit("-", 1)[0] == stem:
+    """Exports of older weights of the same model, on any CPU class, and exports in an
+    older layout: never used again, so not kept. Exports of these weights for other CPU
+    classes stay (a model cache shared by different machines)."""
+    mine = _FOLDER.match(directory.name)
+    if mine is None:
+        return
+    for other in directory.parent.glob(f"{glob.escape(mine['stem'])}-*"):
+        theirs = _FOLDER.match(other.name)
+        if other == directory or theirs is None or theirs["stem"] != mine["stem"]:
+            continue
+        if other.is_dir() and (theirs["digest"] != mine["digest"] or theirs["isa"] is None):
             shutil.rmtree(other, ignore_errors=True)
 
 
