@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from image_search_service.cli.remote import advertised
 from image_search_service.core.config import load_settings
 
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+logger = logging.getLogger(__name__)
 
 
 @click.command()
@@ -22,29 +24,47 @@ _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
     default=None,
     help="load the models before accepting requests (default: PRELOAD_MODELS)",
 )
-def serve(host: str | None, port: int, preload: bool | None) -> None:
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="listen beyond this machine with no API key (a trusted network only)",
+)
+def serve(host: str | None, port: int, preload: bool | None, allow_unauthenticated: bool) -> None:
     """Run the HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
     from image_search_service.api.app import create_app
+    from image_search_service.api.auth import KeyRing, exposed
 
     # Flags are validated here, before anything opens: a bad value stops start-up.
     settings = load_settings(**({} if preload is None else {"preload_models": preload}))
-    if settings.api_key is None:
+    if KeyRing(settings).configured():
+        host = host or "0.0.0.0"
+        click.echo("API keys are set: every route but /health needs one.", err=True)
+    else:
         host = host or "127.0.0.1"
-        click.echo(
-            f"API_KEY is not set: uploads, deletes and /api/v1/admin need no key, so the "
-            f"server binds to {host} only.",
-            err=True,
-        )
-        if host not in _LOOPBACK:
+        if exposed(host) and not allow_unauthenticated:
+            raise click.ClickException(
+                f"--host {host} would show every photo to anyone who can reach it: set "
+                "API_KEY (or READ_API_KEY, or `image-search keys create`), or pass "
+                "--allow-unauthenticated on a network you trust."
+            )
+        if exposed(host):
+            logger.warning(
+                "serving %s with NO API KEY (--allow-unauthenticated): anyone who can reach "
+                "it may read, change and delete the library",
+                host,
+            )
             click.echo(
-                f"warning: --host {host} without API_KEY lets anyone who can reach this "
-                "address change the library; set API_KEY.",
+                f"WARNING: --allow-unauthenticated: anyone who can reach {host} may read, "
+                "change and delete this library.",
                 err=True,
             )
-    else:
-        host = host or "0.0.0.0"
+        else:
+            click.echo(
+                f"no API key is set: the API is open, so the server binds to {host} only.",
+                err=True,
+            )
     click.echo(f"serving on http://{host}:{port} (docs at /docs)", err=True)
     from image_search_service.api.serving import settings_for_host, uvicorn_limits
 

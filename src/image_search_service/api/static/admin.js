@@ -1,9 +1,9 @@
 // The rollout experiment page: the report and one chart per metric over time.
-// Plain JavaScript, no build step; reads GET /api/v1/admin/experiment[/daily].
+// Plain JavaScript, no build step; reads GET /api/v1/admin/experiment[/daily] with the
+// session of auth.js (one sign-in; the admin key is needed, a read key is answered 403).
 "use strict";
 
 const API = "/api/v1";
-const KEY_STORAGE = "imageSearchApiKey";
 const ARMS = ["clip", "siglip", "interleaved"];
 const COLOURS = { clip: "#1f5fbf", siglip: "#c2410c", interleaved: "#15803d" };
 const METRICS = [
@@ -17,22 +17,27 @@ const METRICS = [
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 
-// Admin reads need the API key when one is set: asked once, kept in this browser.
-async function get(path) {
-  for (let attempt = 0; ; attempt++) {
-    const key = localStorage.getItem(KEY_STORAGE) || "";
-    const response = await fetch(path, { headers: key ? { "X-API-Key": key } : {} });
-    if (response.status === 401 && attempt === 0) {
-      const entered = window.prompt("This server needs its API key (kept in this browser):");
-      if (!entered) throw new Error("the API key is needed to read the experiment");
-      localStorage.setItem(KEY_STORAGE, entered.trim());
-      continue;
-    }
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.detail || `HTTP ${response.status}`);
-    return body;
+const READ_KEY_ONLY = "Signed in with a read key; the admin page needs an admin key (API_KEY). " +
+  "Sign out and sign in with it.";
+
+class HttpError extends Error {
+  constructor(status, detail) {
+    super(detail || `HTTP ${status}`);
+    this.status = status;
   }
 }
+
+// Same-origin reads with the session cookie; a 401 brings the sign-in form back (auth.js).
+async function get(path) {
+  const response = await Auth.request(path);
+  let body = null;
+  if ((response.headers.get("content-type") || "").includes("application/json")) body = await response.json();
+  if (!response.ok) throw new HttpError(response.status, body && body.detail);
+  return body;
+}
+
+const SECTIONS = ["recommendation", "arms-section", "comparisons-section", "charts-section"];
+let generation = 0; // bumps when signed out: answers still on their way are dropped
 
 function pct(value) { return `${(100 * value).toFixed(1)}%`; }
 
@@ -159,13 +164,16 @@ function renderDaily(rows) {
 }
 
 async function load() {
+  const mine = generation;
   $("status").textContent = "Loading the experiment...";
+  $("status").classList.remove("error");
   try {
     const days = $("days").value;
     const [report, daily] = await Promise.all([
       get(`${API}/admin/experiment`),
       get(`${API}/admin/experiment/daily?days=${encodeURIComponent(days)}`),
     ]);
+    if (mine !== generation) return;
     renderReport(report);
     renderDaily(daily);
     const searches = Object.values(report.arms).reduce((n, m) => n + m.searches, 0);
@@ -173,8 +181,20 @@ async function load() {
       ? `${searches} recorded searches.`
       : "No searches recorded yet: the report fills in as people search.";
   } catch (err) {
-    $("status").textContent = `Could not load the experiment: ${err.message}`;
+    if (mine !== generation || err.status === 401) return; // the sign-in form is shown
+    for (const id of SECTIONS) $(id).hidden = true;
+    $("status").classList.add("error");
+    $("status").textContent = err.status === 403 ? READ_KEY_ONLY
+      : `Could not load the experiment: ${err.message}`;
   }
+}
+
+// Signed out (or the session ended): nothing of the report stays on the page.
+function signedOut() {
+  generation += 1;
+  for (const id of SECTIONS) $(id).hidden = true;
+  $("status").classList.remove("error");
+  $("status").textContent = "";
 }
 
 $("controls").addEventListener("submit", (event) => {
@@ -182,4 +202,4 @@ $("controls").addEventListener("submit", (event) => {
   load();
 });
 $("days").addEventListener("change", load);
-load();
+Auth.start({ ready: load, signedOut });

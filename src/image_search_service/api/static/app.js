@@ -3,7 +3,6 @@
 
 const API = "/api/v1";
 const PAGE = 40;
-const KEY_STORAGE = "imageSearchApiKey";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -20,13 +19,7 @@ const state = {
 };
 
 // -- API helpers ---------------------------------------------------------------------------
-function apiKey() { return localStorage.getItem(KEY_STORAGE) || ""; }
-
-function withKey(headers) {
-  const key = apiKey();
-  return key ? { ...headers, "X-API-Key": key } : headers;
-}
-
+// Same-origin fetches: the session cookie goes along (see auth.js); no key is sent or kept.
 class ApiError extends Error {
   constructor(status, body) {
     super((body && body.detail) || `HTTP ${status}`);
@@ -36,25 +29,12 @@ class ApiError extends Error {
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const response = await Auth.request(path, options); // a 401 shows the sign-in form
   let body = null;
   const type = response.headers.get("content-type") || "";
   if (type.includes("application/json")) body = await response.json();
   if (!response.ok) throw new ApiError(response.status, body);
   return body;
-}
-
-// Writes carry the API key; a 401 asks for it once, keeps it in this browser, retries once.
-async function apiWrite(path, makeOptions) {
-  try {
-    return await api(path, makeOptions(withKey({})));
-  } catch (err) {
-    if (!(err instanceof ApiError) || err.status !== 401) throw err;
-    const key = window.prompt("This server needs its API key for that (kept in this browser):");
-    if (!key) throw err;
-    localStorage.setItem(KEY_STORAGE, key.trim());
-    return api(path, makeOptions(withKey({})));
-  }
 }
 
 // -- click evidence (hook for POST /api/v1/events) ------------------------------------------
@@ -262,8 +242,30 @@ function showError(err) {
   }
 }
 
-function thumbnailUrl(id, size = 256) {
-  return `${API}/assets/${encodeURIComponent(id)}/thumbnail?size=${size}`;
+// Where a photo loads from: the URLs the API handed out with the result (signed and
+// short-lived when the server needs credentials), or the plain paths of older servers.
+function photoUrl(hit, kind) {
+  if (hit.urls && hit.urls[kind]) return hit.urls[kind];
+  const id = encodeURIComponent(hit.asset_id);
+  if (kind === "file") return `${API}/assets/${id}/file`;
+  return `${API}/assets/${id}/thumbnail?size=${kind === "preview" ? 512 : 256}`;
+}
+
+// A signed URL that has expired (a page left open for hours) answers 403: ask for the
+// asset again, which brings fresh URLs, and retry once.
+function reloadOnce(img, hit, kind) {
+  img.addEventListener("error", async () => {
+    if (!hit.urls) return;
+    try {
+      const asset = await api(`${API}/assets/${encodeURIComponent(hit.asset_id)}`);
+      if (asset.urls && asset.urls[kind] !== img.getAttribute("src")) {
+        hit.urls = asset.urls;
+        img.src = asset.urls[kind];
+      }
+    } catch (err) {
+      // gone, or signed out: the tile stays empty
+    }
+  }, { once: true });
 }
 
 function baseName(path) {
@@ -282,7 +284,8 @@ function tile(hit, index) {
   img.loading = "lazy";
   img.decoding = "async";
   img.alt = baseName(hit.path);
-  img.src = thumbnailUrl(hit.asset_id);
+  reloadOnce(img, hit, "thumbnail");
+  img.src = photoUrl(hit, "thumbnail");
   open.appendChild(img);
   open.addEventListener("click", () => openViewer(index));
   li.appendChild(open);
@@ -360,17 +363,20 @@ async function openViewer(index) {
   viewerIndex = index;
   reportEvent(hit.searchId, hit.asset_id, "click", hit.rank);
   const dialog = $("viewer");
-  $("viewer-image").src = thumbnailUrl(hit.asset_id, 512);
+  $("viewer-image").src = photoUrl(hit, "preview");
   $("viewer-image").alt = baseName(hit.path);
   $("viewer-title").textContent = baseName(hit.path);
-  $("viewer-original").href = `${API}/assets/${encodeURIComponent(hit.asset_id)}/file`;
+  $("viewer-original").href = photoUrl(hit, "file");
   $("viewer-prev").disabled = index === 0;
   $("viewer-next").disabled = index >= state.results.length - 1 && state.done;
   renderFacts(hit, null);
   if (!dialog.open) dialog.showModal();
   try {
     const asset = await api(`${API}/assets/${encodeURIComponent(hit.asset_id)}`);
-    if (viewerIndex === index) renderFacts(hit, asset);
+    if (viewerIndex === index) {
+      renderFacts(hit, asset);
+      if (asset.urls) $("viewer-original").href = asset.urls.file; // freshly signed
+    }
   } catch (err) {
     if (viewerIndex === index) fact($("viewer-facts"), "Error", err.message);
   }
@@ -410,14 +416,13 @@ async function upload(files) {
   for (const [i, file] of list.entries()) {
     setStatus(`Uploading ${i + 1} of ${list.length}: ${file.name}...`);
     try {
-      await apiWrite(`${API}/assets`, (headers) => {
-        const form = new FormData();
-        form.append("file", file);
-        return { method: "POST", body: form, headers };
-      });
+      const form = new FormData();
+      form.append("file", file);
+      await api(`${API}/assets`, { method: "POST", body: form });
       added += 1;
     } catch (err) {
-      setStatus(`Upload of ${file.name} failed: ${err.message}`, { error: true });
+      const hint = err.status === 403 ? "Uploads need the admin key (API_KEY); sign out and sign in with it." : "";
+      setStatus(`Upload of ${file.name} failed: ${err.message}`, { error: true, hint });
       return;
     }
   }
@@ -431,7 +436,7 @@ let indexTimer = null;
 async function pollIndex() {
   const el = $("index-status");
   try {
-    const status = await api(`${API}/admin/index`, { headers: withKey({}) });
+    const status = await api(`${API}/admin/index`);
     const lines = [];
     if (status.current) {
       const run = status.current;
@@ -444,8 +449,32 @@ async function pollIndex() {
     el.hidden = lines.length === 0;
     indexTimer = setTimeout(pollIndex, status.current ? 2000 : 10000);
   } catch (err) {
-    el.hidden = true; // no such endpoint, or it needs a key this browser does not have
+    el.hidden = true; // no such endpoint, or it needs the admin key (a read key is 403)
   }
+}
+
+// -- signed in, signed out -----------------------------------------------------------------
+function signedIn(session) {
+  // A read key may search but not upload: the button would only lead to a 403.
+  $("upload-label").hidden = Boolean(session.required && session.scope === "read");
+  clearTimeout(indexTimer);
+  start(readUrl(), { push: false });
+  pollIndex();
+}
+
+// Nothing of the library stays on the page once signed out (or the session ended).
+function signedOut() {
+  state.generation += 1; // answers still on their way are dropped
+  state.loading = false;
+  state.done = true;
+  state.results = [];
+  state.answer = null;
+  $("grid").replaceChildren();
+  $("more").hidden = true;
+  $("example").hidden = true;
+  setStatus("");
+  clearTimeout(indexTimer);
+  $("index-status").hidden = true;
 }
 
 // -- wiring -------------------------------------------------------------------------------
@@ -518,8 +547,7 @@ function init() {
       if (entries.some((e) => e.isIntersecting) && state.results.length) loadMore();
     }, { rootMargin: "600px" }).observe($("sentinel"));
   }
-  start(readUrl(), { push: false });
-  pollIndex();
+  Auth.start({ ready: signedIn, signedOut });
 }
 
 function rerun() {
