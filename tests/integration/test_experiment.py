@@ -17,7 +17,7 @@ from image_search_service.core.errors import InvalidRequest, SearchNotFound, Too
 from image_search_service.db import experiment_repository as exp_repo
 from image_search_service.db.models import ExperimentEvent, ExperimentResults, ExperimentSearch
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.rollout.report import experiment_report, recommend
+from image_search_service.services.rollout.report import decide, experiment_report
 from image_search_service.services.rollout.router import RouteDecision
 from image_search_service.services.search.log import SearchLog
 from image_search_service.services.search.service import SearchHit, SearchOutcome
@@ -359,7 +359,7 @@ class TestReport:
 
     def test_interleaving_tally(self, log: SearchLog, db_ctx: ServiceContext) -> None:
         teams: list[ModelKey] = ["siglip", "clip", "siglip", "clip"]
-        outcomes = {"win": 9, "loss": 1, "tie": 2, "no_click": 3}
+        outcomes = {"win": 19, "loss": 1, "tie": 2, "no_click": 3}
         for outcome, count in outcomes.items():
             for _ in range(count):
                 search_id, ids = _search(log, "siglip", n=4, models=teams)
@@ -373,41 +373,59 @@ class TestReport:
         with db_ctx.transaction() as session:
             report = experiment_report(session, db_ctx.settings)
         il = report.interleaving
-        assert (il.searches, il.wins, il.losses, il.ties, il.no_click) == (15, 9, 1, 2, 3)
-        assert il.p_value == pytest.approx(22 / 1024, rel=1e-3)
+        assert (il.searches, il.wins, il.losses, il.ties, il.no_click) == (25, 19, 1, 2, 3)
+        # The exact sign test is kept for reference; the verdict is the sequential test.
+        assert il.fixed_horizon_p_value == pytest.approx(2 * 21 / 2**20, rel=1e-3)
         assert il.significant
-        assert report.arms["interleaved"].searches == 15
+        assert il.p_value < 0.05
+        assert il.win_share == pytest.approx(0.95)
+        assert il.win_share_ci_low is not None
+        assert il.win_share_ci_low > 0.5
+        assert report.arms["interleaved"].searches == 25
+        assert report.comparisons == []  # no A/B arm has searches: no difference shown
         assert report.recommendation.action == "raise"
         assert report.recommendation.target_percentage == 1
+        assert report.recommendation.apply == {"siglip_rollout_percentage": 1}
 
 
 def test_recommendation_in_words() -> None:
+    from image_search_service.services.rollout.flags import RolloutState
     from image_search_service.services.rollout.report import (
         ComparisonOut,
         InterleavingOut,
         PowerOut,
     )
 
-    def cmp(diff: float, p: float) -> ComparisonOut:
+    def cmp(diff: float, p: float, half: float = 0.01) -> ComparisonOut:
         return ComparisonOut(
-            "ctr", 0.3, 0.3 + diff, diff, diff - 0.01, diff + 0.01, p, p < 0.05, "z"
+            "ctr", 0.3, 0.3 + diff, diff, diff - half, diff + half, p, p < 0.05, "z", "", ""
         )
 
     quiet = InterleavingOut(0, 0, 0, 0, 0, 1.0, False)
     enough = PowerOut(0.02, 0.05, 0.8, 1000, 5000, 0)
     short = PowerOut(0.02, 0.05, 0.8, 1000, 10, 990)
-    assert recommend(cmp(0.03, 0.001), cmp(0, 1), quiet, enough, percentage=10).action == "raise"
-    assert (
-        recommend(cmp(0.03, 0.001), cmp(0, 1), quiet, enough, percentage=10).target_percentage == 25
-    )
-    back = recommend(cmp(-0.03, 0.001), cmp(0, 1), quiet, enough, percentage=10)
+    at_10 = RolloutState(False, 10, "database")
+    up = decide(cmp(0.03, 0.001), quiet, enough, [], at_10)
+    assert (up.action, up.target_percentage) == ("raise", 25)
+    assert up.apply == {"siglip_rollout_percentage": 25}
+    back = decide(cmp(-0.03, 0.001), quiet, enough, [], at_10)
     assert (back.action, back.target_percentage) == ("roll back", 0)
     assert back.text.startswith("roll back")
-    hold = recommend(cmp(0.0, 0.9), cmp(0, 1), quiet, short, percentage=10)
+    assert "PUT /api/v1/admin/rollout" in back.text
+    assert "SIGLIP_ROLLOUT" not in back.text
+    # a wide interval (little data) that does not rule out a loss of 2 points: hold
+    hold = decide(cmp(0.0, 0.9, half=0.05), quiet, short, [], at_10)
     assert (hold.action, hold.target_percentage) == ("hold", 10)
-    assert "1,000 per arm" in hold.text
+    assert "990 more searches per arm (1,000 per arm in all)" in hold.text
     # enough data, no difference, and the interval rules out a loss of 2 points: go on
-    assert recommend(cmp(0.0, 0.9), cmp(0, 1), quiet, enough, percentage=25).target_percentage == 50
+    at_25 = RolloutState(False, 25, "database", 10)
+    assert decide(cmp(0.0, 0.9), quiet, enough, [], at_25).target_percentage == 50
+    # raising past the interleaved share shrinks it: the shares may not overlap
+    at_50 = RolloutState(False, 50, "database", 40)
+    assert decide(cmp(0.03, 0.001), quiet, enough, [], at_50).apply == {
+        "siglip_rollout_percentage": 100,
+        "interleave_percentage": 0,
+    }
 
 
 def test_daily_series_per_arm(log: SearchLog, db_ctx: ServiceContext, clock: Clock) -> None:

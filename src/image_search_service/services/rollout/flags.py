@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from image_search_service.core.errors import DatabaseUnavailable, InvalidRequest
 from image_search_service.db import repository as repo
@@ -25,6 +26,7 @@ from image_search_service.db.models import RolloutChange
 
 if TYPE_CHECKING:
     from image_search_service.context import ServiceContext
+    from image_search_service.core.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +58,6 @@ class RolloutChangeView:
     source: str
     old_interleave_percentage: int = 0
     new_interleave_percentage: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def validate_flags(
@@ -104,14 +103,8 @@ class LiveRollout:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ctx = ctx
-        settings = ctx.settings
-        self.environment = RolloutState(
-            settings.use_siglip,
-            settings.siglip_rollout_percentage,
-            "environment",
-            settings.interleave_percentage,
-        )
-        self.refresh_s = settings.rollout_refresh_s if refresh_s is None else refresh_s
+        self.environment = environment_state(ctx.settings)
+        self.refresh_s = ctx.settings.rollout_refresh_s if refresh_s is None else refresh_s
         self._clock = clock
         self._lock = threading.Lock()
         self._state: RolloutState | None = None
@@ -150,15 +143,7 @@ class LiveRollout:
 
     def _read(self) -> RolloutState:
         with self._ctx.transaction() as session:
-            stored = repo.rollout_flags(session)
-        if stored is None:
-            return self.environment
-        return RolloutState(
-            stored.use_siglip,
-            stored.siglip_rollout_percentage,
-            "database",
-            stored.interleave_percentage,
-        )
+            return state_in(session, self.environment)
 
     def set(
         self,
@@ -223,6 +208,36 @@ class LiveRollout:
             raise InvalidRequest(f"limit must be 1..{MAX_HISTORY}")
         with self._ctx.transaction() as session:
             return [_view(c) for c in repo.rollout_history(session, limit=limit)]
+
+
+def environment_state(settings: Settings) -> RolloutState:
+    """The flags the environment sets (in force until a change is stored)."""
+    return RolloutState(
+        settings.use_siglip,
+        settings.siglip_rollout_percentage,
+        "environment",
+        settings.interleave_percentage,
+    )
+
+
+def state_in(session: Session, environment: RolloutState) -> RolloutState:
+    """The flags in force as the DB says now: stored ones win over the environment's.
+    Usable without a :class:`LiveRollout` (the CLI report outside a server)."""
+    stored = repo.rollout_flags(session)
+    if stored is None:
+        return environment
+    return RolloutState(
+        stored.use_siglip,
+        stored.siglip_rollout_percentage,
+        "database",
+        stored.interleave_percentage,
+    )
+
+
+def last_change_at(session: Session) -> datetime | None:
+    """When the flags last changed (None: never at run time)."""
+    latest = repo.rollout_history(session, limit=1)
+    return latest[0].changed_at if latest else None
 
 
 def _view(change: RolloutChange) -> RolloutChangeView:
