@@ -25,7 +25,7 @@ import numpy as np
 from image_search_service.core.config import ModelKey, Settings
 from image_search_service.core.specs import model_spec
 from image_search_service.demo.synthetic import ALL_SPECS, caption_for, write_library
-from image_search_service.encoders.openclip import OpenClipEncoder
+from image_search_service.encoders.base import Encoder
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.images.loading import load_image
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 RUNTIMES = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
 
 
-def _embed(encoder: OpenClipEncoder, files: list[Path]) -> np.ndarray[Any, Any]:
+def _embed(encoder: Encoder, files: list[Path]) -> np.ndarray[Any, Any]:
     import torch  # after the package set OMP_WAIT_POLICY (see its __init__)
 
     rows = []

@@ -27,8 +27,8 @@ from benchmark_runtimes import add_runtime_arguments, forward_only, load_runtime
 from PIL import Image
 
 from image_search_service.context import open_context
+from image_search_service.db import repository as repo
 from image_search_service.services.library.index import index_paths
-from image_search_service.services.reembed.batch import plan_asset_ids
 from image_search_service.services.reembed.runner import run_in_process
 
 
@@ -78,7 +78,7 @@ def main() -> None:
             index_paths(ctx, [lib], model_keys=[])
             ctx.store.ensure_collection(ctx.collection_spec("siglip"))
             with ctx.session_factory() as session:
-                ids = plan_asset_ids(session, ctx.spec("siglip"))
+                ids = repo.asset_ids_to_embed(session, ctx.spec("siglip"))
             started = time.perf_counter()
             report = run_in_process(ctx, "siglip", ids, job_size=args.job_size)
             reembed = report.done / (time.perf_counter() - started)

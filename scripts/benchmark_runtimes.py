@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from image_search_service.core.config import ModelKey, Settings
 from image_search_service.core.specs import model_spec
 from image_search_service.core.threads import ThreadPlan, plan_threads
-from image_search_service.encoders.openclip import OpenClipEncoder
+from image_search_service.encoders.base import Encoder
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.images.loading import load_image
 
@@ -49,7 +49,7 @@ class Runtimes:
     default: Settings
     plan: ThreadPlan
     registries: dict[str, EncoderRegistry]
-    encoders: dict[str, OpenClipEncoder]
+    encoders: dict[str, Encoder]
     load_s: dict[str, float]
 
     @property
@@ -124,7 +124,7 @@ def load_runtimes(
     }
     eager = {"torch-fp32": EncoderRegistry.from_settings(settings("torch"))}
     registries = {**eager, **onnx} if torch_first else {**onnx, **eager}
-    encoders: dict[str, OpenClipEncoder] = {}
+    encoders: dict[str, Encoder] = {}
     load_s: dict[str, float] = {}
     for name, registry in registries.items():
         torch.manual_seed(0)  # random weights, but the same in every runtime
@@ -146,7 +146,7 @@ def load_runtimes(
     )
 
 
-def forward_only(encoder: OpenClipEncoder, tensors: list[torch.Tensor], batch: int) -> float:
+def forward_only(encoder: Encoder, tensors: list[torch.Tensor], batch: int) -> float:
     """images/s of the image tower alone on already decoded, preprocessed tensors."""
     import torch
 

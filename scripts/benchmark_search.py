@@ -59,7 +59,7 @@ from image_search_service.db.models import (
     EmbeddingState,
     Person,
 )
-from image_search_service.encoders.openclip import OpenClipEncoder
+from image_search_service.encoders.base import Encoder
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.vector.base import VectorPoint
 from image_search_service.vector.schema import label_payload, payload_timestamp
@@ -281,7 +281,7 @@ def main() -> None:
         # The encoder alone, in this process: the same spec the server loads, in the
         # server's (default) runtime first, then the others.
         default = f"onnx-{settings.encoder_precision}"
-        encoders: dict[str, OpenClipEncoder] = {}
+        encoders: dict[str, Encoder] = {}
         for runtime, precision in (
             ("onnx", settings.encoder_precision),
             ("torch", "fp32"),
@@ -315,7 +315,7 @@ def main() -> None:
 
 def run(
     client: httpx.Client,
-    encoders: dict[str, OpenClipEncoder],
+    encoders: dict[str, Encoder],
     ids: list[uuid.UUID],
     args: argparse.Namespace,
 ) -> dict[str, Any]:

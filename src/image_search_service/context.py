@@ -33,7 +33,7 @@ from image_search_service.vector.factory import open_vector_store
 from image_search_service.vector.schema import CollectionSpec, collection_spec
 
 if TYPE_CHECKING:
-    from image_search_service.encoders.openclip import OpenClipEncoder
+    from image_search_service.encoders.base import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ServiceContext:
     def collection_spec(self, key: ModelKey) -> CollectionSpec:
         return self.collections[key]
 
-    def encoder(self, key: ModelKey) -> OpenClipEncoder:
+    def encoder(self, key: ModelKey) -> Encoder:
         return self.encoders.get(self.specs[key])
 
     @contextmanager

@@ -1,12 +1,14 @@
-"""Shared set-up for the HTTP API tests: a small real photo library and a running app."""
+"""Shared set-up for the HTTP API tests: a small real photo library, a running app, and
+what the tests read back from it. The fixtures over these helpers are in conftest.py."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -23,6 +25,7 @@ from image_search_service.services.library.index import index_paths
 from image_search_service.services.library.indexing import IndexReport
 from tests.factories import png_bytes, write_jpeg
 
+IDLE_TIMEOUT_S = 120
 COLOURS = [(220, 20, 20), (20, 200, 40), (30, 40, 220), (240, 220, 30), (250, 250, 250)]
 # Capture dates written into EXIF (None: no date), one per JPEG.
 TAKEN = [
@@ -39,6 +42,21 @@ def exif_taken(when: datetime | None) -> Image.Exif:
     if when is not None:
         exif[0x0132] = when.strftime("%Y:%m:%d %H:%M:%S")  # DateTime
     return exif
+
+
+def tiny_model_settings(tiny_models: dict[str, Path], data_dir: Path, **overrides: Any) -> Settings:
+    """Settings on the tiny models with their data in ``data_dir`` and no ``.env`` file: for
+    fixtures wider than one test, which cannot use the per-test ``make_settings``."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "clip_model_name": f"local-dir:{tiny_models['clip']}",
+        "clip_pretrained": "",
+        "siglip_model_name": f"local-dir:{tiny_models['siglip']}",
+        "siglip_pretrained": "",
+        "_env_file": None,
+        **overrides,
+    }
+    return Settings(**values)
 
 
 def write_library(root: Path, *, seed: int = 0) -> list[Path]:
@@ -70,6 +88,15 @@ def api_client(
         yield client
 
 
+class ClientFactory(Protocol):
+    """The ``make_client`` fixture: a TestClient over a fresh app on the test's settings
+    with ``overrides`` (or on ``settings`` as given), open for the ``with`` block."""
+
+    def __call__(
+        self, settings: Settings | None = None, /, *, base_url: str | None = None, **overrides: Any
+    ) -> AbstractContextManager[TestClient]: ...
+
+
 def services(client: TestClient) -> AppServices:
     app = cast(FastAPI, client.app)
     result: AppServices = app.state.services
@@ -78,6 +105,23 @@ def services(client: TestClient) -> AppServices:
 
 def app_ctx(client: TestClient) -> ServiceContext:
     return services(client).ctx
+
+
+def wait_idle(client: TestClient, timeout_s: float = IDLE_TIMEOUT_S) -> None:
+    """Wait until the app's background work (index runs, ingests) is done."""
+    assert services(client).dispatcher.wait_idle(timeout_s), "background work never finished"
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    """One sample from /metrics (0 when the series does not exist yet)."""
+    text = client.get("/metrics").text
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def index(

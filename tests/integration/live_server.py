@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import uvicorn
@@ -47,11 +47,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(settings: Settings, *, encoders: EncoderRegistry) -> Iterator[LiveServer]:
+def live_server(
+    settings: Settings, *, encoders: EncoderRegistry, **config: Any
+) -> Iterator[LiveServer]:
+    """The app on a free loopback port until the ``with`` ends; ``config``: more
+    ``uvicorn.Config`` options."""
     app = create_app(settings, encoders=encoders)
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", **config}
+    server_config = uvicorn.Config(app, host="127.0.0.1", port=port, **options)
+    server = uvicorn.Server(server_config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -76,7 +81,9 @@ class ServeProcess:
     env: dict[str, str]
 
 
-def tiny_model_env(tiny_models: dict[str, Path], data_dir: Path) -> dict[str, str]:
+def cli_model_env(tiny_models: dict[str, Path], data_dir: Path) -> dict[str, str]:
+    """The environment of a CLI process on the tiny models with its data in ``data_dir``
+    (this machine's QDRANT_* and DATABASE_* variables left out)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "DATABASE_"))}
     env.update(
         {
@@ -85,11 +92,15 @@ def tiny_model_env(tiny_models: dict[str, Path], data_dir: Path) -> dict[str, st
             "CLIP_PRETRAINED": "",
             "SIGLIP_PRETRAINED": "",
             "DATA_DIR": str(data_dir),
-            "API_KEY": "",
-            "DEVICE": "cpu",
-            "BATCH_SIZE": "8",
         }
     )
+    return env
+
+
+def tiny_model_env(tiny_models: dict[str, Path], data_dir: Path) -> dict[str, str]:
+    """``cli_model_env`` for ``image-search serve``: no API key, on the CPU."""
+    env = cli_model_env(tiny_models, data_dir)
+    env.update({"API_KEY": "", "DEVICE": "cpu", "BATCH_SIZE": "8"})
     return env
 
 

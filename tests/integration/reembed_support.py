@@ -18,9 +18,12 @@ from click.testing import CliRunner, Result
 
 from image_search_service.cli import main
 from image_search_service.context import ServiceContext
-from image_search_service.core.config import Settings
+from image_search_service.core.config import ModelKey, Settings
+from image_search_service.db import repository as repo
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.library.indexing import IndexReport
+from image_search_service.services.reembed.progress import reembed_progress
+from image_search_service.services.reembed.schemas import ReembedProgressOut
 from tests.factories import write_jpeg
 
 _SETTINGS_ENV = (
@@ -150,3 +153,16 @@ class RedisServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+def progress_json(ctx: ServiceContext) -> dict[str, Any]:
+    """Re-embedding progress in its public shape, as ``reembed status --json`` prints it."""
+    data: dict[str, Any] = ReembedProgressOut.model_validate(reembed_progress(ctx)).model_dump(
+        mode="json"
+    )
+    return data
+
+
+def coverage_of(ctx: ServiceContext, key: ModelKey) -> repo.Coverage:
+    with ctx.transaction() as session:
+        return repo.coverage(session, ctx.spec(key))

@@ -2,23 +2,24 @@
 
 Authentication is on (``INITIAL_NO_AUTH_ACTION_COUNT``): the first three requests make
 an IAM user with an access key and a policy, and from then on every request must be
-signed with that key, so wrong credentials are refused as by AWS.
+signed with that key, so wrong credentials are refused as by AWS. The fixtures
+``s3_server`` and ``s3_env`` are in conftest.py.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.integration.live_server import free_port
 
 REGION = "us-east-1"
 START_TIMEOUT_S = 60
@@ -56,21 +57,16 @@ class S3Server:
         return name
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+@contextmanager
+def moto_s3_server(workdir: Path) -> Iterator[S3Server]:
+    """moto's server on a free loopback port until the ``with`` ends, its log in
+    ``workdir``; authentication is on, with the key of an IAM user allowed everything."""
     import boto3
     import httpx
 
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    log = workdir / "moto.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"
     with log.open("wb") as sink:
@@ -113,17 +109,3 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-@pytest.fixture
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
-    """The standard AWS variables pointing at the loopback server (and no config files
-    of this machine)."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    return s3_server

@@ -4,29 +4,12 @@ thread, one run at a time, with progress at ``GET /api/v1/admin/index``."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from image_search_service.core.config import Settings
-from image_search_service.encoders.registry import EncoderRegistry
-from tests.integration.api_support import api_client, assert_error, services, write_library
-
-IDLE_TIMEOUT_S = 120
-
-
-@pytest.fixture
-def client(
-    make_settings: Callable[..., Settings], encoders: EncoderRegistry
-) -> Iterator[TestClient]:
-    with api_client(make_settings(), encoders=encoders) as test_client:
-        yield test_client
-
-
-def _wait_idle(client: TestClient) -> None:
-    assert services(client).dispatcher.wait_idle(IDLE_TIMEOUT_S), "indexing never finished"
+from tests.integration.api_support import ClientFactory, assert_error, wait_idle, write_library
 
 
 def test_indexes_a_folder_in_the_background_and_reports_it(
@@ -36,7 +19,7 @@ def test_indexes_a_folder_in_the_background_and_reports_it(
     response = client.post("/api/v1/admin/index", json={"path": str(tmp_path / "photos")})
     assert response.status_code == 202, response.text
     assert response.json()["run"]["path"] == str((tmp_path / "photos").resolve())
-    _wait_idle(client)
+    wait_idle(client)
 
     status = client.get("/api/v1/admin/index").json()
     assert status["running"] is False
@@ -52,7 +35,7 @@ def test_indexes_a_folder_in_the_background_and_reports_it(
 
     # Again: incremental, nothing new to embed.
     client.post("/api/v1/admin/index", json={"path": str(tmp_path / "photos")})
-    _wait_idle(client)
+    wait_idle(client)
     again = client.get("/api/v1/admin/index").json()["finished"][0]
     assert again["report"]["indexed"] == 0
     assert again["report"]["skipped"] == len(library)
@@ -83,10 +66,8 @@ def test_an_unreadable_folder_is_a_clear_4xx(client: TestClient, tmp_path: Path)
         locked.chmod(0o755)
 
 
-def test_needs_the_key_when_one_is_set(
-    make_settings: Callable[..., Settings], encoders: EncoderRegistry, tmp_path: Path
-) -> None:
-    with api_client(make_settings(api_key="k3y"), encoders=encoders) as keyed:
+def test_needs_the_key_when_one_is_set(make_client: ClientFactory, tmp_path: Path) -> None:
+    with make_client(api_key="k3y") as keyed:
         body = {"path": str(tmp_path)}
         assert_error(keyed.post("/api/v1/admin/index", json=body), 401, "Unauthorized")
         assert_error(keyed.get("/api/v1/admin/index"), 401, "Unauthorized")

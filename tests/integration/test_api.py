@@ -4,8 +4,7 @@ real open_clip models; the library is indexed through services.indexing."""
 from __future__ import annotations
 
 import io
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,17 @@ from PIL import Image
 
 from image_search_service.core.config import Settings
 from image_search_service.db import repository as repo
-from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.rollout.router import user_bucket
 from tests.factories import broken_files, jpeg_bytes
 from tests.integration.api_support import (
     TAKEN,
+    ClientFactory,
     api_client,
     app_ctx,
     assert_error,
     index,
+    metric,
     services,
     write_library,
 )
@@ -36,29 +36,9 @@ RESPONSE_KEYS = {"results", "model", "collection", "limit", "offset", "took_ms",
 
 
 @pytest.fixture
-def library(tmp_path: Path) -> list[Path]:
-    return write_library(tmp_path / "photos")
-
-
-@pytest.fixture
-def client(
-    settings: Settings, encoders: EncoderRegistry, library: list[Path]
-) -> Iterator[TestClient]:
-    with api_client(settings, encoders=encoders) as test_client:
-        index(test_client, [library[0].parent], ["clip"])
+def client(make_indexed_client: ClientFactory) -> Iterator[TestClient]:
+    with make_indexed_client() as test_client:
         yield test_client
-
-
-def _metric(client: TestClient, name: str, **labels: str) -> float:
-    """One sample from /metrics (0 when the series does not exist yet)."""
-    text = client.get("/metrics").text
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def _ids(response: Any) -> list[str]:
@@ -118,49 +98,49 @@ class TestTextSearch:
         again = client.get("/api/v1/search", params={"q": "a unique query"})
         assert again.status_code == 200
         assert (cache.hits, cache.misses) == (hits + 1, misses)
-        assert _metric(client, "image_search_text_cache_lookups_total", result="hit") >= 1
+        assert metric(client, "image_search_text_cache_lookups_total", result="hit") >= 1
 
 
 class TestImageAndSimilar:
     def test_image_search_finds_the_same_photo_first(
-        self, client: TestClient, library: list[Path]
+        self, client: TestClient, photo_library: list[Path]
     ) -> None:
         response = client.post(
             "/api/v1/search/image",
-            files={"file": ("query.jpg", library[2].read_bytes(), "image/jpeg")},
+            files={"file": ("query.jpg", photo_library[2].read_bytes(), "image/jpeg")},
             data={"limit": "3"},
         )
         assert response.status_code == 200, response.text
         body = response.json()
         assert (body["limit"], body["model"]) == (3, "clip")
-        assert body["results"][0]["path"] == str(library[2].resolve())
+        assert body["results"][0]["path"] == str(photo_library[2].resolve())
         assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
         # One query image: two `file` parts are refused, not one of them taken silently.
-        two = [("file", ("a.jpg", library[2].read_bytes(), "image/jpeg"))] * 2
+        two = [("file", ("a.jpg", photo_library[2].read_bytes(), "image/jpeg"))] * 2
         for url in ("/api/v1/search/image", "/api/v1/embed/image"):
             assert_error(client.post(url, files=two), 422, "InvalidRequest")
 
     def test_similar_uses_the_stored_vector_and_excludes_the_asset(
-        self, settings: Settings, library: list[Path]
+        self, settings: Settings, photo_library: list[Path]
     ) -> None:
         # The app's own (instrumented) encoders: the encoder metric proves nothing is encoded.
         with api_client(settings) as client:
-            index(client, [library[0].parent], ["clip"])
+            index(client, [photo_library[0].parent], ["clip"])
             asset_id = client.get("/api/v1/assets").json()["items"][0]["id"]
             before = {
-                kind: _metric(client, "image_search_encoder_duration_seconds_count", kind=kind)
+                kind: metric(client, "image_search_encoder_duration_seconds_count", kind=kind)
                 for kind in ("text", "image")
             }
             response = client.get(f"/api/v1/search/similar/{asset_id}", params={"limit": 10})
             assert response.status_code == 200, response.text
             after = {
-                kind: _metric(client, "image_search_encoder_duration_seconds_count", kind=kind)
+                kind: metric(client, "image_search_encoder_duration_seconds_count", kind=kind)
                 for kind in ("text", "image")
             }
             body = response.json()
             assert body["model"] == "clip"
             assert asset_id not in _ids(response)
-            assert len(body["results"]) == len(library) - 1
+            assert len(body["results"]) == len(photo_library) - 1
             assert before["image"] > 0  # indexing was observed, so the metric is live
             assert after == before
 
@@ -170,19 +150,19 @@ class TestImageAndSimilar:
 
 
 class TestAssets:
-    def test_list_is_paginated(self, client: TestClient, library: list[Path]) -> None:
+    def test_list_is_paginated(self, client: TestClient, photo_library: list[Path]) -> None:
         first = client.get("/api/v1/assets", params={"limit": 4}).json()
         rest = client.get("/api/v1/assets", params={"limit": 4, "offset": 4}).json()
-        assert first["total"] == rest["total"] == len(library)
+        assert first["total"] == rest["total"] == len(photo_library)
         assert (first["limit"], first["offset"], rest["offset"]) == (4, 0, 4)
         ids = [a["id"] for a in first["items"] + rest["items"]]
-        assert len(ids) == len(set(ids)) == len(library)
+        assert len(ids) == len(set(ids)) == len(photo_library)
 
     def test_one_asset_its_file_and_thumbnail(
-        self, client: TestClient, library: list[Path]
+        self, client: TestClient, photo_library: list[Path]
     ) -> None:
         items = client.get("/api/v1/assets", params={"limit": 100}).json()["items"]
-        asset = next(a for a in items if a["path"] == str(library[4].resolve()))
+        asset = next(a for a in items if a["path"] == str(photo_library[4].resolve()))
         detail = client.get(f"/api/v1/assets/{asset['id']}").json()
         assert detail["embeddings"] == {"clip": "done"}
         assert (detail["width"], detail["height"], detail["format"]) == (96, 48, "JPEG")
@@ -192,7 +172,7 @@ class TestAssets:
             assert datetime.fromisoformat(detail[stamp]).tzinfo is not None
         original = client.get(f"/api/v1/assets/{asset['id']}/file")
         assert original.headers["content-type"] == "image/jpeg"
-        assert original.content == library[4].read_bytes()
+        assert original.content == photo_library[4].read_bytes()
         for _ in range(2):  # the second answer comes from the thumbnail cache
             thumb = client.get(f"/api/v1/assets/{asset['id']}/thumbnail", params={"size": 128})
             assert thumb.status_code == 200
@@ -201,11 +181,11 @@ class TestAssets:
                 assert image.format == "JPEG"
                 assert max(image.size) <= 128
         # A cached thumbnail, too, is served only while the file is the indexed one.
-        library[4].write_bytes(library[4].read_bytes()[:200])
+        photo_library[4].write_bytes(photo_library[4].read_bytes()[:200])
         thumb = client.get(f"/api/v1/assets/{asset['id']}/thumbnail", params={"size": 128})
         assert_error(thumb, 409, "AssetFileChanged")
-        library[4].unlink()
-        library[4].symlink_to("/etc/hostname")
+        photo_library[4].unlink()
+        photo_library[4].symlink_to("/etc/hostname")
         thumb = client.get(f"/api/v1/assets/{asset['id']}/thumbnail", params={"size": 128})
         assert_error(thumb, 409, "AssetFileChanged")
 
@@ -248,7 +228,7 @@ class TestAssets:
         assert again.json()["embeddings"] == {"clip": "done", "siglip": "done"}
 
     def test_unreadable_or_vanished_files(
-        self, client: TestClient, library: list[Path], tmp_path: Path
+        self, client: TestClient, photo_library: list[Path], tmp_path: Path
     ) -> None:
         broken = broken_files(tmp_path / "broken")
         index_paths(app_ctx(client), [tmp_path / "broken"], model_keys=["clip"])
@@ -263,14 +243,14 @@ class TestAssets:
         raw = client.get(f"/api/v1/assets/{truncated['id']}/file")
         assert_error(raw, 422, "AssetUnreadable")
 
-        gone = by_path[str(library[1].resolve())]
-        library[1].unlink()  # removed on disk, not re-indexed yet
+        gone = by_path[str(photo_library[1].resolve())]
+        photo_library[1].unlink()  # removed on disk, not re-indexed yet
         for suffix in ("file", "thumbnail"):
             response = client.get(f"/api/v1/assets/{gone['id']}/{suffix}")
             assert_error(response, 404, "AssetFileMissing")
 
     def test_delete_removes_the_row_the_points_and_an_uploaded_file(
-        self, client: TestClient, library: list[Path]
+        self, client: TestClient, photo_library: list[Path]
     ) -> None:
         ctx = app_ctx(client)
         ctx.store.ensure_collection(ctx.collection_spec("siglip"))
@@ -291,23 +271,20 @@ class TestAssets:
 
         # A library photo leaves the index but stays on disk: it is the user's file.
         items = client.get("/api/v1/assets", params={"limit": 100}).json()["items"]
-        library_asset = next(a for a in items if a["path"] == str(library[0].resolve()))
+        library_asset = next(a for a in items if a["path"] == str(photo_library[0].resolve()))
         assert client.delete(f"/api/v1/assets/{library_asset['id']}").status_code == 204
-        assert library[0].is_file()
+        assert photo_library[0].is_file()
         assert library_asset["id"] not in _ids(client.get("/api/v1/search", params={"q": "x"}))
 
 
 class TestRollout:
     @pytest.fixture
-    def rollout_client(
-        self, make_settings: Callable[..., Settings], encoders: EncoderRegistry, tmp_path: Path
-    ) -> Iterator[TestClient]:
+    def rollout_client(self, make_client: ClientFactory, tmp_path: Path) -> Iterator[TestClient]:
         # Half the library embedded by SigLIP (photos/a), all of it by CLIP; no caching of
         # the coverage check so each request sees the latest state.
-        settings = make_settings(siglip_rollout_percentage=50, rollout_coverage_ttl_s=0)
         write_library(tmp_path / "photos" / "a")
         write_library(tmp_path / "photos" / "b", seed=1)
-        with api_client(settings, encoders=encoders) as client:
+        with make_client(siglip_rollout_percentage=50, rollout_coverage_ttl_s=0) as client:
             index(client, [tmp_path / "photos"], ["clip"])
             index(client, [tmp_path / "photos" / "a"], ["siglip"])
             yield client
@@ -325,7 +302,7 @@ class TestRollout:
             assert (body["model"], body["collection"]) == ("clip", "image_assets")
             assert "has not embedded 6 of the assets clip covers" in body["fallback_reason"]
         reason = "coverage_incomplete"
-        assert _metric(
+        assert metric(
             rollout_client, "image_search_router_fallbacks_total", selected="siglip", reason=reason
         ) == len(self.users(in_rollout=True))
 
@@ -353,7 +330,7 @@ class TestRollout:
             headers={"X-User-Id": outside},
         )
         assert both.json()["model"] == "clip"
-        assert _metric(rollout_client, "image_search_searches_total", model="siglip") >= 7
+        assert metric(rollout_client, "image_search_searches_total", model="siglip") >= 7
 
     def test_a_search_that_names_its_model_bypasses_the_router(
         self, rollout_client: TestClient
@@ -377,7 +354,7 @@ class TestRollout:
         report = rollout_client.get("/api/v1/admin/experiment").json()
         assert sum(arm["searches"] for arm in report["arms"].values()) == 0
         counted = "image_search_experiment_searches_total"
-        assert _metric(rollout_client, counted, arm="siglip", kind="text", results="some") == 0
+        assert metric(rollout_client, counted, arm="siglip", kind="text", results="some") == 0
         routed = rollout_client.get(
             "/api/v1/search", params={"q": "sea"}, headers={"X-User-Id": inside}
         ).json()
@@ -429,11 +406,8 @@ class TestApiKey:
     KEY = "s3cret-key"
 
     @pytest.fixture
-    def keyed_client(
-        self, make_settings: Callable[..., Settings], encoders: EncoderRegistry, library: list[Path]
-    ) -> Iterator[TestClient]:
-        with api_client(make_settings(api_key=self.KEY), encoders=encoders) as client:
-            index(client, [library[0].parent], ["clip"])
+    def keyed_client(self, make_indexed_client: ClientFactory) -> Iterator[TestClient]:
+        with make_indexed_client(api_key=self.KEY) as client:
             yield client
 
     @pytest.mark.parametrize("key", [None, "wrong", "s3cret-key "])
@@ -441,25 +415,29 @@ class TestApiKey:
         self, keyed_client: TestClient, key: str | None
     ) -> None:
         headers = {"X-API-Key": key} if key is not None else {}
-        asset_id = keyed_client.get("/api/v1/assets").json()["items"][0]["id"]
+        listed = keyed_client.get("/api/v1/assets", headers={"X-API-Key": self.KEY})
+        asset_id = listed.json()["items"][0]["id"]
         upload = keyed_client.post(
             "/api/v1/assets",
             files={"file": ("x.jpg", jpeg_bytes(seed=5), "image/jpeg")},
             headers=headers,
         )
         assert_error(upload, 401, "Unauthorized")
-        assert upload.headers["www-authenticate"] == "ApiKey"
+        assert upload.headers["www-authenticate"].startswith("Bearer")
         delete = keyed_client.delete(f"/api/v1/assets/{asset_id}", headers=headers)
         assert_error(delete, 401, "Unauthorized")
         assert_error(keyed_client.get("/api/v1/admin/rollout", headers=headers), 401)
         assert_error(keyed_client.get("/api/v1/admin/reembed", headers=headers), 401)
-        assert keyed_client.get(f"/api/v1/assets/{asset_id}").status_code == 200
+        # Private by default: reads need it too.
+        assert_error(keyed_client.get(f"/api/v1/assets/{asset_id}", headers=headers), 401)
 
-    def test_the_right_key_is_accepted_and_search_needs_none(
+    def test_the_right_key_is_accepted_and_search_needs_it_too(
         self, keyed_client: TestClient
     ) -> None:
         headers = {"X-API-Key": self.KEY}
-        assert keyed_client.get("/api/v1/search", params={"q": "x"}).status_code == 200
+        assert_error(keyed_client.get("/api/v1/search", params={"q": "x"}), 401)
+        found = keyed_client.get("/api/v1/search", params={"q": "x"}, headers=headers)
+        assert found.status_code == 200
         assert keyed_client.get("/api/v1/admin/rollout", headers=headers).status_code == 200
         upload = keyed_client.post(
             "/api/v1/assets",
@@ -491,7 +469,7 @@ class TestOperations:
 
     def test_metrics_by_route_and_model(self, client: TestClient) -> None:
         client.get("/api/v1/search", params={"q": "dog"})
-        latency = _metric(
+        latency = metric(
             client,
             "image_search_http_request_duration_seconds_count",
             route="/api/v1/search",
@@ -499,10 +477,10 @@ class TestOperations:
             status="200",
         )
         assert latency == 1
-        assert _metric(client, "image_search_searches_total", model="clip", kind="text") == 1
+        assert metric(client, "image_search_searches_total", model="clip", kind="text") == 1
         client.get("/no/such/route")
         assert (
-            _metric(client, "image_search_http_request_duration_seconds_count", route="unmatched")
+            metric(client, "image_search_http_request_duration_seconds_count", route="unmatched")
             == 1
         )
 

@@ -12,20 +12,17 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from image_search_service.core.config import Settings
-from image_search_service.encoders.registry import EncoderRegistry
 from tests.factories import jpeg_bytes, photo_bytes
-from tests.integration.api_support import api_client, app_ctx, assert_error, stored_state
+from tests.integration.api_support import ClientFactory, app_ctx, assert_error, stored_state
 
 KEY = {"X-API-Key": "secret"}
 
 
 @pytest.fixture
-def client(make_settings: Any, encoders: EncoderRegistry) -> Iterator[TestClient]:
-    settings: Settings = make_settings(
+def client(make_client: ClientFactory) -> Iterator[TestClient]:
+    with make_client(
         api_key="secret", embed_max_batch_files=4, embed_max_batch_bytes=200_000
-    )
-    with api_client(settings, encoders=encoders) as test_client:
+    ) as test_client:
         yield test_client
 
 
@@ -148,7 +145,7 @@ def test_embeds_are_counted_apart_from_searches(client: TestClient) -> None:
         ("files", ("b.jpg", b"junk", "image/jpeg")),
     ]
     client.post("/api/v1/embed/batch", files=files, headers=KEY)
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=KEY).text
     assert 'image_search_embed_requests_total{kind="text",model="clip"} 1.0' in metrics
     assert 'image_search_embed_items_total{kind="batch",model="clip",result="ok"} 1.0' in metrics
     assert (

@@ -13,7 +13,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from image_search_service.core.config import Settings
 from image_search_service.encoders.registry import EncoderRegistry
 from tests.factories import broken_files, jpeg_bytes
 from tests.integration.api_support import (
@@ -22,6 +21,7 @@ from tests.integration.api_support import (
     assert_error,
     index,
     stored_state,
+    tiny_model_settings,
     write_library,
 )
 
@@ -37,15 +37,7 @@ def battery(
 ) -> Iterator[tuple[TestClient, dict[str, bytes], str]]:
     """One indexed app for the whole battery (every case checks it is left unchanged)."""
     root = tmp_path_factory.mktemp("battery")
-    settings = Settings(
-        data_dir=root / "data",
-        clip_model_name=f"local-dir:{tiny_models['clip']}",
-        clip_pretrained="",
-        siglip_model_name=f"local-dir:{tiny_models['siglip']}",
-        siglip_pretrained="",
-        max_upload_bytes=MAX_UPLOAD,
-        _env_file=None,
-    )
+    settings = tiny_model_settings(tiny_models, root / "data", max_upload_bytes=MAX_UPLOAD)
     library = write_library(root / "photos")
     broken = {name: path.read_bytes() for name, path in broken_files(root / "broken").items()}
     with api_client(settings, encoders=encoders) as client:

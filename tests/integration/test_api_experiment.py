@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from image_search_service.core.config import Settings
-from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.rollout.router import user_bucket
-from tests.integration.api_support import api_client, assert_error, index, write_library
+from tests.integration.api_support import ClientFactory, assert_error, index, metric
 
 USERS = [f"user-{i}" for i in range(400)]
-
-
-def _metric(client: TestClient, name: str, **labels: str) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(name + "{"):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def _event(client: TestClient, body: dict[str, Any], **kwargs: Any) -> Any:
@@ -37,13 +25,8 @@ def _event(client: TestClient, body: dict[str, Any], **kwargs: Any) -> Any:
 
 
 @pytest.fixture
-def client(
-    make_settings: Callable[..., Settings], encoders: EncoderRegistry, tmp_path: Path
-) -> Iterator[TestClient]:
-    settings = make_settings(experiment_max_events_per_search=4)
-    write_library(tmp_path / "photos")
-    with api_client(settings, encoders=encoders) as test_client:
-        index(test_client, [tmp_path / "photos"], ["clip"])
+def client(make_indexed_client: ClientFactory) -> Iterator[TestClient]:
+    with make_indexed_client(experiment_max_events_per_search=4) as test_client:
         yield test_client
 
 
@@ -60,7 +43,7 @@ class TestEvents:
         again = _event(client, click)
         assert again.json()["recorded"] is False
         assert (
-            _metric(
+            metric(
                 client,
                 "image_search_experiment_events_total",
                 arm="clip",
@@ -70,7 +53,7 @@ class TestEvents:
             == 1
         )
         assert (
-            _metric(
+            metric(
                 client,
                 "image_search_experiment_searches_total",
                 arm="clip",
@@ -155,14 +138,9 @@ class TestEvents:
 
 class TestInterleaving:
     @pytest.fixture
-    def both(
-        self, make_settings: Callable[..., Settings], encoders: EncoderRegistry, tmp_path: Path
-    ) -> Iterator[TestClient]:
-        settings = make_settings(interleave_percentage=50, rollout_coverage_ttl_s=0)
-        write_library(tmp_path / "photos")
-        with api_client(settings, encoders=encoders) as test_client:
-            index(test_client, [tmp_path / "photos"], ["clip"])
-            yield test_client
+    def both(self, make_indexed_client: ClientFactory) -> Iterator[TestClient]:
+        with make_indexed_client(interleave_percentage=50, rollout_coverage_ttl_s=0) as client:
+            yield client
 
     @staticmethod
     def interleaved_user() -> str:
@@ -213,10 +191,8 @@ class TestInterleaving:
         assert (rollout["user"]["arm"], rollout["user"]["interleave"]) == ("interleaved", True)
 
 
-def test_the_report_needs_the_key(
-    make_settings: Callable[..., Settings], encoders: EncoderRegistry
-) -> None:
-    with api_client(make_settings(api_key="k" * 20), encoders=encoders) as keyed:
+def test_the_report_needs_the_key(make_client: ClientFactory) -> None:
+    with make_client(api_key="k" * 20) as keyed:
         assert_error(keyed.get("/api/v1/admin/experiment"), 401, "Unauthorized")
         ok = keyed.get("/api/v1/admin/experiment", headers={"X-API-Key": "k" * 20})
         assert ok.status_code == 200

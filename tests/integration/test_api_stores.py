@@ -3,8 +3,6 @@ and what clients see when the DB or the vector store stops answering (503)."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,11 +10,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from image_search_service.core.config import Settings
-from image_search_service.encoders.registry import EncoderRegistry
 from tests.conftest import POSTGRES_URL
 from tests.factories import jpeg_bytes
-from tests.integration.api_support import api_client, assert_error, index, write_library
+from tests.integration.api_support import ClientFactory, assert_error
+from tests.integration.live_server import free_port
 
 
 def _exercise(client: TestClient, library: list[Path]) -> None:
@@ -41,41 +38,25 @@ def _exercise(client: TestClient, library: list[Path]) -> None:
 
 @pytest.mark.postgres
 def test_routes_on_postgresql(
-    make_settings: Callable[..., Settings],
-    encoders: EncoderRegistry,
-    postgres_url: str,
-    tmp_path: Path,
+    make_indexed_client: ClientFactory, photo_library: list[Path], postgres_url: str
 ) -> None:
-    library = write_library(tmp_path / "photos")
-    with api_client(make_settings(database_url=postgres_url), encoders=encoders) as client:
-        index(client, [tmp_path / "photos"], ["clip"])
+    with make_indexed_client(database_url=postgres_url) as client:
         assert client.get("/ready").json()["database"] == "postgresql"
-        _exercise(client, library)
+        _exercise(client, photo_library)
 
 
 def test_routes_with_the_in_process_qdrant_client(
-    make_settings: Callable[..., Settings], encoders: EncoderRegistry, tmp_path: Path
+    make_indexed_client: ClientFactory, photo_library: list[Path]
 ) -> None:
-    library = write_library(tmp_path / "photos")
-    with api_client(make_settings(qdrant_url=":memory:"), encoders=encoders) as client:
-        index(client, [tmp_path / "photos"], ["clip"])
+    with make_indexed_client(qdrant_url=":memory:") as client:
         assert client.get("/ready").json()["vector_store"] == "qdrant"
-        _exercise(client, library)
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+        _exercise(client, photo_library)
 
 
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")
-def test_unreachable_vector_store_is_503(
-    make_settings: Callable[..., Settings], encoders: EncoderRegistry
-) -> None:
-    settings = make_settings(qdrant_url=f"http://127.0.0.1:{_closed_port()}")
-    with api_client(settings, encoders=encoders) as client:
+def test_unreachable_vector_store_is_503(make_client: ClientFactory) -> None:
+    closed_port = free_port()  # free, so nothing answers there
+    with make_client(qdrant_url=f"http://127.0.0.1:{closed_port}") as client:
         assert client.get("/health").status_code == 200  # alive, just not ready
         assert_error(client.get("/ready"), 503, "VectorStoreUnavailable")
         assert_error(
@@ -88,15 +69,8 @@ def test_unreachable_vector_store_is_503(
 
 
 @pytest.mark.postgres
-def test_lost_database_is_503(
-    make_settings: Callable[..., Settings],
-    encoders: EncoderRegistry,
-    postgres_url: str,
-    tmp_path: Path,
-) -> None:
-    write_library(tmp_path / "photos")
-    with api_client(make_settings(database_url=postgres_url), encoders=encoders) as client:
-        index(client, [tmp_path / "photos"], ["clip"])
+def test_lost_database_is_503(make_indexed_client: ClientFactory, postgres_url: str) -> None:
+    with make_indexed_client(database_url=postgres_url) as client:
         asset_id = client.get("/api/v1/assets").json()["items"][0]["id"]
         # The database disappears under the running server (connections terminated).
         assert POSTGRES_URL is not None

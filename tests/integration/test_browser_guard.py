@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from tests.factories import jpeg_bytes, write_jpeg
-from tests.integration.api_support import api_client, app_ctx, assert_error, stored_state
+from tests.integration.api_support import ClientFactory, app_ctx, assert_error, stored_state
 
 EVIL = "http://evil.example"
 # What a browser sends for a fetch() from a page served by this API at localhost:8000.
@@ -21,10 +20,10 @@ SAME_ORIGIN = {"Origin": "http://localhost:8000", "Sec-Fetch-Site": "same-origin
 
 
 @pytest.fixture
-def client(make_settings: Any, encoders: EncoderRegistry, tmp_path: Path) -> Iterator[TestClient]:
+def client(make_client: ClientFactory, tmp_path: Path) -> Iterator[TestClient]:
     write_jpeg(tmp_path / "lib" / "a.jpg", seed=1)
-    settings = make_settings(trusted_origins="https://photos.example")
-    with api_client(settings, encoders=encoders, base_url="http://localhost:8000") as c:
+    trusted = "https://photos.example"
+    with make_client(trusted_origins=trusted, base_url="http://localhost:8000") as c:
         index_paths(app_ctx(c), [tmp_path / "lib"], model_keys=["clip"])
         yield c
 
@@ -114,11 +113,9 @@ class TestHostHeader:
     def test_malformed_or_lookalike_hosts_are_refused(self, client: TestClient, host: str) -> None:
         assert_error(client.get("/health", headers={"Host": host}), 400, "InvalidHost")
 
-    def test_configured_hosts_and_patterns(
-        self, make_settings: Any, encoders: EncoderRegistry
-    ) -> None:
-        settings = make_settings(allowed_hosts="photos.example, *.lan")
-        with api_client(settings, encoders=encoders, base_url="http://photos.example") as c:
+    def test_configured_hosts_and_patterns(self, make_client: ClientFactory) -> None:
+        allowed = "photos.example, *.lan"
+        with make_client(allowed_hosts=allowed, base_url="http://photos.example") as c:
             assert c.get("/health").status_code == 200
             assert c.get("/health", headers={"Host": "nas.lan"}).status_code == 200
             assert_error(c.get("/health", headers={"Host": "localhost"}), 400, "InvalidHost")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,17 +13,9 @@ from tests.factories import broken_files, write_jpeg
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, tiny_models: dict[str, Path]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "DATABASE_"))}
-    env.update(
-        DATA_DIR=str(tmp_path / "data"),
-        CLIP_MODEL_NAME=f"local-dir:{tiny_models['clip']}",
-        CLIP_PRETRAINED="",
-        SIGLIP_MODEL_NAME=f"local-dir:{tiny_models['siglip']}",
-        SIGLIP_PRETRAINED="",
-        BATCH_SIZE="4",
-    )
-    return env
+def cli_env(cli_env: dict[str, str]) -> dict[str, str]:
+    """The shared ``cli_env``, in batches of 4 (an index run here is several batches)."""
+    return {**cli_env, "BATCH_SIZE": "4"}
 
 
 def run(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:

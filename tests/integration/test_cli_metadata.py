@@ -30,7 +30,7 @@ def test_people_filters_labels_and_combined_queries(
     )
     assert found["understood"]["concept"] == "an automobile"
     assert [Path(r["path"]).name for r in found["results"]] == ["both.jpg"]
-    assert found["results"][0]["people"] == ["Jack", "Pat"]
+    assert [p["name"] for p in found["results"][0]["people"]] == ["Jack", "Pat"]
 
     shown = run(cli_env, "search", "pat", "--people-any", "jack", "--limit", "5").stdout
     assert "understood: concept ''; people: all of pat; people: any of jack" in shown

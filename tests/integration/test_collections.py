@@ -13,8 +13,8 @@ import pytest
 from image_search_service.context import open_context
 from image_search_service.core.config import Settings
 from image_search_service.core.specs import ModelIdentity
+from image_search_service.db import repository as repo
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.services.reembed.batch import plan_asset_ids
 from image_search_service.vector.schema import CollectionSpec
 from tests.integration.reembed_support import (
     index_clip_only,
@@ -170,8 +170,8 @@ def test_drop_asks_first_and_keeps_the_other_collection(
         assert ctx.store.count("image_assets") == 4  # the baseline is untouched
         with ctx.session_factory() as session:
             # Nothing claims to be embedded by a collection that is gone.
-            assert len(plan_asset_ids(session, ctx.spec("siglip"))) == 4
-            assert plan_asset_ids(session, ctx.spec("clip")) == []
+            assert len(repo.asset_ids_to_embed(session, ctx.spec("siglip"))) == 4
+            assert repo.asset_ids_to_embed(session, ctx.spec("clip")) == []
     finally:
         ctx.close()
 

@@ -73,7 +73,7 @@ def test_groups_copies_and_nothing_else(
     groups = sorted((_names([m.path for m in g.members]) for g in report.groups), key=sorted)
     assert groups == sorted(library.values(), key=sorted)
     assert all(g.min_score >= THRESHOLD for g in report.groups)
-    assert report.as_dict()["duplicates"] == 6
+    assert report.duplicates == 6
 
 
 @pytest.mark.usefixtures("library")

@@ -4,7 +4,6 @@ in a fixed per-user place, and no trap left behind by a model that failed to loa
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,19 +17,6 @@ from image_search_service.core.errors import ModelLoadError, ModelMismatch
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from tests.factories import write_jpeg
-
-
-@pytest.fixture
-def env(tmp_path: Path, tiny_models: dict[str, Path]) -> dict[str, str]:
-    values = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "DATABASE_"))}
-    values.update(
-        DATA_DIR=str(tmp_path / "data"),
-        CLIP_MODEL_NAME=f"local-dir:{tiny_models['clip']}",
-        CLIP_PRETRAINED="",
-        SIGLIP_MODEL_NAME=f"local-dir:{tiny_models['siglip']}",
-        SIGLIP_PRETRAINED="",
-    )
-    return values
 
 
 def cli(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -52,41 +38,43 @@ def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
-def test_an_unwritable_data_dir_is_one_line(env: dict[str, str], tmp_path: Path) -> None:
+def test_an_unwritable_data_dir_is_one_line(cli_env: dict[str, str], tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
-    env["DATA_DIR"] = str(blocker / "data")
-    line = _one_error_line(cli(env, "status", cwd=tmp_path))
+    cli_env["DATA_DIR"] = str(blocker / "data")
+    line = _one_error_line(cli(cli_env, "status", cwd=tmp_path))
     assert f"DATA_DIR {blocker / 'data'} is not a writable folder" in line
 
 
-def test_search_before_any_index_says_what_to_do(env: dict[str, str], tmp_path: Path) -> None:
-    env["CLIP_MODEL_NAME"] = f"local-dir:{tmp_path / 'no-model-here'}"  # never loaded
-    line = _one_error_line(cli(env, "search", "a red photo", cwd=tmp_path))
+def test_search_before_any_index_says_what_to_do(cli_env: dict[str, str], tmp_path: Path) -> None:
+    cli_env["CLIP_MODEL_NAME"] = f"local-dir:{tmp_path / 'no-model-here'}"  # never loaded
+    line = _one_error_line(cli(cli_env, "search", "a red photo", cwd=tmp_path))
     assert "Run `image-search index FOLDER` first" in line
     assert str(tmp_path / "data") in line
 
 
 def test_a_missing_query_image_is_named_before_the_model_loads(
-    env: dict[str, str], tmp_path: Path
+    cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env["CLIP_MODEL_NAME"] = f"local-dir:{tmp_path / 'no-model-here'}"  # would fail to load
-    line = _one_error_line(cli(env, "search", "--image", "nothere.jpg", cwd=tmp_path))
+    cli_env["CLIP_MODEL_NAME"] = f"local-dir:{tmp_path / 'no-model-here'}"  # would fail to load
+    line = _one_error_line(cli(cli_env, "search", "--image", "nothere.jpg", cwd=tmp_path))
     assert f"no such image file: {tmp_path / 'nothere.jpg'}" in line
 
 
-def test_the_library_lives_in_the_per_user_data_folder(env: dict[str, str], tmp_path: Path) -> None:
-    del env["DATA_DIR"]
-    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+def test_the_library_lives_in_the_per_user_data_folder(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    del cli_env["DATA_DIR"]
+    cli_env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
     write_jpeg(tmp_path / "photos" / "a.jpg", seed=1)
-    first = cli(env, "index", str(tmp_path / "photos"), cwd=tmp_path)
+    first = cli(cli_env, "index", str(tmp_path / "photos"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     library = tmp_path / "xdg" / "image-search"
     assert f"library: {library}" in first.stderr
     # Searched from another folder: the same library.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    found = cli(env, "search", "a photo", cwd=elsewhere)
+    found = cli(cli_env, "search", "a photo", cwd=elsewhere)
     assert found.returncode == 0, found.stderr
     assert "1 results" in found.stdout
     assert not (tmp_path / "data").exists()

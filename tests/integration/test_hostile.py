@@ -12,9 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from image_search_service.context import ServiceContext
-from image_search_service.core.config import Settings
 from image_search_service.db.models import Asset, AssetStatus
-from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from tests.factories import (
     bad_exif_jpeg_bytes,
@@ -24,7 +22,7 @@ from tests.factories import (
     mpo_bytes,
     write_jpeg,
 )
-from tests.integration.api_support import api_client, app_ctx, assert_error
+from tests.integration.api_support import ClientFactory, app_ctx, assert_error
 
 PASSWD = Path("/etc/passwd")
 
@@ -80,15 +78,12 @@ def test_a_file_replaced_by_an_outside_link_is_dropped_on_the_next_run(
 
 
 @pytest.fixture
-def served(
-    make_settings: object, encoders: EncoderRegistry, tmp_path: Path
-) -> Iterator[tuple[TestClient, Path]]:
-    settings: Settings = make_settings()  # type: ignore[operator]
+def served(make_client: ClientFactory, tmp_path: Path) -> Iterator[tuple[TestClient, Path]]:
     lib = tmp_path / "lib"
     write_jpeg(lib / "a.jpg", seed=1, size=(80, 60))
     write_jpeg(lib / "b.jpg", seed=2, size=(60, 80))
     (lib / "notes.jpg").write_text("not a picture\n")
-    with api_client(settings, encoders=encoders) as client:
+    with make_client() as client:
         index_paths(app_ctx(client), [lib], model_keys=["clip"])
         yield client, lib
 

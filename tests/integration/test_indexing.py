@@ -16,6 +16,7 @@ from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.library.indexing import models_to_index
+from image_search_service.services.library.schemas import LibraryStatusOut
 from image_search_service.services.library.status import library_status
 from image_search_service.services.search.service import SearchOptions, SearchService
 from tests.factories import broken_files, write_jpeg
@@ -91,7 +92,7 @@ def test_changed_moved_and_deleted_files(ctx: ServiceContext, tmp_path: Path) ->
     assert before[str(files[0].resolve())].id not in points
     assert moved_id in points
     assert len(points) == 5
-    status = library_status(ctx).as_dict()
+    status = LibraryStatusOut.model_validate(library_status(ctx)).model_dump()
     assert status["assets"] == 5
     assert status["missing"] == 1
     assert status["models"]["clip"]["coverage"] == 1.0
@@ -233,7 +234,7 @@ def test_postgres_and_qdrant_client_adapter(
         again = index_paths(ctx, [lib], model_keys=["clip", "siglip"])
         assert (again.indexed, again.missing) == (0, 1)
         assert ctx.store.count("image_assets_siglip") == 4
-        status = library_status(ctx).as_dict()
+        status = LibraryStatusOut.model_validate(library_status(ctx)).model_dump()
         assert status["database"] == "postgresql"
         assert status["vector_store"] == "qdrant"
         assert status["models"]["siglip"]["coverage"] == 1.0

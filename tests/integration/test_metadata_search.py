@@ -5,18 +5,16 @@ embedded Qdrant Edge store and on qdrant-client's Qdrant."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from image_search_service.core.config import Settings
 from image_search_service.db.models import Asset
-from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
-from tests.integration.api_support import api_client, app_ctx, assert_error
+from tests.integration.api_support import ClientFactory, app_ctx, assert_error
 from tests.xmp_factories import (
     png_bytes_with_raw_xmp,
     write_jpeg_with_xmp,
@@ -73,12 +71,7 @@ def write_people_library(root: Path) -> dict[str, Path]:
 @pytest.fixture(
     params=["edge", "qdrant-client", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )
-def client(
-    request: pytest.FixtureRequest,
-    make_settings: Callable[..., Settings],
-    encoders: EncoderRegistry,
-    tmp_path: Path,
-) -> Iterator[TestClient]:
+def client(request: pytest.FixtureRequest, make_client: ClientFactory) -> Iterator[TestClient]:
     """Qdrant Edge + SQLite (the embedded default), qdrant-client's Qdrant + SQLite, and
     Qdrant Edge + PostgreSQL (its full-text search)."""
     overrides: dict[str, Any] = {}
@@ -86,7 +79,7 @@ def client(
         overrides["qdrant_url"] = ":memory:"
     if request.param == "postgresql":
         overrides["database_url"] = request.getfixturevalue("postgres_url")
-    with api_client(make_settings(**overrides), encoders=encoders) as test_client:
+    with make_client(**overrides) as test_client:
         yield test_client
 
 

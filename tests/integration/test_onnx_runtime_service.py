@@ -14,6 +14,7 @@ from image_search_service.context import open_context
 from image_search_service.encoders.onnx import OnnxEncoder
 from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.services.library.index import index_paths
+from image_search_service.services.library.schemas import LibraryStatusOut
 from image_search_service.services.library.status import library_status
 from image_search_service.services.search.service import SearchOptions, SearchService
 from tests.factories import write_jpeg
@@ -53,7 +54,7 @@ def test_index_and_search_with_onnx(make_settings: Any, tmp_path: Path, precisio
             assert found.results[0].score == pytest.approx(1.0, abs=1e-3)
             text = service.search_text("a red photo", model=key, options=SearchOptions())
             assert len(text.results) == 8
-        status = library_status(ctx).as_dict()
+        status = LibraryStatusOut.model_validate(library_status(ctx)).model_dump()
         assert status["models"]["siglip"]["runtimes"] == [runtime]
         assert status["models"]["siglip"]["configured_runtime"] == f"onnx-{precision}"
     finally:
@@ -79,7 +80,12 @@ def test_switching_runtime_is_provenance_not_a_model_mismatch(
         info = ctx.store.collection_info(ctx.spec("clip").collection)
         assert info is not None
         assert info.runtimes == ("torch-fp32", "onnx-fp32")
-        assert library_status(ctx).as_dict()["models"]["clip"]["identity_matches"] is True
+        assert (
+            LibraryStatusOut.model_validate(library_status(ctx)).model_dump()["models"]["clip"][
+                "identity_matches"
+            ]
+            is True
+        )
         assert isinstance(ctx.encoder("clip"), OnnxEncoder)
         # fp32 ONNX reproduces the stored PyTorch vectors: a switch needs no re-embedding.
         for path in first:
@@ -93,7 +99,7 @@ def test_switching_runtime_is_provenance_not_a_model_mismatch(
 
 
 def test_reembed_job_uses_the_configured_runtime(make_settings: Any, tmp_path: Path) -> None:
-    from image_search_service.services.reembed.batch import plan_asset_ids
+    from image_search_service.db import repository as repo
     from image_search_service.services.reembed.runner import run_in_process
 
     settings = make_settings(
@@ -105,7 +111,7 @@ def test_reembed_job_uses_the_configured_runtime(make_settings: Any, tmp_path: P
         index_paths(ctx, [tmp_path / "lib"], model_keys=[])
         ctx.store.ensure_collection(ctx.collection_spec("siglip"))
         with ctx.session_factory() as session:
-            ids = plan_asset_ids(session, ctx.spec("siglip"))
+            ids = repo.asset_ids_to_embed(session, ctx.spec("siglip"))
         assert len(ids) == 6
         run_in_process(ctx, "siglip", ids, job_size=4)
         assert ctx.store.count(ctx.spec("siglip").collection) == 6

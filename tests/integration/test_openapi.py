@@ -5,9 +5,6 @@ response that breaks the schema; and the hand-checked points of issue 9."""
 from __future__ import annotations
 
 import itertools
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,18 +12,17 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 from schemathesis.generation.case import Case
 
-from image_search_service.api.app import create_app
 from image_search_service.api.serving import uvicorn_limits
 from image_search_service.context import open_context
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
-from tests.integration.api_support import write_library
+from tests.integration.api_support import tiny_model_settings, write_library
+from tests.integration.live_server import live_server
 
 pytestmark = pytest.mark.slow
 
@@ -42,59 +38,22 @@ CHECKS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.fixture(scope="module")
 def base_url(
     tmp_path_factory: pytest.TempPathFactory,
     tiny_models: dict[str, Path],
     encoders: EncoderRegistry,
 ) -> Iterator[str]:
-    from image_search_service.core.config import Settings
-
     root = tmp_path_factory.mktemp("openapi")
-    config = Settings(
-        data_dir=root / "data",
-        clip_model_name=f"local-dir:{tiny_models['clip']}",
-        clip_pretrained="",
-        siglip_model_name=f"local-dir:{tiny_models['siglip']}",
-        siglip_pretrained="",
-        max_upload_bytes=200_000,
-        _env_file=None,
-    )
+    config = tiny_model_settings(tiny_models, root / "data", max_upload_bytes=200_000)
     write_library(root / "photos")
     ctx = open_context(config, encoders=encoders)
     try:
         index_paths(ctx, [root / "photos"], model_keys=["clip"])
     finally:
         ctx.close()
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config, encoders=encoders),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            **uvicorn_limits(config),
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive(), "server did not start"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with live_server(config, encoders=encoders, **uvicorn_limits(config)) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

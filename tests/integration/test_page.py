@@ -23,6 +23,7 @@ from image_search_service.demo.synthetic import write_library
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.library.watcher import LibraryWatcher
+from tests.integration.api_support import tiny_model_settings
 from tests.integration.live_server import LiveServer, live_server
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -47,17 +48,7 @@ pytestmark = [
 
 
 def _settings(root: Path, tiny_models: dict[str, Path], **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": root / "data",
-        "clip_model_name": f"local-dir:{tiny_models['clip']}",
-        "clip_pretrained": "",
-        "siglip_model_name": f"local-dir:{tiny_models['siglip']}",
-        "siglip_pretrained": "",
-        "batch_size": 8,
-        "_env_file": None,
-        **overrides,
-    }
-    return Settings(**values)
+    return tiny_model_settings(tiny_models, root / "data", batch_size=8, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -432,35 +423,3 @@ def test_an_empty_library_says_nothing_is_indexed_yet(
             )
             assert _tile_ids(page) == []
             assert "error" not in (page.get_attribute("#status", "class") or "")
-
-
-def test_upload_asks_for_the_key_once_and_keeps_it(
-    tmp_path: Path, tiny_models: dict[str, Path], encoders: EncoderRegistry, page: Any
-) -> None:
-    photos = [path for path, _ in write_library(tmp_path / "mine", 2, seed=5)]
-    settings = _settings(tmp_path, tiny_models, api_key="s3cret")
-    with live_server(settings, encoders=encoders) as server:
-        prompts: list[str] = []
-
-        def answer(dialog: Any) -> None:
-            prompts.append(dialog.message)
-            dialog.accept("s3cret")
-
-        page.on("dialog", answer)
-        page.goto(server.url + "/")
-        page.wait_for_function(
-            "() => document.querySelector('#status').textContent.includes('Nothing indexed yet')"
-        )
-        page.set_input_files("#upload-file", str(photos[0]))
-        page.wait_for_function(
-            "() => document.querySelector('#status').textContent.includes('1 photo in the library')"
-        )
-        page.set_input_files("#upload-file", str(photos[1]))
-        page.wait_for_function(
-            "t => document.querySelector('#status').textContent.includes(t)",
-            arg="2 photos in the library",
-        )
-        assert len(prompts) == 1, prompts  # asked once, then kept in this browser
-        assert page.evaluate("localStorage.getItem('imageSearchApiKey')") == "s3cret"
-        assert len(_tile_ids(page)) == 2
-        assert httpx.get(server.url + "/api/v1/assets").json()["total"] == 2

@@ -14,21 +14,22 @@ from sqlalchemy import select
 
 from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import Settings
+from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetEmbedding
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.jobs.dispatcher import Dispatcher
 from image_search_service.jobs.retry import RetryPolicy
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.library.indexing import models_to_index
-from image_search_service.services.library.status import model_coverage
-from image_search_service.services.reembed.batch import plan_asset_ids
 from image_search_service.services.reembed.progress import reembed_progress
 from image_search_service.services.reembed.runner import RunReport, run_in_process
 from image_search_service.services.reembed.submit import submit_reembed
 from tests.factories import broken_files, write_jpeg
 from tests.integration.reembed_support import (
+    coverage_of,
     index_clip_only,
     invoke,
+    progress_json,
     settings_env,
     write_photos,
 )
@@ -81,9 +82,9 @@ def test_cli_reembeds_every_asset_once_and_reruns_do_nothing(
     ctx = open_context(db_settings, encoders=EncoderRegistry(device="cpu"))
     try:
         assert ctx.store.count("image_assets_siglip") == 10  # one point per asset, always
-        assert model_coverage(ctx, "siglip").ratio == 1.0
+        assert coverage_of(ctx, "siglip").ratio == 1.0
         assert _attempts(ctx) == [2] * 10
-        progress = reembed_progress(ctx).as_dict()
+        progress = progress_json(ctx)
     finally:
         ctx.close()
     assert progress["target"] == "siglip"
@@ -98,16 +99,16 @@ def test_cli_reembeds_every_asset_once_and_reruns_do_nothing(
 
 def test_progress_counts_rate_and_eta_as_the_run_goes(library_ctx: ServiceContext) -> None:
     ctx = library_ctx
-    before = reembed_progress(ctx).as_dict()
+    before = progress_json(ctx)
     assert (before["total"], before["done"], before["pending"]) == (10, 0, 10)
     assert before["eta_seconds"] is None  # nothing has moved yet
     assert before["models"]["clip"]["done"] == 10
 
     with ctx.session_factory() as session:
-        ids = plan_asset_ids(session, ctx.spec("siglip"))
+        ids = repo.asset_ids_to_embed(session, ctx.spec("siglip"))
     run_in_process(ctx, "siglip", ids[:6], job_size=4)
 
-    halfway = reembed_progress(ctx).as_dict()
+    halfway = progress_json(ctx)
     assert (halfway["done"], halfway["failed"], halfway["pending"]) == (6, 0, 4)
     assert halfway["rate"] > 0
     assert halfway["eta_seconds"] is not None
@@ -116,7 +117,7 @@ def test_progress_counts_rate_and_eta_as_the_run_goes(library_ctx: ServiceContex
     assert halfway["coverage"] == 0.6
 
     run_in_process(ctx, "siglip", ids[6:], job_size=4)
-    done = reembed_progress(ctx).as_dict()
+    done = progress_json(ctx)
     assert (done["done"], done["pending"], done["eta_seconds"], done["complete"]) == (
         10,
         0,
@@ -167,7 +168,7 @@ def test_a_corrupt_file_among_many_fails_alone(
     ctx = open_context(settings, encoders=encoders)
     try:
         assert ctx.store.count("image_assets_siglip") == 200
-        assert model_coverage(ctx, "siglip").ratio == 1.0
+        assert coverage_of(ctx, "siglip").ratio == 1.0
     finally:
         ctx.close()
 
@@ -178,7 +179,7 @@ def test_a_photo_deleted_since_the_index_fails_with_advice_and_the_run_completes
     gone = sorted((tmp_path / "photos").glob("*.jpg"))[3]
     gone.unlink()
     with library_ctx.session_factory() as session:
-        ids = plan_asset_ids(session, library_ctx.spec("siglip"))
+        ids = repo.asset_ids_to_embed(session, library_ctx.spec("siglip"))
     report = run_in_process(library_ctx, "siglip", ids, job_size=4)
     assert (report.done, report.failed) == (9, 1)
     assert report.failures[0]["path"] == str(gone)
@@ -189,7 +190,7 @@ def test_a_photo_deleted_since_the_index_fails_with_advice_and_the_run_completes
     # Back again: retrying the failures lands it.
     write_jpeg(gone, seed=3)
     with library_ctx.session_factory() as session:
-        retry = plan_asset_ids(session, library_ctx.spec("siglip"), only_failed=True)
+        retry = repo.asset_ids_to_embed(session, library_ctx.spec("siglip"), only_failed=True)
     assert len(retry) == 1
 
 
@@ -198,7 +199,7 @@ def test_new_photos_during_a_migration_land_in_both_collections(
 ) -> None:
     ctx = library_ctx
     with ctx.session_factory() as session:
-        planned = plan_asset_ids(session, ctx.spec("siglip"))
+        planned = repo.asset_ids_to_embed(session, ctx.spec("siglip"))
     run_in_process(ctx, "siglip", planned[:4], job_size=2)  # the migration is under way
 
     new = write_photos(tmp_path / "new", 5, start=100)
@@ -208,11 +209,11 @@ def test_new_photos_during_a_migration_land_in_both_collections(
     assert report.indexed == 5
 
     with ctx.session_factory() as session:
-        remaining = plan_asset_ids(session, ctx.spec("siglip"))
+        remaining = repo.asset_ids_to_embed(session, ctx.spec("siglip"))
     assert remaining == planned[4:]  # the new photos were embedded by both already
     run_in_process(ctx, "siglip", remaining)
     for key in keys:
-        cov = model_coverage(ctx, key)
+        cov = coverage_of(ctx, key)
         assert (cov.ratio, cov.done, cov.searchable) == (1.0, 15, 15)
         assert ctx.store.count(ctx.spec(key).collection) == 15
 
@@ -222,7 +223,7 @@ def test_new_photos_during_a_migration_land_in_both_collections(
     assert index_paths(ctx, [tmp_path / "new"], model_keys=keys).missing == 2
     for key in keys:
         assert ctx.store.count(ctx.spec(key).collection) == 13
-        assert model_coverage(ctx, key).ratio == 1.0
+        assert coverage_of(ctx, key).ratio == 1.0
 
 
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # nothing listens
@@ -235,7 +236,7 @@ def test_transient_failures_retry_then_give_up_and_record_why(
     """A Qdrant that does not answer (nothing listens on the port): the same batch is
     tried 1 + max_retries times, then its assets are marked failed with the reason."""
     with library_ctx.session_factory() as session:
-        ids = plan_asset_ids(session, library_ctx.spec("siglip"))
+        ids = repo.asset_ids_to_embed(session, library_ctx.spec("siglip"))
     library_ctx.close()
     unreachable = make_settings(
         database_url=db_settings.database_url, qdrant_url="http://127.0.0.1:9"
@@ -253,7 +254,7 @@ def test_transient_failures_retry_then_give_up_and_record_why(
             rows = session.scalars(
                 select(AssetEmbedding).where(AssetEmbedding.model_key == "siglip")
             ).all()
-            progress = reembed_progress(ctx).as_dict()
+            progress = progress_json(ctx)
     finally:
         ctx.close()
     assert (progress["failed"], progress["pending"]) == (4, 6)
@@ -280,12 +281,12 @@ def test_embedded_store_in_use_elsewhere_is_reported_not_waited_on(
 def test_background_run_for_the_api(library_ctx: ServiceContext) -> None:
     ctx = library_ctx
     with ctx.session_factory() as session:
-        ids = plan_asset_ids(session, ctx.spec("siglip"))
+        ids = repo.asset_ids_to_embed(session, ctx.spec("siglip"))
     dispatcher = Dispatcher()
     try:
         submission = submit_reembed(ctx, "siglip", job_size=3, dispatcher=dispatcher)
         assert submission.background is not None
-        assert submission.as_dict()["running_in_background"] is True
+        assert submission.running_in_background is True
         assert dispatcher.wait_idle(300)
     finally:
         dispatcher.close()
@@ -294,5 +295,5 @@ def test_background_run_for_the_api(library_ctx: ServiceContext) -> None:
     assert isinstance(job.result, RunReport)
     assert job.result.done == 10
     assert job.done == 10  # progress, counted per photo
-    assert reembed_progress(ctx).as_dict()["complete"] is True
+    assert progress_json(ctx)["complete"] is True
     assert {UUID(str(i)) for i in ids} == ctx.store.point_ids("image_assets_siglip")

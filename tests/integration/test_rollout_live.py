@@ -17,7 +17,7 @@ from image_search_service.core.config import Settings
 from image_search_service.core.errors import InvalidRequest
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.rollout.router import user_bucket
-from tests.integration.api_support import api_client, assert_error, services
+from tests.integration.api_support import ClientFactory, assert_error, services
 
 PROPAGATION_DEADLINE_S = 30  # generous: the refresh is 0.2 s here; no timing is asserted
 
@@ -49,8 +49,8 @@ def app_settings(make_settings: Callable[..., Settings], database_url: str) -> A
 
 
 @pytest.fixture
-def client(app_settings: Any, encoders: EncoderRegistry) -> Iterator[TestClient]:
-    with api_client(app_settings(), encoders=encoders) as test_client:
+def client(app_settings: Any, make_client: ClientFactory) -> Iterator[TestClient]:
+    with make_client(app_settings()) as test_client:
         yield test_client
 
 
@@ -189,9 +189,9 @@ class TestChange:
         assert newest["new_siglip_rollout_percentage"] == 10
 
     def test_the_key_is_required_when_configured(
-        self, app_settings: Any, encoders: EncoderRegistry
+        self, app_settings: Any, make_client: ClientFactory
     ) -> None:
-        with api_client(app_settings(api_key="s3cret"), encoders=encoders) as keyed:
+        with make_client(app_settings(api_key="s3cret")) as keyed:
             body = {"siglip_rollout_percentage": 50}
             assert_error(keyed.put("/api/v1/admin/rollout", json=body), 401, "Unauthorized")
             ok = keyed.put("/api/v1/admin/rollout", json=body, headers={"X-API-Key": "s3cret"})
@@ -209,12 +209,9 @@ def _history_keyed(client: TestClient) -> list[dict[str, Any]]:
 
 class TestSharedAcrossProcesses:
     def test_another_process_follows_within_seconds(
-        self, app_settings: Any, encoders: EncoderRegistry
+        self, app_settings: Any, make_client: ClientFactory
     ) -> None:
-        with (
-            api_client(app_settings(), encoders=encoders) as first,
-            api_client(app_settings(), encoders=encoders) as second,
-        ):
+        with make_client(app_settings()) as first, make_client(app_settings()) as second:
             assert services(second).router.percentage == 10  # read once, cached
             first.put("/api/v1/admin/rollout", json={"siglip_rollout_percentage": 75})
             deadline = time.monotonic() + PROPAGATION_DEADLINE_S
@@ -224,12 +221,12 @@ class TestSharedAcrossProcesses:
             assert _flags(second) == (False, 75, "database")
 
     def test_the_change_survives_a_restart_and_wins_over_the_environment(
-        self, app_settings: Any, encoders: EncoderRegistry
+        self, app_settings: Any, make_client: ClientFactory
     ) -> None:
-        with api_client(app_settings(), encoders=encoders) as before:
+        with make_client(app_settings()) as before:
             before.put("/api/v1/admin/rollout", json={"siglip_rollout_percentage": 40})
         env_says = app_settings(siglip_rollout_percentage=90, use_siglip=False)
-        with api_client(env_says, encoders=encoders) as after:
+        with make_client(env_says) as after:
             assert _flags(after) == (False, 40, "database")
             assert len(_history(after)) == 1
 

@@ -22,10 +22,15 @@ from image_search_service.jobs.process import bind_context
 from image_search_service.jobs.queue import work_queue
 from image_search_service.services.library.ingest import submit_ingest
 from tests.factories import jpeg_bytes, photo_bytes
-from tests.integration.api_support import api_client, assert_error, index, services
-from tests.integration.s3_support import S3Server, s3_env, s3_server
+from tests.integration.api_support import (
+    ClientFactory,
+    assert_error,
+    index,
+    services,
+    wait_idle,
+)
+from tests.integration.s3_support import S3Server
 
-__all__ = ["s3_env", "s3_server"]  # fixtures
 KEY = {"X-API-Key": "k"}
 
 
@@ -53,8 +58,8 @@ def _status(ctx: ServiceContext, uri: str) -> AssetStatus | None:
 
 
 @pytest.fixture
-def client(make_settings: Any, encoders: EncoderRegistry, s3_env: S3Server) -> Iterator[TestClient]:
-    with api_client(make_settings(api_key="k"), encoders=encoders) as test_client:
+def client(make_client: ClientFactory, s3_env: S3Server) -> Iterator[TestClient]:
+    with make_client(api_key="k") as test_client:
         yield test_client
 
 
@@ -63,6 +68,7 @@ def test_s3_file_and_thumbnail_are_streamed(client: TestClient, s3_env: S3Server
     heic = photo_bytes("HEIF", (90, 60), seed=8)
     s3_env.client().put_object(Bucket=bucket, Key="a/IMG_1.heic", Body=heic)
     index(client, [f"s3://{bucket}/a/"], ["clip"])
+    client.headers["X-API-Key"] = "k"  # reads need the key too
     listing = client.get("/api/v1/assets").json()["items"]
     assert [a["path"] for a in listing] == [f"s3://{bucket}/a/IMG_1.heic"]
     asset_id = listing[0]["id"]
@@ -86,7 +92,7 @@ def test_the_admin_index_endpoint_takes_a_bucket_uri(client: TestClient, s3_env:
         queued = client.post("/api/v1/admin/index", json={"path": path}, headers=key)
         assert queued.status_code == 202, queued.text
         assert queued.json()["run"]["path"] == path  # not taken for a local folder
-    assert services(client).dispatcher.wait_idle(120)
+    wait_idle(client)
     status = client.get("/api/v1/admin/index", headers=key).json()
     runs = {r["path"]: r for r in status["finished"]}
     assert runs[f"s3://{bucket}/2024/"]["report"]["indexed"] == 1
@@ -99,7 +105,6 @@ def test_ingest_webhook_in_process(client: TestClient, s3_env: S3Server) -> None
     s3.put_object(Bucket=bucket, Key="in/summer day.jpg", Body=jpeg_bytes(seed=21))
     s3.put_object(Bucket=bucket, Key="in/burst.mpo", Body=photo_bytes("MPO", seed=22))
     ctx = services(client).ctx
-    dispatcher = services(client).dispatcher
 
     assert_error(client.post("/api/v1/ingest", json=_event(bucket, "in/summer day.jpg")), 401)
     created = client.post("/api/v1/ingest", json=_event(bucket, "in/summer day.jpg"), headers=KEY)
@@ -110,7 +115,7 @@ def test_ingest_webhook_in_process(client: TestClient, s3_env: S3Server) -> None
     bearer = {"Authorization": "Bearer k"}  # as MinIO's webhook target sends its token
     as_list = client.post("/api/v1/ingest", json=[f"s3://{bucket}/in/burst.mpo"], headers=bearer)
     assert as_list.json()["accepted"] == 1
-    assert dispatcher.wait_idle(120)
+    wait_idle(client)
     day = f"s3://{bucket}/in/summer day.jpg"
     assert _status(ctx, day) == AssetStatus.ACTIVE
     assert _status(ctx, f"s3://{bucket}/in/burst.mpo") == AssetStatus.ACTIVE
@@ -118,13 +123,13 @@ def test_ingest_webhook_in_process(client: TestClient, s3_env: S3Server) -> None
 
     # Redelivered: nothing changes.
     client.post("/api/v1/ingest", json=_event(bucket, "in/summer day.jpg"), headers=KEY)
-    assert dispatcher.wait_idle(120)
+    wait_idle(client)
     assert ctx.store.count("image_assets") == 2
 
     s3.delete_object(Bucket=bucket, Key="in/summer day.jpg")
     removed = _event(bucket, "in/summer day.jpg", "ObjectRemoved:Delete")
     assert client.post("/api/v1/ingest", json=removed, headers=KEY).status_code == 202
-    assert dispatcher.wait_idle(120)
+    wait_idle(client)
     assert _status(ctx, day) == AssetStatus.MISSING
     assert ctx.store.count("image_assets") == 1
 

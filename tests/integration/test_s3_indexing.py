@@ -17,9 +17,7 @@ from image_search_service.images.s3 import SourceAccessDenied, SourceNotFound
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.search.service import SearchOptions, SearchService
 from tests.factories import jpeg_bytes, photo_bytes
-from tests.integration.s3_support import S3Server, s3_env, s3_server
-
-__all__ = ["s3_env", "s3_server"]  # fixtures
+from tests.integration.s3_support import S3Server
 
 
 def _fill(server: S3Server, bucket: str) -> dict[str, bytes]:

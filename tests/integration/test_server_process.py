@@ -20,7 +20,7 @@ from image_search_service.db import repository as repo
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from tests.factories import jpeg_bytes
-from tests.integration.api_support import write_library
+from tests.integration.api_support import tiny_model_settings
 from tests.integration.live_server import serve_process, tiny_model_env
 from tests.xmp_factories import jpeg_with_xmp, xmp_packet
 
@@ -51,22 +51,13 @@ class Server:
 
 @pytest.fixture
 def server(
-    tmp_path: Path, tiny_models: dict[str, Path], encoders: EncoderRegistry
+    tmp_path: Path,
+    tiny_models: dict[str, Path],
+    encoders: EncoderRegistry,
+    photo_library: list[Path],
 ) -> Iterator[Server]:
     data_dir = tmp_path / "data"
-    models = {
-        "CLIP_MODEL_NAME": f"local-dir:{tiny_models['clip']}",
-        "SIGLIP_MODEL_NAME": f"local-dir:{tiny_models['siglip']}",
-    }
-    settings = Settings(
-        data_dir=data_dir,
-        clip_model_name=models["CLIP_MODEL_NAME"],
-        clip_pretrained="",
-        siglip_model_name=models["SIGLIP_MODEL_NAME"],
-        siglip_pretrained="",
-        _env_file=None,
-    )
-    library = write_library(tmp_path / "photos")
+    settings = tiny_model_settings(tiny_models, data_dir)
     ctx = open_context(settings, encoders=encoders)
     try:
         index_paths(ctx, [tmp_path / "photos"], model_keys=["clip"])
@@ -82,7 +73,7 @@ def server(
         }
     )
     with serve_process(tmp_path, env) as served:
-        yield Server(served.client, served.process, served.log, library, settings)
+        yield Server(served.client, served.process, served.log, photo_library, settings)
 
 
 def test_real_server_over_http(server: Server) -> None:
@@ -178,7 +169,13 @@ def test_stops_cleanly_and_keeps_the_upload(server: Server, encoders: EncoderReg
     ("env", "args", "host", "says"),
     [
         ({}, [], "127.0.0.1", "binds to 127.0.0.1 only"),
-        ({}, ["--host", "0.0.0.0"], "0.0.0.0", "warning: --host 0.0.0.0 without API_KEY"),
+        (
+            {},
+            ["--host", "0.0.0.0", "--allow-unauthenticated"],
+            "0.0.0.0",
+            "WARNING: --allow-unauthenticated",
+        ),
+        ({"READ_API_KEY": "r"}, [], "0.0.0.0", "every route but /health needs one"),
         ({"API_KEY": "k"}, [], "0.0.0.0", "serving on http://0.0.0.0:8123"),
         ({"API_KEY": "k"}, ["--host", "10.0.0.5"], "10.0.0.5", "serving on http://10.0.0.5"),
     ],
@@ -202,7 +199,7 @@ def test_serve_chooses_the_bind_address_by_api_key(
     result = CliRunner().invoke(
         main,
         ["serve", "--port", "8123", *args],
-        env={"DATA_DIR": str(tmp_path / "data"), "API_KEY": "", **env},
+        env={"DATA_DIR": str(tmp_path / "data"), "API_KEY": "", "READ_API_KEY": "", **env},
     )
     assert result.exit_code == 0, result.output
     assert [(c["host"], c["port"]) for c in calls] == [(host, 8123)]

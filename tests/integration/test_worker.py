@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import Settings
+from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetEmbedding, EmbeddingState
 from image_search_service.db.session import make_engine, make_session_factory
 from image_search_service.encoders.registry import EncoderRegistry
@@ -27,15 +28,16 @@ from image_search_service.jobs.process import bind_context
 from image_search_service.jobs.queue import work_queue
 from image_search_service.jobs.retry import RetryPolicy
 from image_search_service.jobs.worker import run_worker
-from image_search_service.services.library.status import model_coverage
-from image_search_service.services.reembed.batch import plan_asset_ids
-from image_search_service.services.reembed.progress import model_progress, reembed_progress
+from image_search_service.services.reembed.progress import model_progress
+from image_search_service.services.reembed.schemas import ModelProgressOut
 from image_search_service.services.reembed.submit import enqueue_reembed
 from tests.integration.reembed_support import (
     RedisServer,
     cli_command,
+    coverage_of,
     index_clip_only,
     invoke,
+    progress_json,
     settings_env,
     subprocess_env,
     write_photos,
@@ -64,13 +66,15 @@ def _library(settings: Settings, encoders: EncoderRegistry, photos: Path, count:
 
 def _plan(ctx: ServiceContext) -> list[Any]:
     with ctx.session_factory() as session:
-        return plan_asset_ids(session, ctx.spec("siglip"))
+        return repo.asset_ids_to_embed(session, ctx.spec("siglip"))
 
 
 def _assert_migrated(ctx: ServiceContext, count: int) -> None:
     """Exactly one point per asset, every asset done, nothing failed."""
     with ctx.session_factory() as session:
-        progress = model_progress(session, ctx.spec("siglip")).as_dict()
+        progress = ModelProgressOut.model_validate(
+            model_progress(session, ctx.spec("siglip"))
+        ).model_dump(mode="json")
         asset_ids = set(
             session.scalars(
                 select(AssetEmbedding.asset_id).where(
@@ -82,7 +86,7 @@ def _assert_migrated(ctx: ServiceContext, count: int) -> None:
     assert (progress["done"], progress["failed"], progress["pending"]) == (count, 0, 0)
     assert ctx.store.count("image_assets_siglip") == count
     assert ctx.store.point_ids("image_assets_siglip") == asset_ids
-    assert model_coverage(ctx, "siglip").ratio == 1.0
+    assert coverage_of(ctx, "siglip").ratio == 1.0
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -107,7 +111,7 @@ def test_simple_worker_runs_queued_jobs_in_process(
         again = enqueue_reembed(queue, "siglip", _plan(ctx), job_size=4)
         assert (first.jobs, first.enqueued_assets) == (3, 10)
         assert (again.jobs, again.already_queued) == (0, 10)  # nothing queued twice
-        waiting = reembed_progress(ctx).as_dict()
+        waiting = progress_json(ctx)
         assert waiting["runner"] == "rq"
         assert waiting["queue"]["queued"] == 3
         assert waiting["pending"] == 10
@@ -126,7 +130,7 @@ def test_simple_worker_runs_queued_jobs_in_process(
             assert job is not None
             results.append(job.return_value())
         assert sorted(r["done"] for r in results) == [2, 4, 4]
-        done = reembed_progress(ctx).as_dict()
+        done = progress_json(ctx)
         assert done["complete"] is True
         assert done["queue"]["queued"] == 0
     finally:

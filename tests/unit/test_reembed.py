@@ -167,7 +167,7 @@ def test_default_target_is_the_collection_with_work_left() -> None:
             model=key,
             collection=key,
             model_name="m",
-            coverage=cov,
+            counts=cov,
             rate=0.0,
             last_activity=None,
             collection_exists=exists,

@@ -17,6 +17,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from image_search_service.api.access import Access, AccessMiddleware
 from image_search_service.api.body_limit import BodySizeLimitMiddleware
 from image_search_service.api.deps import AppServices
 from image_search_service.api.errors import install_error_handlers
@@ -24,6 +25,7 @@ from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
 from image_search_service.api.openapi import install_openapi
 from image_search_service.api.routes import (
     API_PREFIX,
+    auth,
     health,
     library,
     metadata,
@@ -91,6 +93,7 @@ def create_app(
     )
     install_error_handlers(app)
     install_openapi(app)
+    app.state.access = access = Access.from_settings(settings)
     app.add_middleware(
         BodySizeLimitMiddleware,
         upload_paths=frozenset(
@@ -101,17 +104,18 @@ def create_app(
                 f"{API_PREFIX}/embed/image",
             }
         ),
-        tiny_paths=frozenset({f"{API_PREFIX}/events"}),
+        tiny_paths=frozenset({f"{API_PREFIX}/events", f"{API_PREFIX}/auth/session"}),
         max_upload_bytes=settings.max_upload_bytes,
         extra_limits={f"{API_PREFIX}/embed/batch": settings.embed_max_batch_bytes},
     )
+    app.add_middleware(AccessMiddleware, access=access)
     app.add_middleware(
         BrowserGuardMiddleware,
         allowed_hosts=settings.allowed_host_list,
         trusted_origins=settings.trusted_origin_list,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, search, library, metadata, rollout, reembed, page):
+    for module in (health, auth, search, library, metadata, rollout, reembed, page):
         app.include_router(module.router)
     app.mount(page.STATIC_PREFIX, page.static_files(), name="static")
     return app
@@ -174,14 +178,14 @@ def _log_rollout(router: EmbeddingRouter) -> None:
         return
     logger.info(
         "rollout: USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d (from the %s)",
-        status["use_siglip"],
-        status["siglip_rollout_percentage"],
-        status["flags_source"],
+        status.use_siglip,
+        status.siglip_rollout_percentage,
+        status.flags_source,
     )
     env = router.flags.environment
-    if status["flags_source"] == "database" and (
-        env.use_siglip != status["use_siglip"]
-        or env.siglip_rollout_percentage != status["siglip_rollout_percentage"]
+    if status.flags_source == "database" and (
+        env.use_siglip != status.use_siglip
+        or env.siglip_rollout_percentage != status.siglip_rollout_percentage
     ):
         logger.warning(
             "the environment's USE_SIGLIP=%s SIGLIP_ROLLOUT_PERCENTAGE=%d do not apply: the "
@@ -189,14 +193,14 @@ def _log_rollout(router: EmbeddingRouter) -> None:
             env.use_siglip,
             env.siglip_rollout_percentage,
         )
-    for key, state in status["models"].items():
+    for key, state in status.models.items():
         logger.info(
             "%s: collection %s, %d points, coverage %.1f%%, %s",
             key,
-            state["collection"],
-            state["points"],
-            100 * state["coverage"],
-            "ready" if state["ready"] else f"not serving: {state['reason']}",
+            state.collection,
+            state.points,
+            100 * state.coverage,
+            "ready" if state.ready else f"not serving: {state.reason}",
         )
 
 

@@ -3,10 +3,9 @@ caller's user id, API-key checks and asset lookups."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import anyio
@@ -14,10 +13,14 @@ from fastapi import Depends, Header, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
+from image_search_service.api.access import Access
+from image_search_service.api.auth import Principal, allows
 from image_search_service.api.errors import UnsupportedMediaType
 from image_search_service.api.metrics import ApiMetrics
+from image_search_service.api.security import SAFE_METHODS
 from image_search_service.context import ServiceContext
-from image_search_service.core.errors import Unauthorized
+from image_search_service.core.errors import Forbidden, Unauthorized
+from image_search_service.db import repository as repo
 from image_search_service.db.session import session_scope
 from image_search_service.jobs.dispatcher import Dispatcher
 from image_search_service.services.library.assets import AssetService, AssetView
@@ -48,6 +51,10 @@ class AppServices:
     # watched folders), and without RQ ingests and re-embedding runs.
     dispatcher: Dispatcher
     watcher: LibraryWatcher | None = None
+
+    def record_audit(self, record: dict[str, Any]) -> None:
+        with self.ctx.transaction() as session:
+            repo.add_audit_event(session, **record)
 
     def watch_problems(self) -> list[str]:
         return self.watcher.problems() if self.watcher is not None else []
@@ -116,47 +123,46 @@ async def get_user_id(
 
 UserIdHeader = Annotated[str | None, Depends(get_user_id)]
 
+# Declared for the OpenAPI document (the "Authorize" button of /docs); the check itself
+# is AccessMiddleware's, which also takes a session cookie or a signed photo URL.
 _api_key_header = APIKeyHeader(
     name="X-API-Key",
     auto_error=False,
-    description="required on data-changing and admin endpoints when API_KEY is set",
+    description="an API key (API_KEY, READ_API_KEY or `image-search keys`); "
+    "`Authorization: Bearer <key>` works too",
 )
 
 
-async def require_api_key(
-    request: Request,
-    services: ServicesDep,
-    provided: Annotated[str | None, Security(_api_key_header)],
-) -> None:
-    expected = services.ctx.settings.api_key
-    if expected is None:
-        return
-    if len(request.headers.getlist("x-api-key")) > 1:
-        # Which copy counts would depend on the parser (and a proxy may add one):
-        # an ambiguous credential is no credential.
-        raise Unauthorized("X-API-Key was sent more than once; send it once")
-    # Constant time, so the key cannot be guessed byte by byte from response times.
-    if provided is None or not hmac.compare_digest(provided.encode(), expected.encode()):
-        raise Unauthorized("missing or wrong X-API-Key header")
+async def get_access(request: Request) -> Access:
+    access: Access = request.app.state.access
+    return access
 
 
-RequireApiKey = Depends(require_api_key)
+AccessDep = Annotated[Access, Depends(get_access)]
 
 
-async def require_api_key_or_bearer(
-    request: Request,
-    services: ServicesDep,
-    provided: Annotated[str | None, Security(_api_key_header)],
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
-    """The API key in ``X-API-Key`` or as ``Authorization: Bearer <key>``: webhook
-    senders such as MinIO's notification target can only set the latter."""
-    scheme, _, token = (authorization or "").partition(" ")
-    bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    await require_api_key(request, services, provided if provided is not None else bearer)
+async def get_principal(
+    request: Request, _key: Annotated[str | None, Security(_api_key_header)] = None
+) -> Principal | None:
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    return principal
 
 
-RequireApiKeyOrBearer = Depends(require_api_key_or_bearer)
+PrincipalDep = Annotated[Principal | None, Depends(get_principal)]
+
+
+async def require_admin(request: Request, principal: PrincipalDep) -> None:
+    """The admin scope: changes to the library, the rollout, re-embedding. A change that
+    passes is recorded in the audit log once answered (AccessMiddleware)."""
+    if principal is None:
+        raise Unauthorized("an admin API key is required")
+    if not allows(principal.scope, "admin"):
+        raise Forbidden("this needs an admin key (API_KEY); yours may search and read only")
+    if request.method.upper() not in SAFE_METHODS:
+        request.scope.setdefault("state", {})["audit"] = True
+
+
+RequireAdmin = Depends(require_admin)
 
 
 def require_content_type(*accepted: str) -> Callable[..., Awaitable[None]]:

@@ -6,10 +6,10 @@ each command imports what it needs when it runs, so ``--help`` is instant.
 
 from __future__ import annotations
 
-from image_search_service.cli import library, reembed, rollout, search, server
+from image_search_service.cli import keys, library, reembed, rollout, search, server
 from image_search_service.cli.common import main
 
-for _module in (library, search, reembed, server, rollout):
+for _module in (library, search, reembed, server, rollout, keys):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

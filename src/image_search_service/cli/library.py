@@ -64,10 +64,12 @@ def index(paths: tuple[str, ...], model: str, as_json: bool) -> None:
     else:
         from image_search_service.services.library.index import index_paths
         from image_search_service.services.library.indexing import models_to_index
+        from image_search_service.services.library.schemas import IndexReportOut
 
         with opened_context(settings) as ctx, ProgressBar("indexing") as bar:
             keys = models_to_index(ctx, model)
-            data = index_paths(ctx, list(paths), model_keys=keys, progress=bar.start).as_dict()
+            report = index_paths(ctx, list(paths), model_keys=keys, progress=bar.start)
+        data = IndexReportOut.model_validate(report).model_dump(mode="json")
     _print_index_report(data, as_json)
 
 
@@ -99,16 +101,19 @@ def _print_index_report(report: dict[str, Any], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def status(as_json: bool) -> None:
     """Asset counts and, per model, collection, points, coverage and settings."""
+    from image_search_service.services.library.schemas import LibraryStatusOut
+
     settings = load_settings()
     server = running_server(settings)
     if server is not None:
         handing_off(server.url, as_json)
-        data = status_via_server(server)
+        found: Any = status_via_server(server)
     else:
         from image_search_service.services.library.status import library_status
 
         with opened_context(settings) as ctx:
-            data = library_status(ctx).as_dict()
+            found = library_status(ctx)
+    data = LibraryStatusOut.model_validate(found).model_dump(mode="json")
     if as_json:
         echo_json(data)
         return
@@ -119,17 +124,29 @@ def status(as_json: bool) -> None:
     for key, entry in data["models"].items():
         if not entry["exists"]:
             click.echo(f"{key:7s} {entry['collection']}: not created")
-            continue
-        ident = entry["model_identity"] or {}
-        click.echo(
-            f"{key:7s} {entry['collection']}: {entry['points']} points, coverage "
-            f"{entry['coverage']:.1%}, {entry['failed']} failed, {entry['quantization']}, "
-            f"HNSW m={entry['hnsw']['m']} ef_construct={entry['hnsw']['ef_construct']}, "
-            f"model {ident.get('model_name')} "
-            f"({ident.get('pretrained') or '-'}, {ident.get('dim')}-d), "
-            f"vectors by {', '.join(entry.get('runtimes') or ['-'])}"
-            + ("" if entry["identity_matches"] else "  MISMATCH with settings")
-        )
+        else:
+            ident = entry["model_identity"] or {}
+            click.echo(
+                f"{key:7s} {entry['collection']}: {entry['points']} points, coverage "
+                f"{entry['coverage']:.1%}, {entry['failed']} failed, {entry['quantization']}, "
+                f"HNSW m={entry['hnsw']['m']} ef_construct={entry['hnsw']['ef_construct']}, "
+                f"model {ident.get('model_name')} "
+                f"({ident.get('pretrained') or '-'}, {ident.get('dim')}-d), "
+                f"vectors by {', '.join(entry.get('runtimes') or ['-'])}"
+                + ("" if entry["identity_matches"] else "  MISMATCH with settings")
+            )
+        # Which precision serves each tower, and why not INT8 (status never loads a model).
+        towers = entry.get("precision")
+        if towers:
+            serving = ", ".join(f"{tower} {runtime}" for tower, runtime in towers.items())
+        else:
+            serving = f"{entry['configured_runtime']} configured"
+        cpu = f" (CPU class {entry['cpu_isa']})" if entry.get("cpu_isa") else ""
+        if not entry.get("model_loaded"):
+            cpu += "; model not loaded in this process"
+        elif entry.get("int8_refused"):
+            cpu += f"; INT8 refused: {entry['int8_refused']}"
+        click.echo(f"{'':7s} encoder: {serving}{cpu}")
 
 
 @click.command()
@@ -138,7 +155,7 @@ def status(as_json: bool) -> None:
 def demo(count: int, as_json: bool) -> None:
     """Offline demo: generate a picture library, index it with the shipped tiny
     models, and run example searches."""
-    from image_search_service.demo.run import run_demo
+    from image_search_service.demo.run import DemoReportOut, run_demo
 
     settings = load_settings()
     if not as_json:
@@ -146,7 +163,7 @@ def demo(count: int, as_json: bool) -> None:
     with ProgressBar("indexing") as bar:
         report = run_demo(settings, count=count, progress=bar.start)
     if as_json:
-        echo_json(report.as_dict())
+        echo_json(DemoReportOut.model_validate(report).model_dump(mode="json"))
         return
     click.echo(
         f"Indexed {report.indexed} new pictures in {report.index_seconds:.1f}s "
@@ -200,11 +217,12 @@ def migrate() -> None:
 def duplicates(threshold: float | None, model: ModelKey, limit: int, as_json: bool) -> None:
     """List groups of near-duplicate photos (re-saves, resizes, crops, bursts)."""
     from image_search_service.services.library.duplicates import find_duplicates
+    from image_search_service.services.library.schemas import DuplicatesOut
 
     with opened_context() as ctx:
         report = find_duplicates(ctx, model=model, threshold=threshold, limit=limit)
     if as_json:
-        echo_json(report.as_dict())
+        echo_json(DuplicatesOut.model_validate(report).model_dump(mode="json"))
         return
     click.echo(
         f"{report.total_groups} groups of near-duplicates among {report.scanned} photos "

@@ -102,10 +102,8 @@ def create_collection(
             else:
                 click.echo(f"collection {result['collection']!r} does not exist; nothing dropped")
             return
-        if check:
-            data = svc.check_collection(ctx, key).as_dict()
-        else:
-            data = svc.create_collection(ctx, key)
+        checked = svc.check_collection(ctx, key) if check else svc.create_collection(ctx, key)
+    data = checked.model_dump(mode="json")
     if as_json:
         echo_json(data)
     else:
@@ -158,8 +156,8 @@ def _print_check(data: dict[str, Any]) -> None:
         f"{verdict}{created}"
     )
     if data["exists"]:
-        ident = data.get("model_identity") or {}
-        hnsw = data.get("hnsw") or {}
+        ident = data["model_identity"] or {}
+        hnsw = data["hnsw"] or {}
         click.echo(
             f"  points {data['points']}, {data['dim']}-d, {data['distance']}, "
             f"{data['quantization']}, HNSW m={hnsw.get('m')} "
@@ -248,6 +246,7 @@ def _submit(
     in_process: bool,
     as_json: bool,
 ) -> None:
+    from image_search_service.services.reembed.schemas import ReembedSubmissionOut
     from image_search_service.services.reembed.submit import submit_reembed
 
     settings = load_settings()
@@ -272,7 +271,7 @@ def _submit(
             progress=bar.start,
         )
     if as_json:
-        echo_json(sub.as_dict())
+        echo_json(ReembedSubmissionOut.model_validate(sub).model_dump(mode="json"))
     if sub.created_collection and not as_json:
         click.echo(f"created collection {ctx.spec(key).collection!r}", err=True)
     if sub.note and not as_json:
@@ -342,19 +341,11 @@ def status(
 ) -> None:
     """Progress - total, done, failed, rate, ETA - and the failed assets with reasons."""
     from image_search_service.db import repository as repo
-    from image_search_service.db.session import (
-        make_engine,
-        make_session_factory,
-        session_scope,
-        upgrade_database,
-    )
+    from image_search_service.db.session import database_alone, session_scope
 
     settings = load_settings()
     key = key or (cctx.obj or {}).get("target")
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        upgrade_database(engine)
-        session_factory = make_session_factory(engine)
+    with database_alone(settings.resolved_database_url) as session_factory:
         if watch:
             _watch(settings, session_factory, key, interval=interval, as_json=as_json)
             return
@@ -376,12 +367,10 @@ def status(
             ],
         }
         if as_json:
-            echo_json({**progress.as_dict(), "failures": failures})
+            echo_json({**_public(progress), "failures": failures})
         else:
             _print_progress(progress)
             _print_failures(failures)
-    finally:
-        engine.dispose()
 
 
 def _read_progress(
@@ -418,7 +407,7 @@ def _print_progress(progress: ReembedProgress, *, per_model: bool = True) -> Non
     eta = describe_eta(head.eta_seconds) if head.pending else "-"
     click.echo(
         f"re-embedding with {progress.target}: {head.done}/{head.total} done, "
-        f"{head.failed} failed, {head.pending} pending - coverage {head.coverage.ratio:.1%}, "
+        f"{head.failed} failed, {head.pending} pending - coverage {head.coverage:.1%}, "
         f"rate {head.rate:.2f} assets/s, ETA {eta}" + ("  (complete)" if progress.complete else "")
     )
     if not per_model:
@@ -470,7 +459,7 @@ def _watch(
             key = progress.target
             head = progress.headline
             if as_json:
-                click.echo(json.dumps(progress.as_dict(), default=str))
+                click.echo(json.dumps(_public(progress)))
             elif bar.enabled:
                 eta = describe_eta(head.eta_seconds) if head.pending else "-"
                 bar.label = f"re-embedding with {key}"
@@ -527,3 +516,10 @@ def worker(burst: bool, max_jobs: int | None, name: str | None) -> None:
 
 
 COMMANDS: list[click.Command] = [create_collection, reembed, worker]
+
+
+def _public(progress: ReembedProgress) -> dict[str, Any]:
+    from image_search_service.services.reembed.schemas import ReembedProgressOut
+
+    data: dict[str, Any] = ReembedProgressOut.model_validate(progress).model_dump(mode="json")
+    return data

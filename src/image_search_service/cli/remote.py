@@ -20,12 +20,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from urllib3 import encode_multipart_formdata
 
 from image_search_service.core.config import Settings
 from image_search_service.core.errors import ServiceError
+
+if TYPE_CHECKING:  # the CLI starts without the search service's imports
+    from image_search_service.services.search.schemas import SearchResponse
 
 SERVER_FILE = "server.json"
 POLL_S = 0.5
@@ -151,7 +154,7 @@ def running_server(settings: Settings) -> RemoteServer | None:
         return None
     if not _alive(pid):
         return None
-    return RemoteServer(url=url, api_key=settings.api_key)
+    return RemoteServer(url=url, api_key=_first_key(settings.api_key or settings.read_api_key))
 
 
 # -- the hand-offs -----------------------------------------------------------------------
@@ -183,52 +186,43 @@ def index_via_server(
 
 
 def merge_reports(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {
-        "scanned": 0,
-        "indexed": 0,
-        "skipped": 0,
-        "duplicates": 0,
-        "failed": 0,
-        "missing": 0,
-        "seconds": 0.0,
-        "images_per_second": 0.0,
-        "models": [],
-        "failures": [],
-        "errors": [],
-    }
-    for run in runs:
-        if run["error"]:
-            total["errors"].append(f"{run['path']}: {run['error']}")
-        report = run["report"] or {}
-        for name in ("scanned", "indexed", "skipped", "duplicates", "failed", "missing"):
-            total[name] += report.get(name, 0)
-        total["seconds"] += report.get("seconds", 0.0)
-        total["failures"].extend(report.get("failures", []))
-        for key in report.get("models", []):
-            if key not in total["models"]:
-                total["models"].append(key)
-    if total["seconds"]:
-        total["images_per_second"] = round(total["indexed"] / total["seconds"], 2)
-    return total
+    """The runs' reports as one, in the shape ``index --json`` prints without a server
+    (``IndexReportOut``), plus ``errors``: the runs that failed."""
+    from image_search_service.services.library.schemas import IndexReportOut
+
+    reports = [IndexReportOut.model_validate(run["report"]) for run in runs if run["report"]]
+    counted = ("scanned", "indexed", "skipped", "duplicates", "failed", "missing")
+    extra = ("metadata_refreshed", "unsupported")
+    seconds = sum(r.seconds for r in reports)
+    merged = IndexReportOut(
+        **{name: sum(getattr(r, name) for r in reports) for name in counted + extra},
+        seconds=round(seconds, 3),
+        images_per_second=round(sum(r.indexed for r in reports) / seconds, 2) if seconds else 0.0,
+        models=list(dict.fromkeys(key for r in reports for key in r.models)),
+        failures=[failure for r in reports for failure in r.failures],
+        unsupported_files=[path for r in reports for path in r.unsupported_files],
+    )
+    errors = [f"{run['path']}: {run['error']}" for run in runs if run["error"]]
+    return {**merged.model_dump(mode="json"), "errors": errors}
 
 
 def search_via_server(
     server: RemoteServer, *, text: str | None, images: list[Path], fields: list[tuple[str, str]]
-) -> dict[str, Any]:
+) -> SearchResponse:
     """One search on the server (``POST /api/v1/search/combined``: text, example files and
-    every option as form fields), in the shape the CLI prints without a server."""
+    every option as form fields): the server's ``SearchResponse``, read back as one."""
+    from image_search_service.services.search.schemas import SearchResponse
+
     parts: list[tuple[str, Any]] = list(fields)
     if text:
         parts.append(("q", text))
     for path in images:
         parts.append(("file", (path.name, path.read_bytes())))
     data, content_type = encode_multipart_formdata(parts)
-    answer: dict[str, Any] = server.send(
+    answer = server.send(
         "POST", "/api/v1/search/combined", data, content_type, timeout_s=SEARCH_TIMEOUT_S
     )
-    for hit in answer["results"]:
-        hit["people"] = [person["name"] for person in hit["people"]]
-    return answer
+    return SearchResponse.model_validate(answer)
 
 
 def status_via_server(server: RemoteServer) -> dict[str, Any]:
@@ -264,3 +258,9 @@ def reembed_via_server(
                 f"({progress['pending']} pending); see its log, then run this again"
             )
         time.sleep(POLL_S)
+
+
+def _first_key(keys: str | None) -> str | None:
+    """The key the CLI sends: the first of a comma-separated list (rotation)."""
+    first = (keys or "").split(",")[0].strip()
+    return first or None

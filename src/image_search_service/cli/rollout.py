@@ -36,11 +36,12 @@ def experiment() -> None:
 def report(as_json: bool, since: datetime | None, min_effect: float) -> None:
     """Per-arm metrics, differences with significance, and a recommendation."""
     from image_search_service.services.rollout.report import report_for
+    from image_search_service.services.rollout.schemas import ExperimentReportOut
 
     when = since.replace(tzinfo=UTC) if since is not None else None
     result = report_for(load_settings(), since=when, min_effect=min_effect)
     if as_json:
-        echo_json(result.as_dict())
+        echo_json(ExperimentReportOut.model_validate(result).model_dump(mode="json"))
         return
     _print(result)
 
@@ -55,10 +56,17 @@ def prune() -> None:
 
 
 def _print(result: ExperimentReport) -> None:
+    # The live flags (stored in the DB wins over the environment), as the server routes.
     click.echo(
-        f"SIGLIP_ROLLOUT_PERCENTAGE={result.siglip_rollout_percentage} "
-        f"INTERLEAVE_PERCENTAGE={result.interleave_percentage}"
-        + (f", since {result.since.isoformat()}" if result.since else "")
+        f"live flags ({result.flags_source}): use_siglip={str(result.use_siglip).lower()} "
+        f"siglip_rollout_percentage={result.siglip_rollout_percentage} "
+        f"interleave_percentage={result.interleave_percentage}"
+        + (
+            f", changed {result.flags_changed_at.isoformat()} by {result.flags_changed_by}"
+            if result.flags_changed_at
+            else ""
+        )
+        + (f"; since {result.since.isoformat()}" if result.since else "")
     )
     header = (
         "arm", "searches", "CTR", "CTR@1", "CTR@5", "MRR", "zero", "aband", "reform",
@@ -80,16 +88,27 @@ def _print(result: ExperimentReport) -> None:
             "-" if arm.latency_p95_ms is None else f"{arm.latency_p95_ms:.0f}",
         ]
         click.echo(" ".join(f"{c:>11}" for c in cells))
+    if not result.comparisons:
+        click.echo("A/B: no comparison while an arm has no searches")
     for c in result.comparisons:
         click.echo(
-            f"{c.metric}: {result.candidate} - {result.baseline} = {c.difference:+.4f} "
-            f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}], p={c.p_value:.3g} ({c.method})"
+            f"{c.metric}: {result.candidate} - {result.baseline} = {c.effect}, "
+            f"p={c.p_value:.3g} ({c.method})"
         )
     il = result.interleaving
+    share = (
+        f", win share {il.win_share:.0%} [{il.win_share_ci_low:.0%}, {il.win_share_ci_high:.0%}]"
+        if il.win_share is not None
+        and il.win_share_ci_low is not None
+        and il.win_share_ci_high is not None
+        else ""
+    )
     click.echo(
         f"interleaving: {il.searches} searches, {il.wins} wins / {il.losses} losses / "
-        f"{il.ties} ties for {result.candidate}, sign test p={il.p_value:.3g}"
+        f"{il.ties} ties for {result.candidate}{share}, p={il.p_value:.3g} ({il.method})"
     )
+    for g in result.guardrails:
+        click.echo(f"guardrail {'BREACHED' if g.breached else 'ok'}: {g.text}")
     click.echo(f"recommendation: {result.recommendation.text}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import click
@@ -25,6 +25,9 @@ from image_search_service.core.config import ModelKey, Settings, load_settings
 from image_search_service.core.errors import InvalidRequest, ServiceError
 from image_search_service.core.specs import BASELINE
 from image_search_service.images.loading import SUPPORTED_FORMATS
+
+if TYPE_CHECKING:  # imported when a search runs: `image-search --help` stays light
+    from image_search_service.services.search.schemas import SearchResponse
 
 
 def _names(values: tuple[str, ...]) -> list[str]:
@@ -135,13 +138,13 @@ def search(
                 "the server to search with them here"
             )
         handing_off(server.url, as_json)
-        data = search_via_server(server, text=text, images=list(images), fields=fields)
+        response = search_via_server(server, text=text, images=list(images), fields=fields)
     else:
-        data = _search_here(settings, text, images, fields, model)
+        response = _search_here(settings, text, images, fields, model)
     if as_json:
-        echo_json(data)
+        echo_json(response.model_dump(mode="json"))
         return
-    _print_search(data)
+    _print_search(response)
 
 
 def _search_here(
@@ -150,13 +153,21 @@ def _search_here(
     images: tuple[Path, ...],
     fields: list[tuple[str, str]],
     model: ModelKey,
-) -> dict[str, Any]:
-    """The search in this process (no server holds the store)."""
+) -> SearchResponse:
+    """The search in this process (no server holds the store): not routed and not
+    recorded, so no ``search_id`` and no fallback."""
     from pydantic import ValidationError
 
     from image_search_service.api.errors import describe_validation_errors
-    from image_search_service.services.search.schemas import CombinedSearchParams
-    from image_search_service.services.search.service import Example, SearchService
+    from image_search_service.services.search.schemas import (
+        CombinedSearchParams,
+        SearchResponse,
+    )
+    from image_search_service.services.search.service import (
+        Example,
+        SearchAnswer,
+        SearchService,
+    )
 
     form: dict[str, Any] = {"q": text}
     for name, value in fields:
@@ -174,7 +185,7 @@ def _search_here(
     query = replace(query, examples=files + query.examples)
     with opened_context(settings) as ctx:
         outcome = SearchService(ctx).search_combined(query, model=model, options=params.options())
-    return outcome.as_dict()
+    return SearchResponse.model_validate(SearchAnswer(outcome, took_ms=outcome.took_ms))
 
 
 _LIST_FIELDS = frozenset({"like", "not", "people", "people_any", "tags"})
@@ -188,34 +199,35 @@ _UNDERSTOOD_LISTS = (
 )
 
 
-def _print_search(data: dict[str, Any]) -> None:
+def _print_search(response: SearchResponse) -> None:
     click.echo(
-        f"{len(data['results'])} results from {data['collection']} ({data['model']}) "
-        f"in {data['took_ms']:.0f} ms"
+        f"{len(response.results)} results from {response.collection} ({response.model}) "
+        f"in {response.took_ms:.0f} ms"
     )
-    understood = data.get("understood")
+    understood = response.understood
     if understood is not None:
         read = []
-        if understood["concept"] is not None:
-            read.append(f"concept {understood['concept']!r}")
+        if understood.concept is not None:
+            read.append(f"concept {understood.concept!r}")
         for key, label in _UNDERSTOOD_LISTS:
-            if understood[key]:
-                read.append(f"{label}{', '.join(understood[key])}")
-        if understood["full_text"]:
+            names: list[str] = getattr(understood, key)
+            if names:
+                read.append(f"{label}{', '.join(names)}")
+        if understood.full_text:
             read.append("captions/tags matched")
         if read:
             click.echo("understood: " + "; ".join(read))
-    for rank, hit in enumerate(data["results"], start=data["offset"] + 1):
-        calibrated = hit["calibrated_score"]
+    for rank, hit in enumerate(response.results, start=response.offset + 1):
+        calibrated = hit.calibrated_score
         shown = f"  p={calibrated:.3f}" if calibrated is not None else ""
-        via = f"  ({hit['matched_by']})" if hit["matched_by"] != "image" else ""
-        click.echo(f"{rank:3d}. {hit['score']:.4f}{shown}{via}  {hit['path']}  [{hit['asset_id']}]")
-        if hit["people"]:
-            click.echo(f"       people: {', '.join(hit['people'])}")
-        if hit["tags"]:
-            click.echo(f"       tags: {', '.join(hit['tags'])}")
-        if hit["caption"]:
-            click.echo(f"       caption: {hit['caption']}")
+        via = f"  ({hit.matched_by})" if hit.matched_by != "image" else ""
+        click.echo(f"{rank:3d}. {hit.score:.4f}{shown}{via}  {hit.path}  [{hit.asset_id}]")
+        if hit.people:
+            click.echo(f"       people: {', '.join(p.name for p in hit.people)}")
+        if hit.tags:
+            click.echo(f"       tags: {', '.join(hit.tags)}")
+        if hit.caption:
+            click.echo(f"       caption: {hit.caption}")
 
 
 COMMANDS: list[click.Command] = [search]

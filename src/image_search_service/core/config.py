@@ -21,6 +21,10 @@ ModelKey = Literal["clip", "siglip"]
 MODEL_KEYS: tuple[ModelKey, ...] = ("clip", "siglip")
 EncoderRuntime = Literal["onnx", "torch"]
 EncoderPrecision = Literal["fp32", "int8"]
+# Instruction-set classes of CPUs, for INT8 (see encoders/cpu.py).
+CpuIsa = Literal[
+    "avx512_vnni", "avx_vnni", "avx512", "avx2", "x86_64", "arm64_dotprod", "arm64", "other"
+]
 # The arm of the experiment that answered a search: one model, or both interleaved.
 Arm = Literal["clip", "siglip", "interleaved"]
 INTERLEAVED: Arm = "interleaved"
@@ -64,6 +68,9 @@ class Settings(BaseSettings):
     # for the measurements behind the defaults.
     encoder_runtime: EncoderRuntime = "onnx"
     encoder_precision: EncoderPrecision = "int8"
+    # The CPU class INT8 is quantized and verified for; unset = detected (encoders/cpu.py).
+    # Read from the environment by the encoders; validated here so a typo stops start-up.
+    onnx_cpu_isa: CpuIsa | None = None
 
     batch_size: int = Field(16, ge=1, le=1024)
     # 0 = chosen with the model threads for the core count (core/threads.py).
@@ -81,9 +88,19 @@ class Settings(BaseSettings):
     model_threads: int = Field(0, ge=0, le=256)
     torch_threads: int = Field(0, ge=0, le=256)
 
-    # HTTP API: without API_KEY, data-changing and admin endpoints are open and `serve`
-    # binds to 127.0.0.1 unless told otherwise.
+    # HTTP API credentials (api/auth.py): API_KEY may do everything, READ_API_KEY search and
+    # read; each one key or a comma-separated list (rotation: old and new side by side).
+    # With any key (here or from `image-search keys`), every route but /health needs one;
+    # without, the API is open and `serve` listens on loopback only.
     api_key: str | None = None
+    read_api_key: str | None = None
+    # Signs session cookies and photo URLs; unset = a random secret kept in DATA_DIR.
+    signing_secret: str | None = None
+    session_ttl_s: int = Field(12 * 3600, ge=60, le=30 * 24 * 3600)
+    signed_url_ttl_s: int = Field(3600, ge=10, le=7 * 24 * 3600)
+    # Wrong credentials from one address: at most this many per window, then 429.
+    auth_max_failures: int = Field(10, ge=1, le=10_000)
+    auth_failure_window_s: float = Field(60.0, ge=1.0, le=86_400.0)
     # Host names (Host header, port ignored) the API answers; `*.example.com` patterns,
     # `*` for any. `serve --host ADDR` adds ADDR. Guards against DNS rebinding.
     allowed_hosts: str = "localhost,127.0.0.1,::1"
@@ -104,6 +121,9 @@ class Settings(BaseSettings):
     # How often a process re-reads the live rollout flags from the metadata DB (a change
     # made with PUT /api/v1/admin/rollout reaches every process within this time).
     rollout_refresh_s: float = Field(2.0, ge=0.0, le=300.0)
+    # Roll the candidate back (live flags to 0, source "guardrail") as soon as a
+    # guardrail (p95 latency, zero-result rate) is breached; off: the report only says so.
+    rollout_auto_guard: bool = False
 
     # Folders (comma-separated) the server indexes at start and then watches: photos
     # added, changed or deleted there are searchable or gone within seconds.
@@ -139,13 +159,22 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
-    @field_validator("api_key", mode="before")
+    @field_validator("onnx_cpu_isa", mode="before")
+    @classmethod
+    def _isa_spelling(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() or None  # blank = detect
+        return value
+
+    @field_validator("api_key", "read_api_key", "signing_secret", mode="before")
     @classmethod
     def _no_space_key(cls, value: object) -> object:
         # `API_KEY="  "` passes docker compose's `${API_KEY:?}` check; treating it as
         # unset would serve every interface with no key. Empty stays "unset".
         if isinstance(value, str) and value and not value.strip():
             raise ValueError("is only whitespace; set a real key or leave it empty")
+        if isinstance(value, str) and value.strip() and not value.replace(",", "").strip():
+            raise ValueError("holds no key, only commas; set a real key or leave it empty")
         return value
 
     @field_validator("library_paths", mode="before")
@@ -155,7 +184,15 @@ class Settings(BaseSettings):
             return [Path(part.strip()).expanduser() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("database_url", "qdrant_url", "redis_url", "qdrant_api_key", "api_key")
+    @field_validator(
+        "database_url",
+        "qdrant_url",
+        "redis_url",
+        "qdrant_api_key",
+        "api_key",
+        "read_api_key",
+        "signing_secret",
+    )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None

@@ -73,6 +73,12 @@ class Unauthorized(ServiceError):
     status_code = 401
 
 
+class Forbidden(ServiceError):
+    """Credentials that are valid but do not allow this (a read key on an admin route)."""
+
+    status_code = 403
+
+
 class FolderNotFound(ServiceError):
     """A folder to index does not exist (on the server's disk)."""
 

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     model_validator,
 )
-
-
-def _as_utc(value: datetime) -> datetime:
-    # SQLite hands back naive times; every time the API gives carries its zone.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 def iso_only(value: Any) -> Any:
@@ -73,3 +65,20 @@ class OutputModel(BaseModel):
     ``--json``, so a result has one public shape everywhere."""
 
     model_config = ConfigDict(from_attributes=True)
+
+
+class ModelIdentityOut(OutputModel):
+    """The model a collection is stamped with (or an encoder encodes with)."""
+
+    model_name: str
+    pretrained: str
+    dim: int
+
+
+class PhotoUrls(OutputModel):
+    """Where ``<img>`` and links load a photo from: signed and short-lived while the server
+    needs credentials (no key in the URL), plain paths when it does not."""
+
+    thumbnail: str = Field(description="256 px JPEG")
+    preview: str = Field(description="512 px JPEG")
+    file: str = Field(description="the original file")

@@ -29,9 +29,6 @@ class ModelIdentity:
     pretrained: str
     dim: int
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "pretrained": self.pretrained, "dim": self.dim}
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
         return cls(

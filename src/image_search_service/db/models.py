@@ -23,7 +23,9 @@ from sqlalchemy import (
     Text,
     Uuid,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -36,6 +38,30 @@ NAMING_CONVENTION = {
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UtcTimestamp(TypeDecorator[datetime]):
+    """A point in time, stored in UTC and read back with its zone on every database
+    (SQLite keeps no zone). A naive time given to it is taken as UTC, as the API reads
+    naive times; ``timezone=False`` is for columns stored without one (EXIF times)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def __init__(self, timezone: bool = True) -> None:
+        super().__init__(timezone=timezone)
+        self.keeps_zone = timezone
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value if self.keeps_zone else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -77,7 +103,9 @@ class Asset(Base):
     width: Mapped[int | None] = mapped_column(Integer, default=None)
     height: Mapped[int | None] = mapped_column(Integer, default=None)
     format: Mapped[str | None] = mapped_column(String(16), default=None)
-    taken_at: Mapped[datetime | None] = mapped_column(DateTime, default=None, index=True)
+    taken_at: Mapped[datetime | None] = mapped_column(
+        UtcTimestamp(timezone=False), default=None, index=True
+    )
     camera_make: Mapped[str | None] = mapped_column(String(128), default=None)
     camera_model: Mapped[str | None] = mapped_column(String(128), default=None)
     # From XMP/IPTC/EXIF (images/metadata.py) or edited through the API.
@@ -94,10 +122,8 @@ class Asset(Base):
     people_edited: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     tags_edited: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     caption_edited: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    created_at: Mapped[datetime] = mapped_column(UtcTimestamp(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcTimestamp(), default=utcnow, onupdate=utcnow)
 
     embeddings: Mapped[list[AssetEmbedding]] = relationship(
         back_populates="asset", cascade="all, delete-orphan", passive_deletes=True
@@ -127,9 +153,7 @@ class AssetEmbedding(Base):
     model_name: Mapped[str] = mapped_column(Text)
     pretrained: Mapped[str] = mapped_column(Text, default="")
     dim: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[datetime] = mapped_column(UtcTimestamp(), default=utcnow, onupdate=utcnow)
 
     asset: Mapped[Asset] = relationship(back_populates="embeddings")
 
@@ -195,9 +219,7 @@ class RolloutSetting(Base):
     use_siglip: Mapped[bool] = mapped_column(Boolean)
     siglip_rollout_percentage: Mapped[int] = mapped_column(Integer)
     interleave_percentage: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[datetime] = mapped_column(UtcTimestamp(), default=utcnow, onupdate=utcnow)
 
 
 class RolloutChange(Base):
@@ -206,9 +228,7 @@ class RolloutChange(Base):
     __tablename__ = "rollout_changes"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    changed_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, index=True
-    )
+    changed_at: Mapped[datetime] = mapped_column(UtcTimestamp(), default=utcnow, index=True)
     old_use_siglip: Mapped[bool] = mapped_column(Boolean)
     old_siglip_rollout_percentage: Mapped[int] = mapped_column(Integer)
     new_use_siglip: Mapped[bool] = mapped_column(Boolean)
@@ -216,6 +236,21 @@ class RolloutChange(Base):
     old_interleave_percentage: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
     new_interleave_percentage: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
     source: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEvent(Base):
+    """One admin action (a change through the API): who, when, from where, the answer."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcTimestamp(), index=True)
+    client: Mapped[str] = mapped_column(String(128))
+    principal: Mapped[str] = mapped_column(String(128))  # the key's name, never the key
+    scope: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(500))
+    status: Mapped[int] = mapped_column(Integer)
 
 
 # -- the experiment log ----------------------------------------------------------------
@@ -254,7 +289,7 @@ class ExperimentSearch(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcTimestamp())
     user_id: Mapped[str | None] = mapped_column(String(256), default=None)
     bucket: Mapped[int] = mapped_column(SmallInteger)
     arm: Mapped[str] = mapped_column(String(16))  # clip, siglip or interleaved
@@ -298,4 +333,4 @@ class ExperimentEvent(Base):
     type: Mapped[str] = mapped_column(String(16), primary_key=True)
     rank: Mapped[int] = mapped_column(SmallInteger)
     model: Mapped[str | None] = mapped_column(String(16), default=None)  # credited model
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcTimestamp(), default=utcnow)

@@ -6,20 +6,22 @@ Functions here flush at most; the caller owns the transaction (see docs/architec
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TypeVar
+from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from image_search_service.core.batching import chunked
 from image_search_service.core.config import ModelKey
 from image_search_service.core.specs import ModelSpec
 from image_search_service.db.models import (
     Asset,
     AssetEmbedding,
     AssetStatus,
+    AuditEvent,
     EmbeddingState,
     RolloutChange,
     RolloutSetting,
@@ -54,9 +56,8 @@ _T = TypeVar("_T")
 _IN_CHUNK = 500  # bound parameters per IN (...) query, well under SQLite's limit
 
 
-def _in_chunks(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for i in range(0, len(values), _IN_CHUNK):
-        yield values[i : i + _IN_CHUNK]
+def _in_chunks(values: Sequence[_T]) -> list[list[_T]]:
+    return chunked(values, _IN_CHUNK)
 
 
 def assets_by_paths(session: Session, paths: Sequence[str]) -> dict[str, Asset]:
@@ -394,13 +395,7 @@ def recent_activity(session: Session, spec: ModelSpec, *, since: datetime) -> Ac
             AssetEmbedding.updated_at >= since,
         )
     ).one()
-    return Activity(finished=int(finished), oldest=_as_utc(oldest), newest=_as_utc(newest))
-
-
-def _as_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # SQLite drops tz
+    return Activity(finished=int(finished), oldest=oldest, newest=newest)
 
 
 @dataclass(frozen=True)
@@ -524,3 +519,13 @@ def rollout_history(session: Session, *, limit: int) -> list[RolloutChange]:
             .limit(limit)
         )
     )
+
+
+# -- audit ------------------------------------------------------------------------------
+def add_audit_event(session: Session, **fields: Any) -> None:
+    session.add(AuditEvent(**fields))
+
+
+def audit_events(session: Session, *, limit: int) -> list[AuditEvent]:
+    """The latest admin actions, newest first."""
+    return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)))

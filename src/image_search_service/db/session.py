@@ -91,6 +91,18 @@ def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
         lock.release()
 
 
+@contextmanager
+def database_alone(url: str) -> Iterator[sessionmaker[Session]]:
+    """The metadata DB on its own (migrated first), without the vector store or any
+    model: for reports and progress that must work while a server holds the store."""
+    engine = make_engine(url)
+    try:
+        upgrade_database(engine)
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
 def check_database(engine: Engine) -> None:
     try:
         with engine.connect() as connection:

@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, field_serializer
+
 from image_search_service.context import open_context
 from image_search_service.core.config import MODEL_KEYS, Settings
+from image_search_service.core.schemas import OutputModel
 from image_search_service.demo.synthetic import write_library
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.library.indexing import ProgressFactory
+from image_search_service.services.search.schemas import SearchResult
 from image_search_service.services.search.service import SearchOptions, SearchService
 
 EXAMPLE_QUERIES = ("a red circle", "a blue star", "a yellow triangle", "a white cross")
@@ -31,6 +35,14 @@ class DemoQuery:
     took_ms: float
     relevant: int  # pictures in the library that show the queried shape
     hits: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return self.hits
+
+    @property
+    def precision_at_k(self) -> float:
+        return round(self.precision, 3)
 
     @property
     def precision(self) -> float:
@@ -53,25 +65,6 @@ class DemoReport:
     indexed: int
     index_seconds: float
     queries: list[DemoQuery]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "data_dir": str(self.data_dir),
-            "library": str(self.library),
-            "indexed": self.indexed,
-            "index_seconds": round(self.index_seconds, 2),
-            "queries": [
-                {
-                    "model": q.model,
-                    "query": q.query,
-                    "took_ms": round(q.took_ms, 1),
-                    "relevant": q.relevant,
-                    "precision_at_k": round(q.precision, 3),
-                    "results": q.hits,
-                }
-                for q in self.queries
-            ],
-        }
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -121,7 +114,10 @@ def run_demo(
                         query=text,
                         took_ms=outcome.took_ms,
                         relevant=sum(_label(text) in name for name in names),
-                        hits=[h.as_dict() for h in outcome.results],
+                        hits=[
+                            SearchResult.model_validate(h).model_dump(mode="json")
+                            for h in outcome.results
+                        ],
                     )
                 )
     finally:
@@ -133,3 +129,30 @@ def run_demo(
         index_seconds=index_seconds,
         queries=queries,
     )
+
+
+class DemoQueryOut(OutputModel):
+    model: str
+    query: str
+    took_ms: float
+    relevant: int = Field(description="pictures in the library that show the queried shape")
+    precision_at_k: float
+    results: list[dict[str, Any]] = Field(description="SearchResult objects")
+
+    @field_serializer("took_ms")
+    def _ms(self, took_ms: float) -> float:
+        return round(took_ms, 1)
+
+
+class DemoReportOut(OutputModel):
+    """What ``image-search demo --json`` prints."""
+
+    data_dir: Path
+    library: Path
+    indexed: int
+    index_seconds: float
+    queries: list[DemoQueryOut]
+
+    @field_serializer("index_seconds")
+    def _seconds(self, seconds: float) -> float:
+        return round(seconds, 2)

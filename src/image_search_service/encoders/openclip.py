@@ -270,11 +270,6 @@ class OpenClipEncoder:
         return _as_float32(features)
 
     # -- scores ------------------------------------------------------------------------
-    @property
-    def has_calibrated_score(self) -> bool:
-        self.load()
-        return self._logit_bias is not None
-
     def calibrated_score(self, cosine: float) -> float | None:
         """SigLIP's text-image probability: sigmoid(cos * exp(logit_scale) + logit_bias)."""
         self.load()

@@ -6,12 +6,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from image_search_service.encoders.base import EncodeObserver
+from image_search_service.encoders.base import EncodeObserver, Encoder
 
 if TYPE_CHECKING:
     from image_search_service.core.config import Settings
     from image_search_service.core.specs import ModelSpec
-    from image_search_service.encoders.openclip import OpenClipEncoder
 
 
 class EncoderRegistry:
@@ -33,6 +32,7 @@ class EncoderRegistry:
         precision: str = "fp32",
         export_dir: Path | None = None,
         threads: int = 0,
+        cpu_isa: str | None = None,
     ) -> None:
         if runtime == "onnx" and export_dir is None:
             raise ValueError("the onnx runtime needs an export_dir")
@@ -43,7 +43,8 @@ class EncoderRegistry:
         self._precision = precision
         self._export_dir = export_dir
         self._threads = threads
-        self._encoders: dict[ModelSpec, OpenClipEncoder] = {}
+        self._cpu_isa = cpu_isa
+        self._encoders: dict[ModelSpec, Encoder] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -60,6 +61,7 @@ class EncoderRegistry:
             precision=settings.encoder_precision,
             export_dir=settings.export_dir,
             threads=plan_threads(settings).model_threads,
+            cpu_isa=settings.onnx_cpu_isa,
         )
 
     @property
@@ -77,7 +79,12 @@ class EncoderRegistry:
             return not torch.cuda.is_available()  # a GPU: PyTorch serves on it
         return True
 
-    def get(self, spec: ModelSpec) -> OpenClipEncoder:
+    def peek(self, spec: ModelSpec) -> Encoder | None:
+        """The encoder made for ``spec`` in this process, if any: never makes one."""
+        with self._lock:
+            return self._encoders.get(spec)
+
+    def get(self, spec: ModelSpec) -> Encoder:
         with self._lock:
             encoder = self._encoders.get(spec)
             if encoder is None:
@@ -85,7 +92,7 @@ class EncoderRegistry:
                 self._encoders[spec] = encoder
             return encoder
 
-    def _make(self, spec: ModelSpec) -> OpenClipEncoder:
+    def _make(self, spec: ModelSpec) -> Encoder:
         if self._use_onnx():
             from image_search_service.encoders.onnx import OnnxEncoder
 
@@ -97,6 +104,7 @@ class EncoderRegistry:
                 cache_dir=self._cache_dir,
                 observer=self._observer,
                 threads=self._threads,
+                cpu_isa=self._cpu_isa,
             )
         from image_search_service.encoders.openclip import OpenClipEncoder
 

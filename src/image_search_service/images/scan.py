@@ -9,8 +9,6 @@ from pathlib import Path
 
 from image_search_service.images.loading import SUPPORTED_SUFFIXES
 
-_HASH_CHUNK = 1 << 20
-
 
 def scan_images(
     roots: Iterable[Path],
@@ -78,11 +76,8 @@ def _walk(root: Path, skip: frozenset[Path] = frozenset()) -> Iterator[Path]:
 
 
 def content_hash(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def bytes_hash(data: bytes) -> str:

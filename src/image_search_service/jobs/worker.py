@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 _MAX_RETRY_WAIT_S = 600.0
 
 
-class ReembedWorker(SimpleWorker):
+class JobWorker(SimpleWorker):
     """A non-forking worker (the model stays loaded between jobs) that counts its jobs
     and remembers a stop request (SIGTERM/SIGINT), so the burst loop ends too."""
 
@@ -138,7 +138,7 @@ def run_worker(
     name: str | None = None,
     logging_level: str = "INFO",
 ) -> WorkerReport:
-    """Work the re-embedding queue with ``ctx``.
+    """Work the queue (re-embedding batches, ingests) with ``ctx``.
 
     ``burst``: exit once the queue is empty *and* no failed job is waiting for its
     retry (RQ keeps those in a schedule; a plain burst worker would leave them behind).
@@ -155,7 +155,7 @@ def run_worker(
     )
     try:
         while True:
-            worker = ReembedWorker([queue], connection=connection, name=name)
+            worker = JobWorker([queue], connection=connection, name=name)
             worker.work(
                 burst=burst,
                 with_scheduler=False,

@@ -47,18 +47,6 @@ class CollectionInfo:
     # Provenance, not identity: which runtimes made its vectors (e.g. torch-fp32, onnx-int8).
     runtimes: tuple[str, ...] = ()
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "collection": self.name,
-            "points": self.points,
-            "dim": self.dim,
-            "distance": self.distance,
-            "quantization": self.quantization,
-            "hnsw": {"m": self.hnsw_m, "ef_construct": self.hnsw_ef_construct},
-            "model_identity": self.identity.as_dict() if self.identity else None,
-            "runtimes": list(self.runtimes),
-        }
-
     def mismatches(self, spec: CollectionSpec, capabilities: StoreCapabilities) -> list[str]:
         """What differs from the settings (empty when the collection matches); index
         settings a store does not apply are not compared."""

@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -123,7 +124,7 @@ class EdgeVectorStore:
             self._ensure_indexes(shard)
             self._shards[spec.name] = shard
             meta = {
-                "model": spec.identity.as_dict(),
+                "model": asdict(spec.identity),
                 "dim": spec.dim,
                 "distance": DISTANCE,
                 "quantization": QUANTIZATION,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -122,7 +123,7 @@ class QdrantServerStore:
                         always_ram=QUANTIZATION_ALWAYS_RAM,
                     )
                 ),
-                metadata={"model": spec.identity.as_dict()},
+                metadata={"model": asdict(spec.identity)},
             )
         )
         self._ensure_indexes(spec.name)

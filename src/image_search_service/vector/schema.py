@@ -8,7 +8,7 @@ adapters translate them into their own API, and nothing else spells a field name
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -49,7 +49,7 @@ class CollectionSpec:
                 "always_ram": QUANTIZATION_ALWAYS_RAM,
             },
             "hnsw": {"m": self.hnsw_m, "ef_construct": self.hnsw_ef_construct},
-            "model_identity": self.identity.as_dict(),
+            "model_identity": asdict(self.identity),
         }
 
 

@@ -5,7 +5,7 @@ delete), ``/api/v1/duplicates``, ``/api/v1/ingest`` (objects landing in a bucket
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 import anyio
@@ -13,11 +13,11 @@ from fastapi import APIRouter, Body, File, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
 from image_search_service.api.deps import (
+    AccessDep,
     AssetOr404,
     AssetServiceDep,
     DbSession,
-    RequireApiKey,
-    RequireApiKeyOrBearer,
+    RequireAdmin,
     RequireJson,
     RequireMultipart,
     ServicesDep,
@@ -62,6 +62,7 @@ from image_search_service.services.library.schemas import (
     IndexRequest,
     IndexStatusOut,
     IndexSubmissionOut,
+    IngestBody,
     IngestOut,
     LibraryStatusOut,
 )
@@ -80,15 +81,18 @@ assets_router = APIRouter(prefix=f"{API_PREFIX}/assets", tags=["assets"])
 def list_assets(
     session: DbSession,
     assets: AssetServiceDep,
+    access: AccessDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_PAGE_OFFSET)] = 0,
 ) -> AssetPageOut:
-    return AssetPageOut.of(assets.list_assets(session, limit=limit, offset=offset))
+    page = AssetPageOut.of(assets.list_assets(session, limit=limit, offset=offset))
+    items = [item.model_copy(update={"urls": access.urls(item.id)}) for item in page.items]
+    return page.model_copy(update={"items": items})
 
 
 @assets_router.get("/{asset_id}", summary="One asset", responses=error_responses(*_LOOKUP_ERRORS))
-def get_asset(asset: AssetOr404) -> AssetOut:
-    return AssetOut.of(asset)
+def get_asset(asset: AssetOr404, access: AccessDep) -> AssetOut:
+    return AssetOut.of(asset).model_copy(update={"urls": access.urls(asset.id)})
 
 
 @assets_router.get(
@@ -137,7 +141,7 @@ def get_asset_thumbnail(
     "",
     status_code=201,
     summary="Upload an image (multipart field `file`); stored and indexed",
-    dependencies=[RequireApiKey, RequireMultipart],
+    dependencies=[RequireAdmin, RequireMultipart],
     responses={
         200: {"model": AssetOut, "description": "the same content was already in the library"},
         **error_responses(
@@ -174,7 +178,7 @@ async def upload_asset(
 @assets_router.patch(
     "/{asset_id}",
     summary="Edit people, tags or caption (edits survive re-indexing)",
-    dependencies=[RequireApiKey, RequireJson],
+    dependencies=[RequireAdmin, RequireJson],
     responses=error_responses(
         Unauthorized,
         UnsupportedMediaType,
@@ -197,7 +201,7 @@ async def edit_asset(asset_id: UUID, body: AssetEditIn, services: ServicesDep) -
     "/{asset_id}",
     status_code=204,
     summary="Delete an asset from the DB and every collection",
-    dependencies=[RequireApiKey],
+    dependencies=[RequireAdmin],
     responses=error_responses(
         Unauthorized, InvalidRequest, AssetNotFound, DatabaseUnavailable, VectorStoreUnavailable
     ),
@@ -233,7 +237,7 @@ async def duplicates(
     report = await anyio.to_thread.run_sync(
         lambda: find_duplicates(services.ctx, model=model, threshold=threshold, limit=limit)
     )
-    return DuplicatesOut.model_validate(report.as_dict())
+    return DuplicatesOut.model_validate(report)
 
 
 ingest_router = APIRouter(prefix=f"{API_PREFIX}/ingest", tags=["ingest"])
@@ -243,13 +247,13 @@ ingest_router = APIRouter(prefix=f"{API_PREFIX}/ingest", tags=["ingest"])
     "",
     status_code=202,
     summary="Queue indexing of S3 objects: an S3 event notification or a list of URIs",
-    dependencies=[RequireApiKeyOrBearer, RequireJson],
+    dependencies=[RequireAdmin, RequireJson],
     responses=error_responses(Unauthorized, InvalidRequest, UnsupportedMediaType, QueueUnavailable),
 )
 async def ingest(
     services: ServicesDep,
     body: Annotated[
-        Any,
+        IngestBody,
         Body(
             description='{"Records": [...]} as S3/MinIO send, ["s3://bucket/key", ...] '
             'or {"uris": [...]}'
@@ -260,10 +264,10 @@ async def ingest(
     submission = await anyio.to_thread.run_sync(
         lambda: submit_ingest(services.ctx, uris, dispatcher=services.dispatcher)
     )
-    return IngestOut.model_validate(submission.as_dict())
+    return IngestOut.model_validate(submission)
 
 
-admin_router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireApiKey])
+admin_router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireAdmin])
 
 
 @admin_router.post(
@@ -297,7 +301,7 @@ async def index_status(services: ServicesDep) -> IndexStatusOut:
     responses=error_responses(Unauthorized, DatabaseUnavailable, VectorStoreUnavailable),
 )
 def status(services: ServicesDep) -> LibraryStatusOut:
-    return LibraryStatusOut.model_validate(library_status(services.ctx).as_dict())
+    return LibraryStatusOut.model_validate(library_status(services.ctx))
 
 
 router = APIRouter()

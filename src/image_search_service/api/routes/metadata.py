@@ -8,7 +8,7 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Path, Query
 
-from image_search_service.api.deps import RequireApiKey, RequireJson, ServicesDep
+from image_search_service.api.deps import RequireAdmin, RequireJson, ServicesDep
 from image_search_service.api.errors import UnsupportedMediaType, error_responses
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.core.errors import (
@@ -67,7 +67,7 @@ def list_tags(
 @router.patch(
     "/people/{person_id}",
     summary="Rename a person; a name another person has merges the two",
-    dependencies=[RequireApiKey, RequireJson],
+    dependencies=[RequireAdmin, RequireJson],
     responses=error_responses(
         Unauthorized,
         UnsupportedMediaType,

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from image_search_service.api.deps import (
-    RequireApiKey,
+    RequireAdmin,
     RequireJson,
     ServicesDep,
 )
@@ -30,7 +30,7 @@ from image_search_service.services.reembed.schemas import (
 )
 from image_search_service.services.reembed.submit import submit_reembed
 
-router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireApiKey])
+router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireAdmin])
 
 
 @router.get(
@@ -45,9 +45,7 @@ def reembed(
         Query(description="the model being migrated to (default: the one with most left)"),
     ] = None,
 ) -> ReembedProgressOut:
-    return ReembedProgressOut.model_validate(
-        reembed_progress(services.ctx, target=target).as_dict()
-    )
+    return ReembedProgressOut.model_validate(reembed_progress(services.ctx, target=target))
 
 
 @router.post(
@@ -75,4 +73,4 @@ def start_reembed(services: ServicesDep, body: ReembedRequest) -> ReembedSubmiss
         dispatcher=services.dispatcher,
     )
     services.router.invalidate()
-    return ReembedSubmissionOut.model_validate(submission.as_dict())
+    return ReembedSubmissionOut.model_validate(submission)

@@ -3,7 +3,6 @@ history, and the experiment report that says whether to move users to the candid
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from image_search_service.api.deps import (
     DbSession,
-    RequireApiKey,
+    RequireAdmin,
     RequireJson,
     RouterDep,
     ServicesDep,
@@ -29,6 +28,7 @@ from image_search_service.services.rollout.flags import MAX_HISTORY
 from image_search_service.services.rollout.report import (
     DEFAULT_MIN_EFFECT,
     MIN_EFFECT_RANGE,
+    enforce_guardrails,
     experiment_daily,
     experiment_report,
 )
@@ -36,12 +36,13 @@ from image_search_service.services.rollout.router import MAX_USER_ID_CHARS, clea
 from image_search_service.services.rollout.schemas import (
     ExperimentDayOut,
     ExperimentReportOut,
+    RolloutChangeOut,
     RolloutHistoryOut,
     RolloutOut,
     RolloutUpdate,
 )
 
-router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireApiKey])
+router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependencies=[RequireAdmin])
 
 
 @router.get(
@@ -103,17 +104,19 @@ def rollout_history(
     limit: Annotated[int, Query(ge=1, le=MAX_HISTORY)] = 50,
 ) -> RolloutHistoryOut:
     changes = embedding_router.flags.history(limit=limit)
-    return RolloutHistoryOut.model_validate({"changes": [c.as_dict() for c in changes]})
+    return RolloutHistoryOut(changes=[RolloutChangeOut.model_validate(c) for c in changes])
 
 
 @router.get(
     "/experiment",
-    summary="The rollout experiment: per-arm metrics, differences with significance, "
-    "interleaving wins and losses, sample size still needed, and a recommendation",
+    summary="The rollout experiment: the live flags, per-arm metrics, sequential "
+    "differences, interleaving wins and losses, guardrails, searches still needed, and one "
+    "recommendation naming the request that applies it",
     responses=error_responses(Unauthorized, DatabaseUnavailable),
 )
 def experiment(
     services: ServicesDep,
+    embedding_router: RouterDep,
     session: DbSession,
     since: Annotated[
         IsoDateTime | None,
@@ -129,8 +132,11 @@ def experiment(
     ] = DEFAULT_MIN_EFFECT,
 ) -> ExperimentReportOut:
     services.search_log.flush()  # every search answered before this one counts
+    # With ROLLOUT_AUTO_GUARD a breach is applied before the report is made (which then
+    # shows the rolled-back flags); without it the report recommends the rollback.
+    enforce_guardrails(services.ctx, embedding_router.flags)
     report = experiment_report(session, services.ctx.settings, since=since, min_effect=min_effect)
-    return ExperimentReportOut.model_validate(report.as_dict())
+    return ExperimentReportOut.model_validate(report)
 
 
 @router.get(
@@ -146,4 +152,4 @@ def experiment_by_day(
 ) -> list[ExperimentDayOut]:
     services.search_log.flush()
     rows = experiment_daily(session, days=days, now=datetime.now(UTC))
-    return [ExperimentDayOut.model_validate(asdict(row)) for row in rows]
+    return [ExperimentDayOut.model_validate(row) for row in rows]

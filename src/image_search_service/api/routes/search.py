@@ -14,10 +14,10 @@ from uuid import UUID
 import anyio
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
+from image_search_service.api.access import Access
 from image_search_service.api.deps import (
     AppServices,
     DbSession,
-    RequireApiKey,
     RequireJson,
     RequireMultipart,
     ServicesDep,
@@ -62,6 +62,7 @@ from image_search_service.services.search.schemas import (
 )
 from image_search_service.services.search.service import (
     MAX_EXAMPLES,
+    SearchAnswer,
     SearchOptions,
     SearchOutcome,
     SearchRun,
@@ -116,7 +117,17 @@ async def _routed(
             search_id=search_id, decision=decision, outcome=outcome, kind=kind, latency_ms=took_ms
         )
     services.metrics.record_search(kind, decision, outcome)
-    return SearchResponse.of(outcome, decision, took_ms, search_id=search_id)
+    response = SearchResponse.model_validate(
+        SearchAnswer(
+            outcome,
+            took_ms=took_ms,
+            search_id=search_id,
+            fallback_reason=decision.fallback_reason,
+        )
+    )
+    access: Access = request.app.state.access
+    results = [r.model_copy(update={"urls": access.urls(r.asset_id)}) for r in response.results]
+    return response.model_copy(update={"results": results})
 
 
 @search_router.get(
@@ -282,7 +293,7 @@ _FILE_FORMATS = "JPEG, PNG, WebP, HEIC, MPO, GIF, TIFF or AVIF"
 
 _ERRORS = (Unauthorized, InvalidRequest, ModelLoadError)
 
-embed_router = APIRouter(prefix=f"{API_PREFIX}/embed", tags=["embed"], dependencies=[RequireApiKey])
+embed_router = APIRouter(prefix=f"{API_PREFIX}/embed", tags=["embed"])
 
 
 async def _run(
@@ -423,9 +434,7 @@ def record_event(services: ServicesDep, session: DbSession, body: EventIn) -> Ev
     )
     if outcome.recorded:
         services.metrics.record_event(outcome)
-    return EventOut.model_validate(
-        {"search_id": body.search_id, "recorded": outcome.recorded, "model": outcome.model}
-    )
+    return EventOut.model_validate(outcome)
 
 
 router = APIRouter()

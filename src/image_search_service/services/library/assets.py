@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, overload
+from typing import BinaryIO
 from uuid import UUID
 
 from PIL import Image
@@ -74,18 +74,6 @@ class AssetFileChanged(ServiceError):
     status_code = 409
 
 
-@overload
-def as_utc(value: datetime) -> datetime: ...
-@overload
-def as_utc(value: None) -> None: ...
-def as_utc(value: datetime | None) -> datetime | None:
-    """Times leave the service with their zone. SQLite returns stored UTC times naive,
-    and EXIF capture times carry none: both are read as UTC, as the search filters do."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 @dataclass(frozen=True)
 class AssetView:
     id: UUID
@@ -129,11 +117,11 @@ class AssetView:
             width=asset.width,
             height=asset.height,
             format=asset.format,
-            taken_at=as_utc(asset.taken_at),
+            taken_at=asset.taken_at,
             camera_make=asset.camera_make,
             camera_model=asset.camera_model,
-            created_at=as_utc(asset.created_at),
-            updated_at=as_utc(asset.updated_at),
+            created_at=asset.created_at,
+            updated_at=asset.updated_at,
             mtime_ns=asset.mtime_ns,
             embeddings=embeddings or {},
             people=labels.people,

@@ -28,6 +28,7 @@ from uuid import UUID
 from sqlalchemy.orm import Session
 
 from image_search_service.context import ServiceContext
+from image_search_service.core.batching import chunked
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import InvalidRequest, ServiceError
 from image_search_service.core.specs import ModelSpec
@@ -160,7 +161,7 @@ def _process(
     if not work:
         return False
     tick = progress(len(work)) if progress else None
-    chunks = [work[i : i + CHUNK_OBJECTS] for i in range(0, len(work), CHUNK_OBJECTS)]
+    chunks = chunked(work, CHUNK_OBJECTS)
     embedded = False
     spool = Path(tempfile.mkdtemp(prefix="image-search-s3-"))
     try:

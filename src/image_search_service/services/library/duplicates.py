@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 import numpy as np
@@ -61,21 +60,13 @@ class DuplicateGroup:
     members: list[DuplicateMember]
     min_score: float  # the pair_scores link that joined the group
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "size": len(self.members),
-            "min_score": round(self.min_score, 6),
-            "assets": [
-                {
-                    "asset_id": str(m.asset_id),
-                    "path": m.path,
-                    "width": m.width,
-                    "height": m.height,
-                    "size_bytes": m.size_bytes,
-                }
-                for m in self.members
-            ],
-        }
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    @property
+    def assets(self) -> list[DuplicateMember]:
+        return self.members
 
 
 @dataclass
@@ -88,17 +79,10 @@ class DuplicateReport:
     total_groups: int = 0
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "collection": self.collection,
-            "threshold": self.threshold,
-            "scanned": self.scanned,
-            "total_groups": self.total_groups,
-            "duplicates": sum(len(g.members) - 1 for g in self.groups),
-            "seconds": round(self.seconds, 3),
-            "groups": [g.as_dict() for g in self.groups],
-        }
+    @property
+    def duplicates(self) -> int:
+        """Photos beyond the first of each returned group."""
+        return sum(len(g.members) - 1 for g in self.groups)
 
 
 def find_duplicates(
@@ -165,6 +149,8 @@ def find_duplicates(
                 for a in sorted(assets.values(), key=lambda a: a.path)
             ]
             if len(rows) > 1:  # an asset deleted meanwhile leaves a smaller group
-                report.groups.append(DuplicateGroup(rows, group_score.get(root, threshold)))
-    report.seconds = time.perf_counter() - started
+                report.groups.append(
+                    DuplicateGroup(rows, round(group_score.get(root, threshold), 6))
+                )
+    report.seconds = round(time.perf_counter() - started, 3)
     return report

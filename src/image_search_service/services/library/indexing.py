@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from sqlalchemy.orm import Session
@@ -49,9 +48,6 @@ class IndexReport:
         self.unsupported += 1
         if len(self.unsupported_files) < MAX_LISTED_UNSUPPORTED:
             self.unsupported_files.append(path)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 ProgressFactory = Callable[[int], Callable[[int], None]]

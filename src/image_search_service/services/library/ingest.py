@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import unquote_plus
+
+from pydantic import ValidationError
 
 from image_search_service.context import ServiceContext
 from image_search_service.core.errors import InvalidRequest
-from image_search_service.images.s3 import SCHEME, parse_object_uri
 from image_search_service.jobs.dispatcher import Dispatcher
 from image_search_service.jobs.process import job_context
 from image_search_service.jobs.queue import (
@@ -37,6 +37,13 @@ from image_search_service.jobs.queue import (
 )
 from image_search_service.services.library.buckets import index_objects
 from image_search_service.services.library.indexing import IndexReport, models_to_index
+from image_search_service.services.library.schemas import (
+    INGEST_BODY,
+    IndexReportOut,
+    S3Notification,
+    S3TestEvent,
+    UriList,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,63 +57,28 @@ class IngestSubmission:
     queued: int  # of those, newly queued (the rest was already waiting)
     job_id: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def parse_ingest_body(body: Any) -> list[str]:
     """Distinct object URIs, in order, from an S3 event notification or a URI list."""
-    uris: list[str] = []
-    if isinstance(body, list):
-        uris = [_uri_item(item) for item in body]
-    elif isinstance(body, dict) and isinstance(body.get("uris"), list):
-        uris = [_uri_item(item) for item in body["uris"]]
-    elif isinstance(body, dict) and isinstance(body.get("Records"), list):
-        for record in body["Records"]:
-            uri = _record_uri(record)
-            if uri is not None:
-                uris.append(uri)
-    elif isinstance(body, dict) and body.get("Event") == "s3:TestEvent":
-        return []  # AWS checks the endpoint with this when notifications are set up
-    else:
+    try:
+        parsed = INGEST_BODY.validate_python(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
         raise InvalidRequest(
             'body must be an S3 event notification ({"Records": [...]}), a list of '
-            's3:// URIs, or {"uris": [...]}'
-        )
+            f's3:// object URIs, or {{"uris": [...]}} ({where}: {first["msg"]})'
+        ) from None
+    if isinstance(parsed, S3TestEvent):
+        return []  # AWS checks the endpoint with this when notifications are set up
+    if isinstance(parsed, S3Notification):
+        uris = [uri for record in parsed.Records if (uri := record.uri()) is not None]
+    else:
+        uris = parsed.uris if isinstance(parsed, UriList) else parsed
     distinct = list(dict.fromkeys(uris))
     if len(distinct) > MAX_URIS:
         raise InvalidRequest(f"at most {MAX_URIS} objects per request")
-    for uri in distinct:
-        try:
-            parse_object_uri(uri)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
     return distinct
-
-
-def _uri_item(item: Any) -> str:
-    if not isinstance(item, str) or not item.startswith(SCHEME):
-        raise InvalidRequest(f"not an s3:// object URI: {str(item)[:200]!r}")
-    return item
-
-
-def _record_uri(record: Any) -> str | None:
-    if not isinstance(record, dict):
-        raise InvalidRequest("each record must be an object")
-    event = str(record.get("eventName", ""))
-    if not event.startswith(
-        ("ObjectCreated", "ObjectRemoved", "s3:ObjectCreated", "s3:ObjectRemoved")
-    ):
-        return None  # other notifications (replication, lifecycle, ...) are not ours
-    try:
-        bucket = record["s3"]["bucket"]["name"]
-        key = record["s3"]["object"]["key"]
-    except (KeyError, TypeError):
-        raise InvalidRequest("a record lacks s3.bucket.name or s3.object.key") from None
-    if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
-        raise InvalidRequest("s3.bucket.name and s3.object.key must be non-empty strings")
-    # Keys in notifications are URL-encoded, spaces as "+".
-    return f"{SCHEME}{bucket}/{unquote_plus(key)}"
 
 
 def ingest_objects(ctx: ServiceContext, uris: Sequence[str]) -> IndexReport:
@@ -132,10 +104,11 @@ def ingest_objects(ctx: ServiceContext, uris: Sequence[str]) -> IndexReport:
 
 def ingest_objects_job(uris: list[str]) -> dict[str, Any]:
     """The RQ job: :func:`ingest_objects` with this process's context."""
-    data = ingest_objects(job_context(), uris).as_dict()
-    data["failures"] = data["failures"][:20]
-    data["unsupported_files"] = data["unsupported_files"][:20]
-    return data
+    report = ingest_objects(job_context(), uris)
+    # RQ keeps a job's result in Redis: a summary, not every failure.
+    report.failures = report.failures[:20]
+    report.unsupported_files = report.unsupported_files[:20]
+    return IndexReportOut.model_validate(report).model_dump(mode="json")
 
 
 INGEST_JOB = f"{__name__}.{ingest_objects_job.__qualname__}"

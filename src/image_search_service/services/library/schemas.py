@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Literal
+from urllib.parse import unquote_plus
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
+    AwareDatetime,
     ConfigDict,
     Field,
+    TypeAdapter,
+    model_validator,
 )
 
 from image_search_service.core.config import ModelKey
-from image_search_service.core.schemas import InputModel, OutputModel, UtcDateTime
+from image_search_service.core.schemas import (
+    InputModel,
+    ModelIdentityOut,
+    OutputModel,
+    PhotoUrls,
+)
+from image_search_service.images.s3 import SCHEME, parse_object_uri
 from image_search_service.services.library.assets import MAX_PAGE, AssetPage, AssetView
 from image_search_service.services.metadata.schemas import PersonInPhoto
 
@@ -47,10 +58,11 @@ class AssetOut(OutputModel):
     edited: list[str] = Field(
         description="fields edited through the API: re-indexing leaves them as edited"
     )
+    urls: PhotoUrls | None = Field(None, description="thumbnail, preview and file (HTTP only)")
 
     @classmethod
     def of(cls, view: AssetView) -> AssetOut:
-        data = {f: getattr(view, f) for f in cls.model_fields if f != "people"}
+        data = {f: getattr(view, f) for f in cls.model_fields if f not in ("people", "urls")}
         return cls.model_validate({**data, "people": [PersonInPhoto.of(p) for p in view.people]})
 
 
@@ -118,10 +130,15 @@ class IndexReportOut(OutputModel):
     duplicates: int
     failed: int
     missing: int
+    metadata_refreshed: int = Field(0, description="unchanged photos whose sidecar was re-read")
     seconds: float
     images_per_second: float
     models: list[str]
     failures: list[dict[str, str]]
+    unsupported: int = Field(0, description="files of formats that are not decoded")
+    unsupported_files: list[str] = Field(
+        default_factory=list, description="the first of them (up to 1000)"
+    )
 
 
 class IndexRunOut(OutputModel):
@@ -129,9 +146,9 @@ class IndexRunOut(OutputModel):
     reason: str = Field(description="api, watch (a watched folder changed), start or cli")
     model: str
     phase: Literal["queued", "scanning", "embedding", "done", "failed"]
-    queued_at: UtcDateTime
-    started_at: UtcDateTime | None
-    finished_at: UtcDateTime | None
+    queued_at: AwareDatetime
+    started_at: AwareDatetime | None
+    finished_at: AwareDatetime | None
     total: int | None = Field(description="photos to embed, once the folder is scanned")
     done: int
     report: IndexReportOut | None
@@ -151,8 +168,46 @@ class IndexSubmissionOut(OutputModel):
     status: IndexStatusOut
 
 
+class ModelStatusOut(OutputModel):
+    collection: str
+    exists: bool
+    configured_model: ModelIdentityOut = Field(description="what the settings would encode with")
+    configured_runtime: str = Field(description="e.g. onnx-int8, torch-fp32")
+    embedded: int
+    failed: int
+    pending: int
+    coverage: float = Field(description="share of searchable photos with this model's vector")
+    points: int
+    model_identity: ModelIdentityOut | None = Field(
+        description="what the collection is stamped with (null: no collection)"
+    )
+    identity_matches: bool | None = Field(description="null: no collection")
+    dim: int | None
+    distance: str | None
+    quantization: str | None
+    hnsw: dict[str, int | None] | None
+    runtimes: list[str] = Field(description="the runtimes whose vectors it holds")
+    model_loaded: bool = Field(
+        description="whether this process has loaded the model; status never loads it, so "
+        "precision and int8_refused are null until something encodes with it"
+    )
+    precision: dict[str, str] | None = Field(
+        description='what encodes each tower, e.g. {"image": "onnx-int8", "text": "onnx-int8"}'
+        " (null: not loaded)"
+    )
+    int8_refused: str | None = Field(
+        description="why INT8 does not serve though configured: refused on this CPU class "
+        "(with the measured agreement) or the export failed (null: serves, not asked, not "
+        "loaded)"
+    )
+    cpu_isa: str | None = Field(
+        description="the CPU class ONNX exports are verified for and INT8 settings chosen by, "
+        "e.g. avx2, avx512_vnni (null: INT8 not configured and no ONNX encoder loaded)"
+    )
+
+
 class LibraryStatusOut(OutputModel):
-    """What ``image-search status --json`` prints, from the running server."""
+    """What ``image-search status --json`` prints, with or without a running server."""
 
     assets: int = Field(description="searchable assets")
     assets_total: int
@@ -160,4 +215,62 @@ class LibraryStatusOut(OutputModel):
     missing: int
     vector_store: str
     database: str
-    models: dict[str, dict[str, Any]]
+    models: dict[ModelKey, ModelStatusOut]
+
+
+# -- ingest: what S3-compatible stores send (AWS, MinIO...), or plain URI lists ---------
+def _object_uri(value: str) -> str:
+    if not value.startswith(SCHEME):
+        raise ValueError(f"not an s3:// object URI: {value[:200]!r}")
+    parse_object_uri(value)  # a bucket and a key, or ValueError
+    return value
+
+
+ObjectUri = Annotated[str, AfterValidator(_object_uri)]
+_HANDLED_EVENTS = ("ObjectCreated", "ObjectRemoved", "s3:ObjectCreated", "s3:ObjectRemoved")
+
+
+class S3BucketRef(InputModel):
+    name: str = Field(min_length=1)
+
+
+class S3ObjectRef(InputModel):
+    key: str = Field(min_length=1, description="URL-encoded, spaces as '+'")
+
+
+class S3Entity(InputModel):
+    bucket: S3BucketRef
+    object: S3ObjectRef
+
+
+class S3EventRecord(InputModel):
+    eventName: str = ""  # noqa: N815 (the notification's own field name)
+    s3: S3Entity | None = None
+
+    @model_validator(mode="after")
+    def _object_named(self) -> S3EventRecord:
+        if self.eventName.startswith(_HANDLED_EVENTS) and self.s3 is None:
+            raise ValueError("a record lacks s3.bucket.name or s3.object.key")
+        return self
+
+    def uri(self) -> str | None:
+        """The object's URI; None for notifications that are not ours (replication...)."""
+        if self.s3 is None or not self.eventName.startswith(_HANDLED_EVENTS):
+            return None
+        return f"{SCHEME}{self.s3.bucket.name}/{unquote_plus(self.s3.object.key)}"
+
+
+class S3Notification(InputModel):
+    Records: list[S3EventRecord]  # noqa: N815
+
+
+class S3TestEvent(InputModel):
+    Event: Literal["s3:TestEvent"]  # noqa: N815
+
+
+class UriList(InputModel):
+    uris: list[ObjectUri]
+
+
+IngestBody = S3Notification | UriList | S3TestEvent | list[ObjectUri]
+INGEST_BODY: TypeAdapter[IngestBody] = TypeAdapter(IngestBody)

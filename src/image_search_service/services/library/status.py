@@ -3,66 +3,151 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from image_search_service.context import ServiceContext
 from image_search_service.core.config import MODEL_KEYS, ModelKey
-from image_search_service.core.specs import ModelIdentity
+from image_search_service.core.specs import ModelIdentity, ModelSpec
 from image_search_service.db import repository as repo
 from image_search_service.vector.base import CollectionInfo
 
 
-def model_coverage(ctx: ServiceContext, key: ModelKey) -> repo.Coverage:
-    with ctx.transaction() as session:
-        return repo.coverage(session, ctx.spec(key))
+@dataclass(frozen=True)
+class EncoderState:
+    """What this process knows of a model's encoder without loading it."""
+
+    loaded: bool
+    precision: dict[str, str] | None  # per tower, e.g. {"image": "onnx-int8", ...}
+    int8_refused: str | None
+    cpu_isa: str | None  # the CPU class INT8 is chosen and verified for
 
 
 @dataclass(frozen=True)
 class ModelStatus:
+    """One model's collection and coverage; read as ``ModelStatusOut``."""
+
     model: ModelKey
     collection: str
-    configured: ModelIdentity
+    configured_model: ModelIdentity
     configured_runtime: str  # what would encode now, e.g. "onnx-int8"
-    coverage: repo.Coverage
+    counts: repo.Coverage
     info: CollectionInfo | None
     identity_matches: bool | None  # None: no collection
+    encoder: EncoderState
 
-    def as_dict(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "collection": self.collection,
-            "exists": self.info is not None,
-            "configured_model": self.configured.as_dict(),
-            "configured_runtime": self.configured_runtime,
-            "embedded": self.coverage.done,
-            "failed": self.coverage.failed,
-            "pending": self.coverage.pending,
-            "coverage": round(self.coverage.ratio, 4),
-        }
-        if self.info is not None:
-            entry.update(self.info.as_dict())
-            entry["identity_matches"] = self.identity_matches
-        else:
-            entry.update({"points": 0, "quantization": None, "hnsw": None, "model_identity": None})
-        return entry
+    @property
+    def model_loaded(self) -> bool:
+        return self.encoder.loaded
+
+    @property
+    def precision(self) -> dict[str, str] | None:
+        return self.encoder.precision
+
+    @property
+    def int8_refused(self) -> str | None:
+        return self.encoder.int8_refused
+
+    @property
+    def cpu_isa(self) -> str | None:
+        return self.encoder.cpu_isa
+
+    @property
+    def exists(self) -> bool:
+        return self.info is not None
+
+    @property
+    def embedded(self) -> int:
+        return self.counts.done
+
+    @property
+    def failed(self) -> int:
+        return self.counts.failed
+
+    @property
+    def pending(self) -> int:
+        return self.counts.pending
+
+    @property
+    def coverage(self) -> float:
+        return round(self.counts.ratio, 4)
+
+    @property
+    def points(self) -> int:
+        return self.info.points if self.info is not None else 0
+
+    @property
+    def model_identity(self) -> ModelIdentity | None:
+        return self.info.identity if self.info is not None else None
+
+    @property
+    def dim(self) -> int | None:
+        return self.info.dim if self.info is not None else None
+
+    @property
+    def distance(self) -> str | None:
+        return self.info.distance if self.info is not None else None
+
+    @property
+    def quantization(self) -> str | None:
+        return self.info.quantization if self.info is not None else None
+
+    @property
+    def hnsw(self) -> dict[str, int | None] | None:
+        if self.info is None:
+            return None
+        return {"m": self.info.hnsw_m, "ef_construct": self.info.hnsw_ef_construct}
+
+    @property
+    def runtimes(self) -> list[str]:
+        return list(self.info.runtimes) if self.info is not None else []
 
 
 @dataclass(frozen=True)
 class LibraryStatus:
+    """Asset counts and each model's status; read as ``LibraryStatusOut``."""
+
     library: repo.LibraryCounts
     models: dict[ModelKey, ModelStatus]
     vector_store: str
     database: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "assets": self.library.active,
-            "assets_total": self.library.total,
-            "failed": self.library.failed,
-            "missing": self.library.missing,
-            "vector_store": self.vector_store,
-            "database": self.database,
-            "models": {key: m.as_dict() for key, m in self.models.items()},
-        }
+    @property
+    def assets(self) -> int:
+        return self.library.active
+
+    @property
+    def assets_total(self) -> int:
+        return self.library.total
+
+    @property
+    def failed(self) -> int:
+        return self.library.failed
+
+    @property
+    def missing(self) -> int:
+        return self.library.missing
+
+
+def encoder_state(ctx: ServiceContext, spec: ModelSpec) -> EncoderState:
+    """What the encoder this process already made for ``spec`` says. Never makes or loads
+    one: ``ctx.encoder()`` would (importing torch, and minutes of export on a first start)."""
+    encoder = ctx.encoders.peek(spec)
+    isa = getattr(encoder, "cpu_isa", None)
+    if isa is None and ctx.encoders.runtime == "onnx-int8":
+        from image_search_service.encoders.cpu import cpu_isa
+
+        try:
+            isa = cpu_isa()  # as the encoder will resolve it (ONNX_CPU_ISA, else detected)
+        except ValueError:  # a bad ONNX_CPU_ISA: the encoder will say so when it is made
+            isa = None
+    if encoder is None or not encoder.loaded:
+        return EncoderState(loaded=False, precision=None, int8_refused=None, cpu_isa=isa)
+    towers: dict[str, str] | None = getattr(encoder, "tower_runtimes", None)
+    return EncoderState(
+        loaded=True,
+        precision=towers or {"image": encoder.runtime, "text": encoder.runtime},
+        int8_refused=getattr(encoder, "int8_refused", None),
+        cpu_isa=isa,
+    )
 
 
 def library_status(ctx: ServiceContext) -> LibraryStatus:
@@ -76,11 +161,12 @@ def library_status(ctx: ServiceContext) -> LibraryStatus:
         models[key] = ModelStatus(
             model=key,
             collection=spec.collection,
-            configured=spec.identity,
+            configured_model=spec.identity,
             configured_runtime=ctx.encoders.runtime,
-            coverage=coverages[key],
+            counts=coverages[key],
             info=info,
             identity_matches=None if info is None else info.identity == spec.identity,
+            encoder=encoder_state(ctx, spec),
         )
     return LibraryStatus(
         library=library,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -58,20 +58,8 @@ class BatchResult:
     failures: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 # -- planning -------------------------------------------------------------------------
-def plan_asset_ids(
-    session: Session, spec: ModelSpec, *, force: bool = False, only_failed: bool = False
-) -> list[UUID]:
-    """Assets a run for ``spec`` should process, oldest first: the pending ones (every
-    present asset this exact model has neither embedded nor given up on; failures wait
-    for ``retry-failed``), all of them with ``force``, or only the failed ones."""
-    return repo.asset_ids_to_embed(session, spec, force=force, only_failed=only_failed)
-
-
 GONE_REASON = (
     "the file is gone since the library was indexed: run `image-search index` to update "
     "the library (or put the file back, then `image-search reembed retry-failed`)"
@@ -201,9 +189,8 @@ def reembed_batch(model_key: str, asset_ids: list[str], force: bool = False) -> 
         result.skipped,
         result.seconds,
     )
-    return {k: v for k, v in result.as_dict().items() if k != "failures"} | {
-        "failures": result.failures[:20]
-    }
+    # RQ keeps a job's result in Redis: a summary, not every failure.
+    return asdict(replace(result, failures=result.failures[:20]))
 
 
 REEMBED_JOB = f"{__name__}.{reembed_batch.__qualname__}"

@@ -7,13 +7,14 @@ nothing, a check against the settings and the library, and an explicit drop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from image_search_service.context import ServiceContext
 from image_search_service.core.config import ModelKey, Settings
+from image_search_service.core.schemas import ModelIdentityOut
 from image_search_service.core.specs import model_spec
 from image_search_service.db import repository as repo
+from image_search_service.services.reembed.schemas import CollectionCheckOut
 from image_search_service.vector.schema import collection_spec
 
 
@@ -29,58 +30,53 @@ def planned_collection(settings: Settings, key: ModelKey) -> dict[str, Any]:
     return {"model": key, **_store_location(settings), **spec.describe()}
 
 
-@dataclass
-class CollectionCheck:
-    model: ModelKey
-    collection: str
-    exists: bool
-    problems: list[str] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.exists and not self.problems
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "collection": self.collection,
-            "exists": self.exists,
-            "ok": self.ok,
-            "problems": self.problems,
-            **self.details,
-        }
-
-
-def check_collection(ctx: ServiceContext, key: ModelKey) -> CollectionCheck:
+def check_collection(ctx: ServiceContext, key: ModelKey) -> CollectionCheckOut:
     """Does the collection exist, match the settings, and cover the library?"""
     spec = ctx.collection_spec(key)
     info = ctx.store.collection_info(spec.name)
     with ctx.transaction() as session:
         cov = repo.coverage(session, ctx.spec(key))
-    check = CollectionCheck(model=key, collection=spec.name, exists=info is not None)
-    check.details = {
-        "vector_store": ctx.store.kind,
-        "expected": spec.describe(),
-        "coverage": round(cov.ratio, 4),
-        "embedded": cov.done_searchable,
-        "assets": cov.searchable,
-    }
+    problems = (
+        info.mismatches(spec, ctx.store.capabilities)
+        if info is not None
+        else [f"collection {spec.name!r} does not exist"]
+    )
+    check = CollectionCheckOut(
+        model=key,
+        collection=spec.name,
+        exists=info is not None,
+        ok=info is not None and not problems,
+        problems=problems,
+        vector_store=ctx.store.kind,
+        expected=spec.describe(),
+        coverage=round(cov.ratio, 4),
+        embedded=cov.done_searchable,
+        assets=cov.searchable,
+    )
     if info is None:
-        check.problems.append(f"collection {spec.name!r} does not exist")
         return check
-    check.details.update(info.as_dict())
-    if not ctx.store.capabilities.applies_index_config:
-        check.details["note"] = "qdrant-client local mode: quantization and HNSW not applied"
-    check.problems.extend(info.mismatches(spec, ctx.store.capabilities))
-    return check
+    return check.model_copy(
+        update={
+            "points": info.points,
+            "dim": info.dim,
+            "distance": info.distance,
+            "quantization": info.quantization,
+            "hnsw": {"m": info.hnsw_m, "ef_construct": info.hnsw_ef_construct},
+            "model_identity": ModelIdentityOut.model_validate(info.identity)
+            if info.identity is not None
+            else None,
+            "runtimes": list(info.runtimes),
+            "note": None
+            if ctx.store.capabilities.applies_index_config
+            else "qdrant-client local mode: quantization and HNSW not applied",
+        }
+    )
 
 
-def create_collection(ctx: ServiceContext, key: ModelKey) -> dict[str, Any]:
+def create_collection(ctx: ServiceContext, key: ModelKey) -> CollectionCheckOut:
     """Create it if missing (idempotent); an existing one must match the model stamp."""
     created = ctx.ensure_collection(key)
-    check = check_collection(ctx, key)
-    return {"created": created, **check.as_dict()}
+    return check_collection(ctx, key).model_copy(update={"created": created})
 
 
 def drop_collection(ctx: ServiceContext, key: ModelKey) -> dict[str, Any]:

@@ -4,9 +4,8 @@ reported on top when ``REDIS_URL`` is set."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,7 +29,7 @@ class ModelProgress:
     model: ModelKey
     collection: str
     model_name: str
-    coverage: repo.Coverage
+    counts: repo.Coverage
     rate: float  # assets finished per second over the last minutes
     last_activity: datetime | None
     collection_exists: bool | None = None
@@ -38,19 +37,19 @@ class ModelProgress:
 
     @property
     def total(self) -> int:
-        return self.coverage.present
+        return self.counts.present
 
     @property
     def done(self) -> int:
-        return self.coverage.done
+        return self.counts.done
 
     @property
     def failed(self) -> int:
-        return self.coverage.failed
+        return self.counts.failed
 
     @property
     def pending(self) -> int:
-        return self.coverage.pending
+        return self.counts.pending
 
     @property
     def eta_seconds(self) -> float | None:
@@ -58,27 +57,15 @@ class ModelProgress:
             return 0.0
         return round(self.pending / self.rate, 1) if self.rate > 0 else None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "collection": self.collection,
-            "model_name": self.model_name,
-            "total": self.total,
-            "done": self.done,
-            "failed": self.failed,
-            "pending": self.pending,
-            "coverage": round(self.coverage.ratio, 4),
-            "rate": round(self.rate, 3),
-            "eta_seconds": self.eta_seconds,
-            "last_activity": self.last_activity.isoformat() if self.last_activity else None,
-            "collection_exists": self.collection_exists,
-            "points": self.points,
-        }
+    @property
+    def coverage(self) -> float:
+        return round(self.counts.ratio, 4)
 
 
 @dataclass(frozen=True)
 class ReembedProgress:
-    """Progress per model, with the ``target`` model (the migration) as the headline."""
+    """Progress per model, with the ``target`` model (the migration) as the headline:
+    its figures read through at the top level (``ReembedProgressOut``)."""
 
     target: ModelKey
     models: dict[ModelKey, ModelProgress]
@@ -100,19 +87,33 @@ class ReembedProgress:
         """Complete, and nothing is left queued or waiting to retry."""
         return self.complete and not (self.queue is not None and self.queue.busy)
 
-    def as_dict(self) -> dict[str, Any]:
-        head = self.headline.as_dict()
-        return {
-            "target": self.target,
-            **{k: head[k] for k in ("total", "done", "failed", "pending", "rate", "eta_seconds")},
-            "coverage": head["coverage"],
-            "complete": self.complete,
-            "models": {key: m.as_dict() for key, m in self.models.items()},
-            "runner": self.runner,
-            "queue": asdict(self.queue) if self.queue is not None else None,
-            "vector_store_error": self.vector_store_error,
-            "note": self.note,
-        }
+    @property
+    def total(self) -> int:
+        return self.headline.total
+
+    @property
+    def done(self) -> int:
+        return self.headline.done
+
+    @property
+    def failed(self) -> int:
+        return self.headline.failed
+
+    @property
+    def pending(self) -> int:
+        return self.headline.pending
+
+    @property
+    def rate(self) -> float:
+        return self.headline.rate
+
+    @property
+    def eta_seconds(self) -> float | None:
+        return self.headline.eta_seconds
+
+    @property
+    def coverage(self) -> float:
+        return self.headline.coverage
 
 
 def model_progress(
@@ -131,7 +132,7 @@ def model_progress(
         model=spec.key,
         collection=spec.collection,
         model_name=spec.model_name,
-        coverage=repo.coverage(session, spec),
+        counts=repo.coverage(session, spec),
         rate=rate,
         last_activity=activity.newest,
     )

@@ -11,8 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from image_search_service.context import ServiceContext
@@ -45,9 +44,6 @@ class RunReport:
     images_per_second: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
     aborted: str | None = None  # why the run stopped early; the rest stays pending
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def run_in_process(

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     ConfigDict,
     Field,
+    field_serializer,
 )
 
 from image_search_service.core.config import ModelKey
-from image_search_service.core.schemas import InputModel, OutputModel
+from image_search_service.core.schemas import InputModel, ModelIdentityOut, OutputModel
 
 
 class ModelProgressOut(OutputModel):
@@ -28,6 +29,10 @@ class ModelProgressOut(OutputModel):
     last_activity: datetime | None
     collection_exists: bool | None = Field(description="None when the store was not read")
     points: int | None
+
+    @field_serializer("rate")
+    def _rate(self, rate: float) -> float:
+        return round(rate, 3)
 
 
 class QueueOut(OutputModel):
@@ -58,6 +63,10 @@ class ReembedProgressOut(OutputModel):
     vector_store_error: str | None
     note: str | None
 
+    @field_serializer("rate")
+    def _rate(self, rate: float) -> float:
+        return round(rate, 3)
+
 
 class ReembedRequest(InputModel):
     model_config = ConfigDict(extra="forbid")
@@ -76,7 +85,43 @@ class ReembedSubmissionOut(OutputModel):
     note: str | None
     enqueued_assets: int | None = Field(None, description="RQ: assets put on the queue")
     already_queued: int | None = Field(None, description="RQ: assets already waiting")
-    jobs: int | None = Field(None, description="RQ: jobs queued")
+    jobs: int | None = Field(None, description="jobs queued (RQ) or run (in-process)")
+    queue: str | None = Field(None, description="RQ: the queue")
     running_in_background: bool | None = Field(
         None, description="in-process: the run goes on in this server; watch GET /reembed"
     )
+    # An in-process run that was waited for (the CLI without Redis): how it went.
+    done: int | None = None
+    failed: int | None = None
+    skipped: int | None = None
+    retries: int | None = None
+    seconds: float | None = None
+    images_per_second: float | None = None
+    failures: list[dict[str, str]] | None = None
+    aborted: str | None = Field(None, description="why the run stopped early, if it did")
+
+
+class CollectionCheckOut(OutputModel):
+    """``create-collection`` and ``create-collection --check``: the collection against the
+    settings and the library."""
+
+    model: ModelKey
+    collection: str
+    exists: bool
+    ok: bool = Field(description="exists and matches the settings")
+    problems: list[str]
+    vector_store: str
+    expected: dict[str, Any] = Field(description="what the settings ask for")
+    coverage: float
+    embedded: int
+    assets: int = Field(description="searchable assets")
+    # The collection as the store describes it (null, or empty, when it does not exist).
+    points: int | None = None
+    dim: int | None = None
+    distance: str | None = None
+    quantization: str | None = None
+    hnsw: dict[str, int | None] | None = None
+    model_identity: ModelIdentityOut | None = Field(None, description="its model stamp")
+    runtimes: list[str] = Field(default_factory=list, description="runtimes of its vectors")
+    note: str | None = None
+    created: bool | None = Field(None, description="create-collection: made by this call")

@@ -6,7 +6,7 @@ on RQ or run it in this process (``jobs.queue.choose_runner`` says which).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
@@ -45,12 +45,13 @@ class EnqueueReport:
     jobs: int
     queue: str = QUEUE_NAME
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
 class Submission:
+    """What a re-embed submission did; read as ``ReembedSubmissionOut``, with the figures
+    of the RQ enqueue or of the in-process run at the top level (None where they do not
+    apply)."""
+
     model: ModelKey
     runner: Literal["rq", "in-process"]
     planned: int
@@ -60,21 +61,60 @@ class Submission:
     run: RunReport | None = None  # in-process, waited for
     background: BackgroundJob | None = None  # in-process, on the dispatcher (the API)
 
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "model": self.model,
-            "runner": self.runner,
-            "planned": self.planned,
-            "created_collection": self.created_collection,
-            "note": self.note,
-        }
-        if self.enqueued is not None:
-            data.update(self.enqueued.as_dict())
-        if self.run is not None:
-            data.update(self.run.as_dict())
-        if self.background is not None:
-            data["running_in_background"] = self.background.state in ("queued", "running")
-        return data
+    @property
+    def enqueued_assets(self) -> int | None:
+        return self.enqueued.enqueued_assets if self.enqueued is not None else None
+
+    @property
+    def already_queued(self) -> int | None:
+        return self.enqueued.already_queued if self.enqueued is not None else None
+
+    @property
+    def queue(self) -> str | None:
+        return self.enqueued.queue if self.enqueued is not None else None
+
+    @property
+    def done(self) -> int | None:
+        return self.run.done if self.run is not None else None
+
+    @property
+    def failed(self) -> int | None:
+        return self.run.failed if self.run is not None else None
+
+    @property
+    def skipped(self) -> int | None:
+        return self.run.skipped if self.run is not None else None
+
+    @property
+    def retries(self) -> int | None:
+        return self.run.retries if self.run is not None else None
+
+    @property
+    def seconds(self) -> float | None:
+        return self.run.seconds if self.run is not None else None
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.run.images_per_second if self.run is not None else None
+
+    @property
+    def failures(self) -> list[dict[str, str]] | None:
+        return self.run.failures if self.run is not None else None
+
+    @property
+    def aborted(self) -> str | None:
+        return self.run.aborted if self.run is not None else None
+
+    @property
+    def jobs(self) -> int | None:
+        report = self.enqueued or self.run
+        return report.jobs if report is not None else None
+
+    @property
+    def running_in_background(self) -> bool | None:
+        if self.background is None:
+            return None
+        return self.background.state in ("queued", "running")
 
 
 def submit_reembed(

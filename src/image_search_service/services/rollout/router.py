@@ -14,14 +14,14 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from image_search_service.core.config import INTERLEAVED, MODEL_KEYS, Arm, ModelKey
 from image_search_service.core.errors import InvalidRequest
 from image_search_service.core.specs import BASELINE, CANDIDATE
 from image_search_service.db import repository as repo
-from image_search_service.services.rollout.flags import LiveRollout
+from image_search_service.services.rollout.flags import FlagsSource, LiveRollout
 
 if TYPE_CHECKING:  # the bucket function stays importable without torch and the stores
     from image_search_service.context import ServiceContext
@@ -64,11 +64,6 @@ class Readiness:
     reason_code: str | None = None  # short and stable: a metrics label
     reason: str | None = None  # for people
 
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["coverage"] = round(self.coverage, 4)
-        return data
-
 
 @dataclass(frozen=True)
 class RouteDecision:
@@ -96,8 +91,23 @@ class RouteDecision:
         """The experiment arm: the answering model, or ``interleaved``."""
         return INTERLEAVED if self.interleave else self.model
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "anonymous": self.anonymous, "arm": self.arm}
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    """What operators see of the rollout (``RolloutOut``): the flags in force, each
+    model's readiness, and one user's route when asked for."""
+
+    use_siglip: bool
+    siglip_rollout_percentage: int
+    flags_source: FlagsSource
+    flags_refresh_s: float
+    interleave_percentage: int
+    min_rollout_coverage: float | None
+    coverage_cache_ttl_s: float
+    baseline: ModelKey
+    candidate: ModelKey
+    models: dict[ModelKey, Readiness]
+    user: RouteDecision | None = None
 
 
 class EmbeddingRouter:
@@ -310,24 +320,21 @@ class EmbeddingRouter:
         return None, None
 
     # -- operators -----------------------------------------------------------------------
-    def rollout_status(self, user_id: str | None = None) -> dict[str, Any]:
+    def rollout_status(self, user_id: str | None = None) -> RolloutStatus:
         """Flags, each model's collection and readiness (checked now, not cached), and,
         given ``user_id``, that user's bucket and model."""
         states = {key: self.check_readiness(key) for key in MODEL_KEYS}
         flags = self.flags.current()
-        result: dict[str, Any] = {
-            "use_siglip": flags.use_siglip,
-            "siglip_rollout_percentage": flags.siglip_rollout_percentage,
-            "flags_source": flags.source,
-            "flags_refresh_s": self.flags.refresh_s,
-            "interleave_percentage": flags.interleave_percentage,
-            "min_rollout_coverage": self.min_coverage,
-            "coverage_cache_ttl_s": self.coverage_ttl_s,
-            "baseline": BASELINE,
-            "candidate": CANDIDATE,
-            "models": {key: state.as_dict() for key, state in states.items()},
-            "user": None,
-        }
-        if user_id is not None:
-            result["user"] = self._decide(user_id, states.__getitem__).as_dict()
-        return result
+        return RolloutStatus(
+            use_siglip=flags.use_siglip,
+            siglip_rollout_percentage=flags.siglip_rollout_percentage,
+            flags_source=flags.source,
+            flags_refresh_s=self.flags.refresh_s,
+            interleave_percentage=flags.interleave_percentage,
+            min_rollout_coverage=self.min_coverage,
+            coverage_cache_ttl_s=self.coverage_ttl_s,
+            baseline=BASELINE,
+            candidate=CANDIDATE,
+            models=states,
+            user=None if user_id is None else self._decide(user_id, states.__getitem__),
+        )

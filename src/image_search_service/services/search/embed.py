@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from image_search_service.context import ServiceContext
+from image_search_service.core.batching import chunked
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import (
     ImageTooLarge,
@@ -88,8 +89,7 @@ class EmbedService:
         good = [i for i, p in enumerate(prepared) if not isinstance(p, ServiceError)]
         vectors: dict[int, FloatArray] = {}
         size = settings.batch_size
-        for start in range(0, len(good), size):
-            chunk = good[start : start + size]
+        for chunk in chunked(good, size):
             encoded = encoder.encode_preprocessed([prepared[i] for i in chunk])
             vectors.update(zip(chunk, encoded, strict=True))
         items = [
@@ -115,8 +115,8 @@ class EmbedService:
         encoder = self.ctx.encoder(model)
         size = self.ctx.settings.batch_size
         items: list[EmbedItem] = []
-        for start in range(0, len(texts), size):
-            chunk = [t.strip() for t in texts[start : start + size]]
+        for batch in chunked(texts, size):
+            chunk = [t.strip() for t in batch]
             items.extend(EmbedItem(v, None) for v in encoder.encode_text(chunk))
         outcome = EmbedOutcome(spec, items, (time.perf_counter() - started) * 1000)
         _log("text", outcome, sum(len(t.encode()) for t in texts))

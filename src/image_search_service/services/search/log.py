@@ -8,7 +8,15 @@ flags chose and why the router fell back, the kind of query, the result ids in o
 Recording never slows or fails a search: :meth:`SearchLog.record` puts the record on
 a bounded queue and returns; one writer thread inserts records in batches, and an
 error there is logged and counted (``errors``), never raised to the search. An event
-waits for the queue to drain first, so a click right after its search finds it.
+waits for the queue to drain first, so a click right after its search finds it; and an
+event that reaches another API process than its search's (whose writer may not have
+written it yet) polls the DB for it a short, bounded while (``EVENT_WAIT_S``) before it
+is refused as unknown.
+
+The first search each model answers in a process is marked a cold start (the model was
+just loaded): its latency is kept but left out of latency percentiles and guardrails.
+With ``ROLLOUT_AUTO_GUARD`` the writer thread also checks the guardrails now and then
+(``GUARD_EVERY_S``) and rolls the candidate back through the live flags on a breach.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
@@ -32,6 +40,7 @@ from image_search_service.core.errors import InvalidRequest, SearchNotFound, Too
 from image_search_service.core.specs import CANDIDATE
 from image_search_service.db import experiment_repository as exp_repo
 from image_search_service.db.experiment_repository import SearchRecord, latency_bucket
+from image_search_service.db.models import ExperimentResults, ExperimentSearch
 from image_search_service.services.rollout.router import RouteDecision
 from image_search_service.services.search.service import SearchOutcome
 
@@ -39,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 EventType = Literal["click", "open", "more_like_this", "download"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
-QueryKind = Literal["text", "image", "similar"]
 
 # Latency is kept as a log-scale bucket too (about 6 % wide) so the report can take
 # percentiles from a GROUP BY instead of sorting every search.
@@ -48,6 +56,11 @@ QueryKind = Literal["text", "image", "similar"]
 QUEUE_SIZE = 10_000
 BATCH_SIZE = 500
 PRUNE_EVERY_S = 3600.0
+# An event for a search this process has not seen polls the DB this long at most: the
+# search's own process writes within milliseconds unless its DB is stalled.
+EVENT_WAIT_S = 0.5
+EVENT_POLL_S = 0.025
+GUARD_EVERY_S = 30.0
 
 
 def utcnow() -> datetime:
@@ -62,6 +75,7 @@ def make_record(
     kind: str,
     latency_ms: float,
     now: datetime,
+    cold_start: bool = False,
 ) -> SearchRecord:
     return SearchRecord(
         id=search_id,
@@ -75,7 +89,7 @@ def make_record(
         asset_ids=tuple(str(h.asset_id) for h in outcome.results),
         models=tuple(h.model for h in outcome.results) if outcome.interleaved else None,
         latency_ms=latency_ms,
-        latency_bucket=latency_bucket(latency_ms),
+        latency_bucket=latency_bucket(latency_ms, cold_start=cold_start),
     )
 
 
@@ -116,6 +130,7 @@ class SearchLog:
         *,
         background: bool = True,
         clock: Callable[[], datetime] = utcnow,
+        event_wait_s: float = EVENT_WAIT_S,
     ) -> None:
         self.ctx = ctx
         settings = ctx.settings
@@ -132,6 +147,11 @@ class SearchLog:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._next_prune = 0.0
+        self._next_guard = 0.0
+        self.event_wait_s = event_wait_s
+        self.event_waits = 0  # events whose search was not in the DB at first look
+        self.auto_guard = settings.rollout_auto_guard
+        self._warm: set[str] = set()  # models that answered a search in this process
 
     # -- searches ------------------------------------------------------------------------
     def record(
@@ -142,11 +162,18 @@ class SearchLog:
         outcome: SearchOutcome,
         kind: str,
         latency_ms: float,
+        cold_start: bool | None = None,
     ) -> None:
-        """Log one answered search. Never raises."""
+        """Log one answered search. Never raises. ``cold_start`` None: the first search
+        a model answers in this process is one."""
         if not self.enabled:
             return
         try:
+            models = {h.model for h in outcome.results} | {outcome.model}
+            with self._lock:
+                if cold_start is None:
+                    cold_start = not models <= self._warm
+                self._warm |= models
             record = make_record(
                 search_id=search_id,
                 decision=decision,
@@ -154,6 +181,7 @@ class SearchLog:
                 kind=kind,
                 latency_ms=latency_ms,
                 now=self.clock(),
+                cold_start=cold_start,
             )
             if not self.background:
                 self._write([record])
@@ -218,6 +246,7 @@ class SearchLog:
             if stop:
                 return
             self._maybe_prune()
+            self._maybe_guard()
 
     def _write(self, batch: list[SearchRecord]) -> None:
         try:
@@ -236,6 +265,23 @@ class SearchLog:
             self.prune()
         except Exception:
             logger.exception("could not prune the experiment log")
+
+    def _maybe_guard(self) -> None:
+        if not self.auto_guard or time.monotonic() < self._next_guard:
+            return
+        self._next_guard = time.monotonic() + GUARD_EVERY_S
+        try:
+            self.guard()
+        except Exception:
+            logger.exception("could not check the rollout guardrails")
+
+    def guard(self) -> str | None:
+        """Check the guardrails now and, with ``ROLLOUT_AUTO_GUARD``, roll back on a
+        breach: the reason applied, or None."""
+        from image_search_service.services.rollout.flags import LiveRollout
+        from image_search_service.services.rollout.report import enforce_guardrails
+
+        return enforce_guardrails(self.ctx, LiveRollout(self.ctx))
 
     def prune(self) -> int:
         """Delete what is older than ``EXPERIMENT_RETENTION_DAYS``."""
@@ -263,8 +309,8 @@ class SearchLog:
         if type_ not in EVENT_TYPES:
             raise InvalidRequest(f"type must be one of {', '.join(EVENT_TYPES)}")
         self.flush()
-        found = exp_repo.get_search(session, search_id)
-        if found is None or _aware(found[0].created_at) < self.clock() - self.retention:
+        found = self._find(session, search_id)
+        if found is None or found[0].created_at < self.clock() - self.retention:
             raise SearchNotFound(f"search {search_id} is unknown or has expired")
         search, results = found
         try:
@@ -278,7 +324,9 @@ class SearchLog:
                 f"asset {asset_id} is at rank {position + 1} of that search, not {rank}"
             )
         model = results.models[position] if results.models else search.arm
-        outcome = EventOutcome(recorded=False, arm=search.arm, model=model, type=type_)
+        outcome = EventOutcome(
+            search_id=search_id, recorded=False, arm=search.arm, model=model, type=type_
+        )
         if exp_repo.event_exists(session, search_id, asset_id, type_):
             return outcome
         credit = (model == CANDIDATE) if search.arm == INTERLEAVED else None
@@ -301,17 +349,32 @@ class SearchLog:
                 f"search {search_id} already holds {self.max_events} events "
                 "(EXPERIMENT_MAX_EVENTS_PER_SEARCH)"
             )
-        return EventOutcome(recorded=True, arm=search.arm, model=model, type=type_)
+        return replace(outcome, recorded=True)
+
+    def _find(
+        self, session: Session, search_id: uuid.UUID
+    ) -> tuple[ExperimentSearch, ExperimentResults] | None:
+        """The search, polled for up to ``event_wait_s``: another process may have
+        answered it and not written it yet. Each poll is a new statement, which sees
+        rows committed since (SQLite outside a write transaction, PostgreSQL's READ
+        COMMITTED)."""
+        deadline = time.monotonic() + self.event_wait_s
+        found = exp_repo.get_search(session, search_id)
+        if found is not None:
+            return found
+        self.event_waits += 1  # not here yet: written by another process, or unknown
+        while time.monotonic() < deadline:
+            time.sleep(EVENT_POLL_S)
+            found = exp_repo.get_search(session, search_id)
+            if found is not None:
+                return found
+        return None
 
 
 @dataclass(frozen=True)
 class EventOutcome:
+    search_id: uuid.UUID
     recorded: bool  # False: the same event was already stored
     arm: str
     model: str  # the model credited
     type: str
-
-
-def _aware(when: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every time here is UTC.
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -18,14 +19,16 @@ from image_search_service.core.schemas import (
     MAX_FILTER_NAMES,
     ImageFormat,
     InputModel,
+    ModelIdentityOut,
     OutputModel,
+    PhotoUrls,
     iso_only,
 )
 from image_search_service.core.specs import BASELINE
 from image_search_service.images.metadata import MAX_NAME_CHARS
 from image_search_service.services.metadata.schemas import PersonInPhoto
 from image_search_service.services.rollout.report import MAX_RANK
-from image_search_service.services.rollout.router import MAX_USER_ID_CHARS, RouteDecision
+from image_search_service.services.rollout.router import MAX_USER_ID_CHARS
 from image_search_service.services.search.embed import MAX_TEXTS, EmbedOutcome
 from image_search_service.services.search.log import EventType
 from image_search_service.services.search.service import (
@@ -38,7 +41,6 @@ from image_search_service.services.search.service import (
     CombinedQuery,
     Example,
     SearchOptions,
-    SearchOutcome,
     name_filter,
 )
 from image_search_service.vector.base import SearchFilter
@@ -194,13 +196,28 @@ class TextSearchBody(TextSearchParams):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def _six_places(value: float) -> float:
+    return round(value, 6)
+
+
+def _two_places(value: float) -> float:
+    return round(value, 2)
+
+
+# Scores are float32 cosines: digits past the sixth are noise in every response.
+Score = Annotated[float, AfterValidator(_six_places)]
+Millis = Annotated[float, AfterValidator(_two_places)]
+
+
 class SearchResult(OutputModel):
+    """One hit (``SearchHit``): its labels at the top level."""
+
     asset_id: UUID
     model: ModelKey = Field(
         description="the model that found this result (interleaved: the team that picked it)"
     )
-    score: float = Field(description="cosine similarity")
-    calibrated_score: float | None = Field(
+    score: Score = Field(description="cosine similarity")
+    calibrated_score: Score | None = Field(
         None, description="text-image probability, for models trained with a sigmoid loss"
     )
     path: str
@@ -212,13 +229,14 @@ class SearchResult(OutputModel):
         description="image: the visual ranking found it; text: its caption, title or tags "
         "matched; both"
     )
-    fused_score: float | None = Field(
+    fused_score: Score | None = Field(
         None, description="reciprocal rank fusion score, when full text took part"
     )
     people: list[PersonInPhoto] = Field(description="who is in the photo, with face regions")
     tags: list[str]
     caption: str | None
     title: str | None
+    urls: PhotoUrls | None = Field(None, description="thumbnail, preview and file (HTTP only)")
 
 
 class UnderstoodOut(OutputModel):
@@ -240,6 +258,9 @@ class UnderstoodOut(OutputModel):
 
 
 class SearchResponse(OutputModel):
+    """A search's answer (``SearchAnswer``), from the API and ``image-search search
+    --json`` alike."""
+
     search_id: UUID | None = Field(
         description="names this search in POST /api/v1/events; null when the request named "
         "its `model` (such searches are not recorded)"
@@ -251,65 +272,11 @@ class SearchResponse(OutputModel):
     collection: str
     limit: int
     offset: int
-    took_ms: float
+    took_ms: Millis
     fallback_reason: str | None = Field(
         None, description="set when the routed model could not serve and the baseline answered"
     )
     understood: UnderstoodOut | None = None
-
-    @classmethod
-    def of(
-        cls,
-        outcome: SearchOutcome,
-        decision: RouteDecision,
-        took_ms: float,
-        *,
-        search_id: UUID | None,
-    ) -> SearchResponse:
-        return cls(
-            search_id=search_id,
-            results=[
-                SearchResult(
-                    asset_id=hit.asset_id,
-                    model=hit.model,
-                    score=round(hit.score, 6),
-                    calibrated_score=(
-                        round(hit.calibrated_score, 6) if hit.calibrated_score is not None else None
-                    ),
-                    path=hit.path,
-                    width=hit.width,
-                    height=hit.height,
-                    format=hit.format,
-                    taken_at=hit.taken_at,
-                    matched_by=hit.matched_by,
-                    fused_score=(
-                        round(hit.fused_score, 6) if hit.fused_score is not None else None
-                    ),
-                    people=[PersonInPhoto.of(p) for p in hit.labels.people],
-                    tags=list(hit.labels.tags),
-                    caption=hit.labels.caption,
-                    title=hit.labels.title,
-                )
-                for hit in outcome.results
-            ],
-            understood=(
-                UnderstoodOut.model_validate(outcome.understood.as_dict())
-                if outcome.understood
-                else None
-            ),
-            model=outcome.arm,
-            collection=outcome.collection,
-            limit=outcome.limit,
-            offset=outcome.offset,
-            took_ms=round(took_ms, 2),
-            fallback_reason=decision.fallback_reason,
-        )
-
-
-class ModelIdentityOut(OutputModel):
-    model_name: str
-    pretrained: str
-    dim: int
 
 
 class EmbedTextRequest(InputModel):
@@ -353,7 +320,7 @@ def embed_info(outcome: EmbedOutcome) -> dict[str, Any]:
     return {
         "model": outcome.spec.key,
         "dim": identity.dim,
-        "model_identity": ModelIdentityOut(**identity.as_dict()),
+        "model_identity": ModelIdentityOut.model_validate(identity),
         "took_ms": round(outcome.took_ms, 2),
     }
 

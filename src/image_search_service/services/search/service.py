@@ -26,8 +26,7 @@ from image_search_service.db.metadata_repository import AssetLabels
 from image_search_service.db.models import AssetStatus
 from image_search_service.encoders.base import Encoder, FloatArray
 from image_search_service.images.loading import load_image
-from image_search_service.images.metadata import normalise_name
-from image_search_service.services.library.assets import as_utc
+from image_search_service.images.metadata import PersonRegion, normalise_name
 from image_search_service.services.rollout.interleaving import draft_seed, team_draft
 from image_search_service.services.search.query import split_negatives, understand
 
@@ -69,26 +68,22 @@ class SearchHit:
     matched_by: MatchedBy = "image"
     fused_score: float | None = None  # reciprocal rank fusion, when full text took part
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "asset_id": str(self.asset_id),
-            "model": self.model,
-            "matched_by": self.matched_by,
-            "fused_score": round(self.fused_score, 6) if self.fused_score is not None else None,
-            "path": self.path,
-            "score": round(self.score, 6),
-            "calibrated_score": (
-                round(self.calibrated_score, 6) if self.calibrated_score is not None else None
-            ),
-            "width": self.width,
-            "height": self.height,
-            "format": self.format,
-            "taken_at": self.taken_at.isoformat() if self.taken_at else None,
-            "people": [p.name for p in self.labels.people],
-            "tags": list(self.labels.tags),
-            "caption": self.labels.caption,
-            "title": self.labels.title,
-        }
+    # SearchResult reads the labels at the top level of a hit.
+    @property
+    def people(self) -> tuple[PersonRegion, ...]:
+        return self.labels.people
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.labels.tags
+
+    @property
+    def caption(self) -> str | None:
+        return self.labels.caption
+
+    @property
+    def title(self) -> str | None:
+        return self.labels.title
 
 
 @dataclass(frozen=True)
@@ -106,16 +101,40 @@ class SearchOutcome:
     def arm(self) -> Arm:
         return INTERLEAVED if self.interleaved else self.model
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "understood": self.understood.as_dict() if self.understood else None,
-            "results": [hit.as_dict() for hit in self.results],
-            "model": self.arm,
-            "collection": self.collection,
-            "limit": self.limit,
-            "offset": self.offset,
-            "took_ms": round(self.took_ms, 2),
-        }
+
+@dataclass(frozen=True)
+class SearchAnswer:
+    """One search as its client gets it (``SearchResponse``): the outcome, with what
+    the request around it adds."""
+
+    outcome: SearchOutcome
+    took_ms: float  # the whole request's, routing included (the CLI's: the search's)
+    search_id: UUID | None = None  # None: not recorded (the request named its model)
+    fallback_reason: str | None = None  # why the routed model did not answer
+
+    @property
+    def results(self) -> list[SearchHit]:
+        return self.outcome.results
+
+    @property
+    def model(self) -> Arm:
+        return self.outcome.arm
+
+    @property
+    def collection(self) -> str:
+        return self.outcome.collection
+
+    @property
+    def limit(self) -> int:
+        return self.outcome.limit
+
+    @property
+    def offset(self) -> int:
+        return self.outcome.offset
+
+    @property
+    def understood(self) -> Understood | None:
+        return self.outcome.understood
 
 
 @dataclass(frozen=True)
@@ -131,19 +150,6 @@ class Understood:
     negative: tuple[str, ...] = ()  # texts pushed away from
     examples: int = 0  # example images (uploaded or stored) added to the query
     full_text: bool = False  # captions/titles/tags took part in the ranking
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "query": self.query,
-            "concept": self.concept,
-            "negative": list(self.negative),
-            "examples": self.examples,
-            "full_text": self.full_text,
-            "people": list(self.people),
-            "people_any": list(self.people_any),
-            "tags": list(self.tags),
-            "recognised_people": list(self.recognised_people),
-        }
 
 
 @dataclass(frozen=True)
@@ -501,7 +507,7 @@ class SearchService:
                     width=asset.width,
                     height=asset.height,
                     format=asset.format,
-                    taken_at=as_utc(asset.taken_at),
+                    taken_at=asset.taken_at,  # UTC-aware: db.models.UtcTimestamp
                     labels=labels.get(asset_id, AssetLabels()),
                     matched_by=matched_by,
                     fused_score=fused,
