@@ -18,9 +18,8 @@ from image_search_service.db import experiment_repository as exp_repo
 from image_search_service.db.models import ExperimentEvent, ExperimentResults, ExperimentSearch
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.rollout.report import decide, experiment_report
-from image_search_service.services.rollout.router import RouteDecision
 from image_search_service.services.search.log import SearchLog
-from image_search_service.services.search.service import SearchHit, SearchOutcome
+from tests.integration.experiment_support import route_decision, search_outcome
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -63,46 +62,6 @@ def log(db_ctx: ServiceContext, clock: Clock) -> SearchLog:
     return SearchLog(db_ctx, background=False, clock=clock)
 
 
-def _decision(model: ModelKey, user: str | None, *, interleave: bool = False) -> RouteDecision:
-    return RouteDecision(
-        model=model,
-        collection=f"c-{model}",
-        selected=model,
-        user_id=user,
-        bucket=7,
-        rule="test",
-        interleave=interleave,
-    )
-
-
-def _outcome(
-    ids: Sequence[uuid.UUID], models: Sequence[ModelKey], *, interleaved: bool = False
-) -> SearchOutcome:
-    hits = [
-        SearchHit(
-            asset_id=i,
-            path=f"/p/{i}.jpg",
-            score=0.5,
-            calibrated_score=None,
-            width=None,
-            height=None,
-            format="JPEG",
-            taken_at=None,
-            model=m,
-        )
-        for i, m in zip(ids, models, strict=True)
-    ]
-    return SearchOutcome(
-        results=hits,
-        model=models[0] if models else "clip",
-        collection="c",
-        limit=10,
-        offset=0,
-        took_ms=1.0,
-        interleaved=interleaved,
-    )
-
-
 def _search(
     log: SearchLog,
     model: ModelKey = "clip",
@@ -118,8 +77,10 @@ def _search(
     interleaved = models is not None
     log.record(
         search_id=search_id,
-        decision=_decision(model, user, interleave=interleaved),
-        outcome=_outcome(ids, list(models) if models else [model] * n, interleaved=interleaved),
+        decision=route_decision(model, user, interleave=interleaved),
+        outcome=search_outcome(
+            ids, list(models) if models else [model] * n, interleaved=interleaved
+        ),
         kind=kind,
         latency_ms=latency_ms,
     )

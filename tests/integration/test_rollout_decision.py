@@ -27,10 +27,9 @@ from image_search_service.services.rollout.report import (
     experiment_report,
     report_for,
 )
-from image_search_service.services.rollout.router import RouteDecision
 from image_search_service.services.search.log import SearchLog
-from image_search_service.services.search.service import SearchHit, SearchOutcome
 from tests.integration.api_support import ClientFactory, services
+from tests.integration.experiment_support import route_decision, search_outcome
 
 DEADLINE_S = 60  # generous: only guards against a hang; no timing is asserted
 
@@ -61,46 +60,6 @@ def open_ctx(
         ctx.close()
 
 
-def _decision(model: ModelKey, user: str, *, interleave: bool = False) -> RouteDecision:
-    return RouteDecision(
-        model=model,
-        collection=f"c-{model}",
-        selected=model,
-        user_id=user,
-        bucket=7,
-        rule="test",
-        interleave=interleave,
-    )
-
-
-def _outcome(
-    ids: Sequence[uuid.UUID], models: Sequence[ModelKey], *, interleaved: bool = False
-) -> SearchOutcome:
-    hits = [
-        SearchHit(
-            asset_id=i,
-            path=f"/p/{i}.jpg",
-            score=0.5,
-            calibrated_score=None,
-            width=None,
-            height=None,
-            format="JPEG",
-            taken_at=None,
-            model=m,
-        )
-        for i, m in zip(ids, models, strict=True)
-    ]
-    return SearchOutcome(
-        results=hits,
-        model=models[0] if models else "clip",
-        collection="c",
-        limit=10,
-        offset=0,
-        took_ms=1.0,
-        interleaved=interleaved,
-    )
-
-
 def _search(
     log: SearchLog,
     model: ModelKey,
@@ -116,8 +75,8 @@ def _search(
     ids = [uuid.uuid4() for _ in range(n)]
     log.record(
         search_id=search_id,
-        decision=_decision(model, f"u-{search_id}", interleave=teams is not None),
-        outcome=_outcome(ids, list(teams) if teams else [model] * n, interleaved=bool(teams)),
+        decision=route_decision(model, f"u-{search_id}", interleave=teams is not None),
+        outcome=search_outcome(ids, list(teams) if teams else [model] * n, interleaved=bool(teams)),
         kind="text",
         latency_ms=latency_ms,
         cold_start=cold_start,
@@ -335,8 +294,8 @@ class TestEventsAcrossProcesses:
             time.sleep(0.01)
         answering.record(
             search_id=search_id,
-            decision=_decision("clip", "u-late"),
-            outcome=_outcome(ids, ["clip"] * 3),
+            decision=route_decision("clip", "u-late"),
+            outcome=search_outcome(ids, ["clip"] * 3),
             kind="text",
             latency_ms=20.0,
         )
