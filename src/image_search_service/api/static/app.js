@@ -37,6 +37,50 @@ async function api(path, options = {}) {
   return body;
 }
 
+// -- the anonymous user id (X-User-Id) --------------------------------------------------
+// A random id kept in this browser's localStorage (it is not a secret and names no one),
+// sent with every search so one person's searches land in one arm of the rollout
+// experiment and their reformulations are recognised. "New anonymous id" replaces it.
+const USER_ID_KEY = "image-search-user-id";
+let memoryUserId = null; // where localStorage is unavailable (private mode, blocked)
+
+function newUserId() {
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function userId() {
+  try {
+    let id = localStorage.getItem(USER_ID_KEY);
+    if (!id) {
+      id = newUserId();
+      localStorage.setItem(USER_ID_KEY, id);
+    }
+    return id;
+  } catch (err) {
+    if (!memoryUserId) memoryUserId = newUserId();
+    return memoryUserId;
+  }
+}
+
+function resetUserId() {
+  const id = newUserId();
+  memoryUserId = id;
+  try {
+    localStorage.setItem(USER_ID_KEY, id);
+  } catch (err) {
+    // kept in memory for this page only
+  }
+  return id;
+}
+window.userId = userId;
+
+// The options of a search request: the user id travels as a header.
+function searchOptions(options = {}) {
+  return { ...options, headers: { ...(options.headers || {}), "X-User-Id": userId() } };
+}
+
 // -- click evidence (hook for POST /api/v1/events) ------------------------------------------
 // Reports a result interaction, but only when the search response carried a `search_id`
 // (servers without the events endpoint never send one, so nothing is sent to them).
@@ -140,17 +184,18 @@ function query(params) {
 async function fetchPage() {
   const filters = filterParams();
   if (state.mode === "text") {
-    return api(`${API}/search?${query({ q: state.q, ...filters })}`);
+    return api(`${API}/search?${query({ q: state.q, ...filters })}`, searchOptions());
   }
   if (state.mode === "similar") {
-    return api(`${API}/search/similar/${encodeURIComponent(state.similar)}?${query(filters)}`);
+    return api(`${API}/search/similar/${encodeURIComponent(state.similar)}?${query(filters)}`,
+      searchOptions());
   }
   if (state.mode === "image") {
     const form = new FormData();
     form.append("file", state.file);
     const fields = { limit: PAGE, offset: state.offset, ...filters };
     for (const [name, value] of Object.entries(fields)) form.append(name, value);
-    return api(`${API}/search/image`, { method: "POST", body: form });
+    return api(`${API}/search/image`, searchOptions({ method: "POST", body: form }));
   }
   const page = await api(`${API}/assets?${query({})}`);
   return {
@@ -505,6 +550,10 @@ function init() {
     rerun();
   });
   $("more").addEventListener("click", () => loadMore());
+  $("reset-user-id").addEventListener("click", () => {
+    resetUserId();
+    $("user-id-note").textContent = "New anonymous id: your next searches count as a new visitor.";
+  });
   $("viewer-prev").addEventListener("click", () => stepViewer(-1));
   $("viewer-next").addEventListener("click", () => stepViewer(1));
   $("viewer-similar").addEventListener("click", () => {

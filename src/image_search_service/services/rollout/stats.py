@@ -98,20 +98,9 @@ WIN_SHARE_MIXING_SD = 0.15  # interleaving: a win share of 50% +- 15 points
 
 
 @dataclass(frozen=True)
-class Sequential:
-    """An always-valid test of ``estimate`` (a difference) against 0."""
-
-    a: float
-    b: float
-    difference: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    confidence: float = 0.95
-
-    @property
-    def significant(self) -> bool:
-        return self.p_value < 1 - self.confidence
+class Sequential(Comparison):
+    """An always-valid test of the difference against 0: its p-value and interval hold
+    whenever they are read (mSPRT), not only at a planned sample size."""
 
 
 def msprt(
