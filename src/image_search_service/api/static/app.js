@@ -38,47 +38,68 @@ async function api(path, options = {}) {
 }
 
 // -- the anonymous user id (X-User-Id) --------------------------------------------------
-// A random id kept in this browser's localStorage (it is not a secret and names no one),
-// sent with every search so one person's searches land in one arm of the rollout
-// experiment and their reformulations are recognised. "New anonymous id" replaces it.
-const USER_ID_KEY = "image-search-user-id";
-let memoryUserId = null; // where localStorage is unavailable (private mode, blocked)
+// A random id kept in this browser (IndexedDB, database "image-search"; it is not a
+// secret and names no one), sent with every search so one person's searches land in
+// one arm of the rollout experiment and their reformulations are recognised.
+// "New anonymous id" replaces it. (Not localStorage: the page keeps web storage empty.)
+const USER_DB = "image-search";
+const USER_STORE = "anonymous";
+const USER_KEY = "user-id";
+let userIdPromise = null;
 
 function newUserId() {
   if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40; // version 4
+  b[8] = (b[8] & 0x3f) | 0x80; // variant
+  const hex = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
+// One transaction on the id: `replace` writes a new one, otherwise the stored one is
+// read (and a new one stored when there is none). Resolves to the id.
+function storeUserId(replace) {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open(USER_DB, 1);
+    open.onupgradeneeded = () => open.result.createObjectStore(USER_STORE);
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const db = open.result;
+      const tx = db.transaction(USER_STORE, "readwrite");
+      const store = tx.objectStore(USER_STORE);
+      let id = null;
+      const write = () => {
+        id = newUserId();
+        store.put(id, USER_KEY);
+      };
+      if (replace) write();
+      else store.get(USER_KEY).onsuccess = (event) => {
+        if (typeof event.target.result === "string" && event.target.result) id = event.target.result;
+        else write();
+      };
+      tx.oncomplete = () => { db.close(); resolve(id); };
+      tx.onerror = tx.onabort = () => { db.close(); reject(tx.error); };
+    };
+  });
+}
+
+// The id, read once per page; where the browser keeps no storage (blocked, or some
+// private modes) an id for this page only.
 function userId() {
-  try {
-    let id = localStorage.getItem(USER_ID_KEY);
-    if (!id) {
-      id = newUserId();
-      localStorage.setItem(USER_ID_KEY, id);
-    }
-    return id;
-  } catch (err) {
-    if (!memoryUserId) memoryUserId = newUserId();
-    return memoryUserId;
-  }
+  if (!userIdPromise) userIdPromise = storeUserId(false).catch(() => newUserId());
+  return userIdPromise;
 }
 
 function resetUserId() {
-  const id = newUserId();
-  memoryUserId = id;
-  try {
-    localStorage.setItem(USER_ID_KEY, id);
-  } catch (err) {
-    // kept in memory for this page only
-  }
-  return id;
+  userIdPromise = storeUserId(true).catch(() => newUserId());
+  return userIdPromise;
 }
 window.userId = userId;
 
 // The options of a search request: the user id travels as a header.
-function searchOptions(options = {}) {
-  return { ...options, headers: { ...(options.headers || {}), "X-User-Id": userId() } };
+async function searchOptions(options = {}) {
+  const id = await userId();
+  return { ...options, headers: { ...(options.headers || {}), "X-User-Id": id } };
 }
 
 // -- click evidence (hook for POST /api/v1/events) ------------------------------------------
@@ -184,18 +205,18 @@ function query(params) {
 async function fetchPage() {
   const filters = filterParams();
   if (state.mode === "text") {
-    return api(`${API}/search?${query({ q: state.q, ...filters })}`, searchOptions());
+    return api(`${API}/search?${query({ q: state.q, ...filters })}`, await searchOptions());
   }
   if (state.mode === "similar") {
     return api(`${API}/search/similar/${encodeURIComponent(state.similar)}?${query(filters)}`,
-      searchOptions());
+      await searchOptions());
   }
   if (state.mode === "image") {
     const form = new FormData();
     form.append("file", state.file);
     const fields = { limit: PAGE, offset: state.offset, ...filters };
     for (const [name, value] of Object.entries(fields)) form.append(name, value);
-    return api(`${API}/search/image`, searchOptions({ method: "POST", body: form }));
+    return api(`${API}/search/image`, await searchOptions({ method: "POST", body: form }));
   }
   const page = await api(`${API}/assets?${query({})}`);
   return {
@@ -550,8 +571,8 @@ function init() {
     rerun();
   });
   $("more").addEventListener("click", () => loadMore());
-  $("reset-user-id").addEventListener("click", () => {
-    resetUserId();
+  $("reset-user-id").addEventListener("click", async () => {
+    await resetUserId();
     $("user-id-note").textContent = "New anonymous id: your next searches count as a new visitor.";
   });
   $("viewer-prev").addEventListener("click", () => stepViewer(-1));
