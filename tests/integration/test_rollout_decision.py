@@ -339,3 +339,67 @@ class TestEventsAcrossProcesses:
             response = second.post("/api/v1/events", json=click)
             assert response.status_code == 200, response.text
             assert response.json()["recorded"] is True
+
+
+def _siglip_clearly_better(log: SearchLog, *, searches: int = 300) -> None:
+    """SigLIP's first result clicked in 3 searches of 5, CLIP's in 1 of 10."""
+    for i in range(searches):
+        clip_id, clip_assets = _search(log, "clip")
+        if i % 10 == 0:
+            _click(log, clip_id, clip_assets[0], 1)
+        siglip_id, siglip_assets = _search(log, "siglip")
+        if i % 5 < 3:
+            _click(log, siglip_id, siglip_assets[0], 1)
+
+
+class TestStagedSchedule:
+    def test_the_next_step_comes_only_with_evidence_for_it(
+        self, open_ctx: Callable[..., ServiceContext]
+    ) -> None:
+        ctx = open_ctx(rollout_schedule="1,5,25,100")
+        flags = LiveRollout(ctx)
+        flags.set(siglip_rollout_percentage=1)
+        log = SearchLog(ctx, background=False)
+        assert log.guard() is None  # no evidence yet: hold
+        assert flags.current().siglip_rollout_percentage == 1
+        _siglip_clearly_better(log)
+        assert log.guard() == "1 -> 5"
+        newest = flags.history(limit=1)[0]
+        assert newest.source == "schedule: 1 -> 5"
+        assert (newest.old_siglip_rollout_percentage, newest.new_siglip_rollout_percentage) == (
+            1,
+            5,
+        )
+        # Each step earns the next: the evidence before the change does not count again.
+        assert log.guard() is None
+        assert flags.current().siglip_rollout_percentage == 5
+
+    def test_a_breached_guardrail_stops_the_schedule(
+        self, open_ctx: Callable[..., ServiceContext]
+    ) -> None:
+        ctx = open_ctx(rollout_schedule="1,5,25,100")
+        flags = LiveRollout(ctx)
+        flags.set(siglip_rollout_percentage=1)
+        log = SearchLog(ctx, background=False)
+        _siglip_clearly_better(log)
+        _slow_candidate(log, siglip_ms=2000.0)
+        assert log.guard() is None  # no auto guard: nothing rolls back, nothing advances
+        assert flags.current().siglip_rollout_percentage == 1
+
+    def test_before_the_operator_starts_the_rollout_the_schedule_waits(
+        self, open_ctx: Callable[..., ServiceContext]
+    ) -> None:
+        ctx = open_ctx(rollout_schedule="1,5")
+        flags = LiveRollout(ctx)
+        log = SearchLog(ctx, background=False)
+        _siglip_clearly_better(log, searches=100)
+        assert log.guard() is None
+        assert flags.current().siglip_rollout_percentage == 0
+
+
+@pytest.mark.parametrize("value", ["5,1", "0,5", "1,5,101", "one,two", "5,5"])
+def test_a_bad_schedule_stops_start_up_naming_it(
+    make_settings: Callable[..., Settings], value: str
+) -> None:
+    with pytest.raises(ValueError, match="rollout_schedule"):
+        make_settings(rollout_schedule=value)

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     # Roll the candidate back (live flags to 0, source "guardrail") as soon as a
     # guardrail (p95 latency, zero-result rate) is breached; off: the report only says so.
     rollout_auto_guard: bool = False
+    # An opt-in staged rollout, e.g. "1,5,25,50,100": once a SigLIP share is set, it moves
+    # to the next step only when the report says raise and no guardrail is breached (each
+    # step in the history as "schedule: ..."). Empty: the operator moves it.
+    rollout_schedule: str = ""
 
     # Folders (comma-separated) the server indexes at start and then watches: photos
     # added, changed or deleted there are searchable or gone within seconds.
@@ -176,6 +180,25 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip() and not value.replace(",", "").strip():
             raise ValueError("holds no key, only commas; set a real key or leave it empty")
         return value
+
+    @field_validator("rollout_schedule")
+    @classmethod
+    def _increasing_steps(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        try:
+            steps = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(
+                "must be percentages separated by commas, e.g. 1,5,25,50,100"
+            ) from None
+        if not steps or steps != sorted(set(steps)) or steps[0] < 1 or steps[-1] > 100:
+            raise ValueError("must be increasing percentages from 1 to 100, e.g. 1,5,25,50,100")
+        return ",".join(map(str, steps))
+
+    @property
+    def rollout_steps(self) -> list[int]:
+        return [int(part) for part in self.rollout_schedule.split(",") if part]
 
     @field_validator("library_paths", mode="before")
     @classmethod

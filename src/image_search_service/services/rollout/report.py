@@ -504,6 +504,41 @@ def enforce_guardrails(ctx: ServiceContext, flags: LiveRollout) -> str | None:
     return breaches[0].text
 
 
+def advance_schedule(ctx: ServiceContext, flags: LiveRollout) -> str | None:
+    """With ``ROLLOUT_SCHEDULE``: once the operator has started the rollout (a SigLIP
+    share above 0; ``USE_SIGLIP`` already means everyone), move the share to the
+    schedule's next step when the report says raise and no guardrail is breached; the
+    step is in the history as ``schedule: <old> -> <new>``. What was done, or None."""
+    steps = ctx.settings.rollout_steps
+    if not steps:
+        return None
+    with ctx.transaction() as session:
+        state = state_in(session, flags.environment)
+        if state.use_siglip or state.siglip_rollout_percentage == 0:
+            return None
+        history = repo.rollout_history(session, limit=1)
+        since = history[0].changed_at if history else None
+        # Evidence gathered at the current step only: each step earns the next.
+        report = experiment_report(session, ctx.settings, since=since)
+    if report.recommendation.action != "raise" or any(g.breached for g in report.guardrails):
+        return None
+    current = state.siglip_rollout_percentage
+    target = next((step for step in steps if step > current), None)
+    if target is None:
+        return None
+    interleave = min(state.interleave_percentage, 100 - target)  # the shares may not overlap
+    flags.set(
+        use_siglip=False,
+        siglip_rollout_percentage=target,
+        interleave_percentage=interleave,
+        source=f"schedule: {current} -> {target}",
+    )
+    logger.info(
+        "staged rollout: SigLIP %d%% -> %d%% (%s)", current, target, report.recommendation.text
+    )
+    return f"{current} -> {target}"
+
+
 # -- the decision ---------------------------------------------------------------------
 
 

@@ -151,6 +151,7 @@ class SearchLog:
         self.event_wait_s = event_wait_s
         self.event_waits = 0  # events whose search was not in the DB at first look
         self.auto_guard = settings.rollout_auto_guard
+        self.schedule = bool(settings.rollout_steps)
         self._warm: set[str] = set()  # models that answered a search in this process
 
     # -- searches ------------------------------------------------------------------------
@@ -267,7 +268,7 @@ class SearchLog:
             logger.exception("could not prune the experiment log")
 
     def _maybe_guard(self) -> None:
-        if not self.auto_guard or time.monotonic() < self._next_guard:
+        if not (self.auto_guard or self.schedule) or time.monotonic() < self._next_guard:
             return
         self._next_guard = time.monotonic() + GUARD_EVERY_S
         try:
@@ -277,11 +278,16 @@ class SearchLog:
 
     def guard(self) -> str | None:
         """Check the guardrails now and, with ``ROLLOUT_AUTO_GUARD``, roll back on a
-        breach: the reason applied, or None."""
+        breach; otherwise, with ``ROLLOUT_SCHEDULE``, take the next step when the
+        evidence allows. What was applied, or None."""
         from image_search_service.services.rollout.flags import LiveRollout
-        from image_search_service.services.rollout.report import enforce_guardrails
+        from image_search_service.services.rollout.report import (
+            advance_schedule,
+            enforce_guardrails,
+        )
 
-        return enforce_guardrails(self.ctx, LiveRollout(self.ctx))
+        flags = LiveRollout(self.ctx)
+        return enforce_guardrails(self.ctx, flags) or advance_schedule(self.ctx, flags)
 
     def prune(self) -> int:
         """Delete what is older than ``EXPERIMENT_RETENTION_DAYS``."""
