@@ -222,7 +222,11 @@ def search_via_server(
     answer = server.send(
         "POST", "/api/v1/search/combined", data, content_type, timeout_s=SEARCH_TIMEOUT_S
     )
-    return SearchResponse.model_validate(answer)
+    response = SearchResponse.model_validate(answer)
+    # Photo URLs are the HTTP API's (relative to the server, signed, short-lived): the
+    # CLI prints paths, the same with or without a server.
+    results = [hit.model_copy(update={"urls": None}) for hit in response.results]
+    return response.model_copy(update={"results": results})
 
 
 def status_via_server(server: RemoteServer) -> dict[str, Any]:
