@@ -372,7 +372,8 @@ class TestStagedSchedule:
         )
         # Each step earns the next: the evidence before the change does not count again.
         assert log.guard() is None
-        assert flags.current().siglip_rollout_percentage == 5
+        # A fresh reader: `flags` keeps what it read for ROLLOUT_REFRESH_S.
+        assert LiveRollout(ctx).current().siglip_rollout_percentage == 5
 
     def test_a_breached_guardrail_stops_the_schedule(
         self, open_ctx: Callable[..., ServiceContext]

@@ -130,7 +130,10 @@ def msprt(
         / tau2
         * (2 * math.log(1 / alpha) + math.log((variance + tau2) / variance))
     )
-    return Sequential(a, b, diff, diff - half, diff + half, min(1.0, p_value), confidence)
+    # Clipped to what the difference can be (a confidence sequence may run past it on
+    # little data); the range holds 0, so the interval excludes 0 exactly as before.
+    low, high = max(widest[0], diff - half), min(widest[1], diff + half)
+    return Sequential(a, b, diff, low, high, min(1.0, p_value), confidence)
 
 
 def sequential_two_proportions(
