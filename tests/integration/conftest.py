@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from image_search_service.core.config import Settings
 from image_search_service.encoders.registry import EncoderRegistry
 from tests.integration.api_support import ClientFactory, api_client, index, write_library
+from tests.integration.browser_support import CHROMIUM, CHROMIUM_ARGS, BrowserTab
 from tests.integration.live_server import cli_model_env
 from tests.integration.s3_support import S3Server, moto_s3_server
 
@@ -97,3 +98,21 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     return s3_server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium, one per page test module (tests/integration/browser_support.py)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def tab(browser: Any) -> Iterator[BrowserTab]:
+    """A fresh browser context and page; no JavaScript error or dialog allowed."""
+    opened = BrowserTab(browser)
+    yield opened
+    opened.close()

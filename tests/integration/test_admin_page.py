@@ -26,30 +26,17 @@ from image_search_service.demo.synthetic import write_library
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from tests.integration.api_support import tiny_model_settings
+from tests.integration.browser_support import BROWSER_TESTS, DESKTOP, PHONE, BrowserTab
 from tests.integration.live_server import LiveServer, live_server
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1280, "height": 800}
 LIBRARY_SIZE = 12
 USERS = 40
 WAIT_S = 30
 API = "/api/v1/admin"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}"),
-]
+pytestmark = BROWSER_TESTS
 
 
 @contextmanager
@@ -117,44 +104,6 @@ def multi_day_server(
         yield live
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-class Tab:
-    """A page in its own context, with uncaught errors and JavaScript dialogs recorded
-    (the page confirms in a <dialog>, never with window.confirm)."""
-
-    def __init__(self, browser: Any, **context: Any) -> None:
-        self.context = browser.new_context(**{"viewport": DESKTOP, **context})
-        self.page = self.context.new_page()
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-
-        def dialog(d: Any) -> None:
-            self.dialogs.append(d.message)
-            d.dismiss()
-
-        self.page.on("dialog", dialog)
-
-    def close(self) -> None:
-        self.context.close()
-        assert self.errors == [], self.errors
-        assert self.dialogs == [], self.dialogs
-
-
-@pytest.fixture
-def tab(browser: Any) -> Iterator[Tab]:
-    opened = Tab(browser)
-    yield opened
-    opened.close()
-
-
 def _api(server: LiveServer, path: str) -> Any:
     response = httpx.get(server.url + API + path, timeout=60)
     assert response.status_code == 200, response.text
@@ -183,7 +132,9 @@ def _no_sideways_scroll(page: Any, width: int) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= width
 
 
-def test_the_verdict_comes_first_coloured_by_its_action(tab: Tab, server: LiveServer) -> None:
+def test_the_verdict_comes_first_coloured_by_its_action(
+    tab: BrowserTab, server: LiveServer
+) -> None:
     page = tab.page
     _open(page, server)
     report = _api(server, "/experiment")
@@ -214,7 +165,7 @@ def test_the_verdict_comes_first_coloured_by_its_action(tab: Tab, server: LiveSe
     assert page.is_visible("#apply-recommendation") == bool(report["recommendation"]["apply"])
 
 
-def test_the_evidence_is_shown(tab: Tab, server: LiveServer) -> None:
+def test_the_evidence_is_shown(tab: BrowserTab, server: LiveServer) -> None:
     page = tab.page
     _open(page, server)
     report = _api(server, "/experiment")
@@ -242,7 +193,7 @@ def test_the_evidence_is_shown(tab: Tab, server: LiveServer) -> None:
     assert "siglip may serve" in page.inner_text("#candidate-serves")
 
 
-def test_the_live_flags_show_their_source(tab: Tab, server: LiveServer) -> None:
+def test_the_live_flags_show_their_source(tab: BrowserTab, server: LiveServer) -> None:
     page = tab.page
     _open(page, server)
     report = _api(server, "/experiment")
@@ -262,7 +213,7 @@ def test_the_live_flags_show_their_source(tab: Tab, server: LiveServer) -> None:
 
 
 def test_changing_the_rollout_asks_first_then_applies_and_adds_history(
-    tab: Tab, server: LiveServer
+    tab: BrowserTab, server: LiveServer
 ) -> None:
     page = tab.page
     _open(page, server)
@@ -317,7 +268,7 @@ def test_changing_the_rollout_asks_first_then_applies_and_adds_history(
 
 
 def test_mrr_is_shown_as_a_number_and_one_day_reads_as_labelled_bars(
-    tab: Tab, server: LiveServer
+    tab: BrowserTab, server: LiveServer
 ) -> None:
     page = tab.page
     _open(page, server)
@@ -360,7 +311,7 @@ def test_screenshots_at_phone_and_desktop_width(
     browser: Any, server: LiveServer, tmp_path: Path, scheme: str
 ) -> None:
     for name, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
-        tab = Tab(browser, viewport=viewport, color_scheme=scheme)
+        tab = BrowserTab(browser, viewport=viewport, color_scheme=scheme)
         page = tab.page
         try:
             _open(page, server)
@@ -403,7 +354,7 @@ def test_several_days_read_as_lines_with_a_dot_per_day_and_the_last_value(
     days = sorted({row["day"] for row in daily})
     assert len(days) == 3, days
     for scheme in ("light", "dark"):
-        tab = Tab(browser, viewport=DESKTOP, color_scheme=scheme)
+        tab = BrowserTab(browser, viewport=DESKTOP, color_scheme=scheme)
         page = tab.page
         try:
             _open(page, server)

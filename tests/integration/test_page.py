@@ -24,27 +24,14 @@ from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.library.watcher import LibraryWatcher
 from tests.integration.api_support import tiny_model_settings
+from tests.integration.browser_support import BROWSER_TESTS, DESKTOP, PHONE
 from tests.integration.live_server import LiveServer, live_server
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1280, "height": 800}
 LIBRARY_SIZE = 48  # more than one page of 40 results
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}"),
-]
+pytestmark = BROWSER_TESTS
 
 
 def _settings(root: Path, tiny_models: dict[str, Path], **overrides: Any) -> Settings:
@@ -63,14 +50,6 @@ def library_server(
         report = index_paths(server.services.ctx, [root / "photos"], model_keys=["clip"])
         assert report.indexed == LIBRARY_SIZE, report.failures
         yield server, pictures
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

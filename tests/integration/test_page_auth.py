@@ -24,46 +24,29 @@ from image_search_service.core.config import Settings
 from image_search_service.demo.synthetic import write_library
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
+from tests.integration.api_support import tiny_model_settings
+from tests.integration.browser_support import BROWSER_TESTS, DESKTOP, PHONE, BrowserTab
 from tests.integration.live_server import LiveServer, live_server
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1280, "height": 800}
 LIBRARY_SIZE = 12
 ADMIN_KEY = "admin-key-for-the-page-test-0123456789"
 READ_KEY = "read-key-for-the-page-test-0123456789"
 READ_KEY_ONLY = "the admin page needs an admin key (API_KEY)"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}"),
-]
+pytestmark = BROWSER_TESTS
 
 
 def _settings(root: Path, tiny_models: dict[str, Path], **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": root / "data",
-        "clip_model_name": f"local-dir:{tiny_models['clip']}",
-        "clip_pretrained": "",
-        "siglip_model_name": f"local-dir:{tiny_models['siglip']}",
-        "siglip_pretrained": "",
-        "batch_size": 8,
-        "api_key": ADMIN_KEY,
-        "read_api_key": READ_KEY,
-        "_env_file": None,
+    return tiny_model_settings(
+        tiny_models,
+        root / "data",
+        batch_size=8,
+        api_key=ADMIN_KEY,
+        read_api_key=READ_KEY,
         **overrides,
-    }
-    return Settings(**values)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,53 +63,6 @@ def server(
         report = index_paths(live.services.ctx, [root / "photos"], model_keys=["clip"])
         assert report.indexed == LIBRARY_SIZE, report.failures
         yield live
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-class Tab:
-    """A page in its own browser context (its own cookies), with every uncaught
-    JavaScript error and every dialog (``prompt()``: the old way of asking) recorded."""
-
-    def __init__(self, browser: Any, **context: Any) -> None:
-        self.context = browser.new_context(**{"viewport": DESKTOP, **context})
-        self.page = self.context.new_page()
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-        self.api_calls: list[str] = []  # the paths of /api/ requests, in order
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        self.page.on(
-            "request",
-            lambda r: (
-                self.api_calls.append(urlparse(r.url).path)
-                if urlparse(r.url).path.startswith("/api/")
-                else None
-            ),
-        )
-
-        def dialog(d: Any) -> None:
-            self.dialogs.append(d.message)
-            d.dismiss()
-
-        self.page.on("dialog", dialog)
-
-    def close(self) -> None:
-        self.context.close()
-        assert self.errors == [], self.errors  # no uncaught JavaScript error
-        assert self.dialogs == [], self.dialogs  # the page never prompt()s for a key
-
-
-@pytest.fixture
-def tab(browser: Any) -> Iterator[Tab]:
-    opened = Tab(browser)
-    yield opened
-    opened.close()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -203,7 +139,7 @@ def _save(target: Path) -> None:
 
 # -- the search page -----------------------------------------------------------------------
 def test_the_read_key_signs_in_once_and_photos_load_from_signed_urls(
-    tab: Tab, server: LiveServer
+    tab: BrowserTab, server: LiveServer
 ) -> None:
     page = tab.page
     page.goto(f"{server.url}/?q=red+circle")
@@ -286,7 +222,7 @@ def test_the_read_key_signs_in_once_and_photos_load_from_signed_urls(
 
 
 def test_a_401_from_the_api_shows_the_form_again_and_the_page_carries_on(
-    tab: Tab, server: LiveServer
+    tab: BrowserTab, server: LiveServer
 ) -> None:
     page = tab.page
     page.goto(server.url + "/")
@@ -311,7 +247,7 @@ def test_a_401_from_the_api_shows_the_form_again_and_the_page_carries_on(
 
 
 def test_the_admin_key_may_upload_from_the_page(
-    tab: Tab, server: LiveServer, tmp_path: Path
+    tab: BrowserTab, server: LiveServer, tmp_path: Path
 ) -> None:
     [(photo, _)] = write_library(tmp_path / "new", 1, seed=99)
     page = tab.page
@@ -331,7 +267,7 @@ def test_the_admin_key_may_upload_from_the_page(
 
 
 def test_too_many_wrong_keys_say_how_long_to_wait(
-    tab: Tab, tmp_path: Path, tiny_models: dict[str, Path], encoders: EncoderRegistry
+    tab: BrowserTab, tmp_path: Path, tiny_models: dict[str, Path], encoders: EncoderRegistry
 ) -> None:
     settings = _settings(tmp_path, tiny_models, auth_max_failures=2, auth_failure_window_s=600)
     with live_server(settings, encoders=encoders) as strict:
@@ -357,7 +293,7 @@ def test_too_many_wrong_keys_say_how_long_to_wait(
 
 # -- the admin page ------------------------------------------------------------------------
 def test_admin_page_with_a_read_key_says_it_needs_the_admin_key(
-    tab: Tab, server: LiveServer
+    tab: BrowserTab, server: LiveServer
 ) -> None:
     page = tab.page
     page.goto(server.url + "/admin")
@@ -378,7 +314,7 @@ def test_admin_page_with_a_read_key_says_it_needs_the_admin_key(
     assert ADMIN_KEY not in _stored(page)
 
 
-def test_admin_page_signs_in_once_with_the_admin_key(tab: Tab, server: LiveServer) -> None:
+def test_admin_page_signs_in_once_with_the_admin_key(tab: BrowserTab, server: LiveServer) -> None:
     page = tab.page
     page.goto(server.url + "/admin")
     _wait_for_form(page)
@@ -399,7 +335,7 @@ def test_screenshots_of_the_sign_in_form_and_the_signed_in_page(
     browser: Any, server: LiveServer, tmp_path: Path, scheme: str
 ) -> None:
     for name, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
-        tab = Tab(browser, viewport=viewport, color_scheme=scheme)
+        tab = BrowserTab(browser, viewport=viewport, color_scheme=scheme)
         page = tab.page
         try:
             page.goto(f"{server.url}/?q=red+circle")

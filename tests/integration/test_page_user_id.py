@@ -9,13 +9,11 @@ example, more like this), so one person's searches land in one arm of the experi
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 from sqlalchemy import select
@@ -25,30 +23,18 @@ from image_search_service.demo.synthetic import write_library
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from tests.integration.api_support import tiny_model_settings
+from tests.integration.browser_support import BROWSER_TESTS, BrowserTab
 from tests.integration.live_server import LiveServer, live_server
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-DESKTOP = {"width": 1280, "height": 800}
 LIBRARY_SIZE = 12
 WAIT_S = 30
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 # Where the page keeps the id: IndexedDB database, object store, key.
 ID_DB, ID_STORE, ID_KEY = "image-search", "anonymous", "user-id"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}"),
-]
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture(scope="module")
@@ -68,37 +54,23 @@ def library_server(
         yield server, pictures
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-class SearchTab:
-    """A page in its own context that records the X-User-Id header of every search
-    request it sends (``None`` for a search sent without one)."""
+class SearchTab(BrowserTab):
+    """A tab that reads the X-User-Id header of every search request it sent (``None``
+    for a search sent without one)."""
 
     def __init__(self, browser: Any) -> None:
-        self.context = browser.new_context(viewport=DESKTOP)
-        self.page = self.context.new_page()
-        self.errors: list[str] = []
-        self.searches: list[tuple[str, str | None]] = []  # (path, X-User-Id)
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        self.page.on("request", self._request)
+        super().__init__(browser, dialogs_allowed=True)
 
-    def _request(self, request: Any) -> None:
-        path = urlparse(request.url).path
-        if path.startswith("/api/v1/search"):
-            self.searches.append((path, request.headers.get("x-user-id")))
+    @property
+    def searches(self) -> list[tuple[str, str | None]]:
+        return [
+            (path, headers.get("x-user-id"))
+            for path, headers in self.requests
+            if path.startswith("/api/v1/search")
+        ]
 
     def ids_since(self, start: int) -> list[str | None]:
         return [user for _, user in self.searches[start:]]
-
-    def close(self) -> None:
-        self.context.close()
-        assert self.errors == [], self.errors
 
 
 @pytest.fixture
