@@ -104,18 +104,37 @@ def tiny_model_env(tiny_models: dict[str, Path], data_dir: Path) -> dict[str, st
     return env
 
 
-@contextmanager
-def serve_process(workdir: Path, env: dict[str, str]) -> Iterator[ServeProcess]:
-    port = free_port()
-    log = workdir / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "image_search_service.cli", "serve", "--port", str(port)],
+def start_serve(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """``image-search serve ARGS`` in a child process, its output appended to
+    ``workdir/server.log``."""
+    with (workdir / "server.log").open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "image_search_service.cli", "serve", *args],
             env=env,
             cwd=workdir,  # no stray .env file from the checkout
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as an orchestrator stops it; SIGKILL after 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def serve_process(workdir: Path, env: dict[str, str], *args: str) -> Iterator[ServeProcess]:
+    """A started server (``/health`` answers), on a free port, stopped afterwards."""
+    port = free_port()
+    log = workdir / "server.log"
+    log.unlink(missing_ok=True)
+    process = start_serve(workdir, env, "--port", str(port), *args)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
         deadline = time.monotonic() + SERVE_START_TIMEOUT_S
@@ -131,10 +150,4 @@ def serve_process(workdir: Path, env: dict[str, str]) -> Iterator[ServeProcess]:
         yield ServeProcess(process, client, log, env)
     finally:
         client.close()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,11 +24,16 @@ import pytest
 
 from image_search_service.api.auth import Signer
 from image_search_service.context import open_context
-from image_search_service.core.config import Settings
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
-from tests.integration.api_support import write_library
-from tests.integration.live_server import SERVE_START_TIMEOUT_S, free_port, tiny_model_env
+from tests.integration.api_support import tiny_model_settings, write_library
+from tests.integration.live_server import (
+    free_port,
+    serve_process,
+    start_serve,
+    stop_process,
+    tiny_model_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -56,42 +60,13 @@ class Served:
         return httpx.Client(base_url=self.url, timeout=60, headers=headers)
 
 
-def _serve(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    with (workdir / "server.log").open("ab") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "image_search_service.cli", "serve", *args],
-            env=env,
-            cwd=workdir,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture
 def keyed_server(
     tmp_path: Path, tiny_models: dict[str, Path], encoders: EncoderRegistry
 ) -> Iterator[Served]:
     data_dir = tmp_path / "data"
-    settings = Settings(
-        data_dir=data_dir,
-        clip_model_name=f"local-dir:{tiny_models['clip']}",
-        clip_pretrained="",
-        siglip_model_name=f"local-dir:{tiny_models['siglip']}",
-        siglip_pretrained="",
-        _env_file=None,
-    )
     write_library(tmp_path / "photos")
-    ctx = open_context(settings, encoders=encoders)
+    ctx = open_context(tiny_model_settings(tiny_models, data_dir), encoders=encoders)
     try:
         index_paths(ctx, [tmp_path / "photos"], model_keys=["clip"])
     finally:
@@ -107,24 +82,9 @@ def keyed_server(
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
         }
     )
-    port = free_port()
-    process = _serve(tmp_path, env, "--host", "0.0.0.0", "--port", str(port))
-    served = Served(process, f"http://127.0.0.1:{port}", tmp_path / "server.log", env, data_dir)
-    deadline = time.monotonic() + SERVE_START_TIMEOUT_S
-    with served.client() as probe:
-        while True:
-            assert process.poll() is None, served.log.read_text()
-            try:
-                if probe.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start:\n" + served.log.read_text()
-            time.sleep(0.2)
-    try:
-        yield served
-    finally:
-        _stop(process)
+    with serve_process(tmp_path, env, "--host", "0.0.0.0") as served:
+        url = str(served.client.base_url).rstrip("/")
+        yield Served(served.process, url, served.log, env, data_dir)
 
 
 def _routes(openapi: dict[str, Any]) -> list[tuple[str, str]]:
@@ -145,11 +105,11 @@ def test_serve_beyond_loopback_without_a_key_refuses_to_start(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
     env = tiny_model_env(tiny_models, tmp_path / "data")
-    process = _serve(tmp_path, env, "--host", "0.0.0.0", "--port", str(free_port()))
+    process = start_serve(tmp_path, env, "--host", "0.0.0.0", "--port", str(free_port()))
     try:
         assert process.wait(timeout=120) != 0
     finally:
-        _stop(process)
+        stop_process(process)
     said = (tmp_path / "server.log").read_text()
     assert "API_KEY" in said
     assert "--allow-unauthenticated" in said
@@ -297,7 +257,7 @@ def test_no_secret_in_logs_or_answers(keyed_server: Served) -> None:
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["assets"] > 0
     seen += [status.stdout, status.stderr]
-    _stop(keyed_server.process)
+    stop_process(keyed_server.process)
     seen.append(keyed_server.log.read_text())
     for text in seen:
         for secret in SECRETS:
