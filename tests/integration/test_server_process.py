@@ -21,7 +21,7 @@ from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from tests.factories import jpeg_bytes
 from tests.integration.api_support import tiny_model_settings
-from tests.integration.live_server import serve_process, tiny_model_env
+from tests.integration.live_server import serve_process, stop_process, tiny_model_env
 from tests.xmp_factories import jpeg_with_xmp, xmp_packet
 
 pytestmark = pytest.mark.slow
@@ -39,13 +39,7 @@ class Server:
 
     def stop(self) -> int:
         """SIGTERM, as an orchestrator stops it; returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         return self.process.returncode
 
 
