@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from image_search_service.core.batching import chunked
@@ -137,59 +139,94 @@ def record_unreadable(session: Session, asset_id: uuid.UUID, reason: str) -> Non
         asset.status, asset.error = AssetStatus.FAILED, reason
 
 
-def _embedding(session: Session, asset_id: uuid.UUID, spec: ModelSpec) -> AssetEmbedding:
-    row = session.get(AssetEmbedding, (asset_id, spec.key))
-    if row is None:
-        row = AssetEmbedding(
-            asset_id=asset_id,
-            model_key=spec.key,
-            state=EmbeddingState.PENDING,
-            attempts=0,
-            model_name=spec.model_name,
-            pretrained=spec.pretrained,
-            dim=spec.embedding_dim,
+def _upsert_embedding_state(
+    session: Session,
+    asset_ids: Sequence[uuid.UUID],
+    spec: ModelSpec,
+    state: EmbeddingState,
+    error: str | None,
+    *,
+    keep_done: bool,
+) -> None:
+    """One statement per chunk: insert or update the (asset, model) rows of the assets
+    still present. Concurrent writers (an index run and a re-embed on the same photos)
+    both succeed: nothing is selected first that another writer could insert meanwhile
+    (docs/design.md, "What may run at once"). ``keep_done``: a row this exact model
+    already finished is left as it is (a failure never undoes another writer's
+    success)."""
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    now = utcnow()
+    for chunk in _in_chunks(list(asset_ids)):
+        rows = select(
+            Asset.id,
+            literal(spec.key, type_=AssetEmbedding.model_key.type),
+            literal(state, type_=AssetEmbedding.state.type),
+            literal(1, type_=AssetEmbedding.attempts.type),
+            literal(error, type_=AssetEmbedding.last_error.type),
+            literal(spec.model_name, type_=AssetEmbedding.model_name.type),
+            literal(spec.pretrained, type_=AssetEmbedding.pretrained.type),
+            literal(spec.embedding_dim, type_=AssetEmbedding.dim.type),
+            literal(now, type_=AssetEmbedding.updated_at.type),
+        ).where(Asset.id.in_(chunk))  # deleted meanwhile: no row (and no FK error)
+        stmt = insert(AssetEmbedding).from_select(
+            [
+                "asset_id",
+                "model_key",
+                "state",
+                "attempts",
+                "last_error",
+                "model_name",
+                "pretrained",
+                "dim",
+                "updated_at",
+            ],
+            rows,
         )
-        session.add(row)
-    return row
+        new = stmt.excluded
+        same_model_done = and_(
+            AssetEmbedding.state == EmbeddingState.DONE,
+            AssetEmbedding.model_name == new.model_name,
+            AssetEmbedding.pretrained == new.pretrained,
+            AssetEmbedding.dim == new.dim,
+        )
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[AssetEmbedding.asset_id, AssetEmbedding.model_key],
+                set_={
+                    "state": new.state,
+                    "last_error": new.last_error,
+                    "attempts": AssetEmbedding.attempts + 1,
+                    "model_name": new.model_name,
+                    "pretrained": new.pretrained,
+                    "dim": new.dim,
+                    "updated_at": new.updated_at,
+                },
+                where=~same_model_done if keep_done else None,
+            )
+        )
+    # Rows this session loaded before were changed under it by SQL: read them afresh.
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, AssetEmbedding):
+            session.expire(obj)
 
 
 def mark_embedded(session: Session, asset_ids: Sequence[uuid.UUID], spec: ModelSpec) -> None:
-    """``spec`` embedded these assets (those still present): two queries however many
-    there are. The assets stay loaded in the session, so per-asset updates after it
-    cost no query."""
+    """``spec`` embedded these assets (those still present), whoever else marks them at
+    the same time. The assets are loaded into the session first, so per-asset updates
+    after it cost no query."""
     for chunk in _in_chunks(list(asset_ids)):
-        present = {a.id for a in session.scalars(select(Asset).where(Asset.id.in_(chunk)))}
-        rows = {
-            row.asset_id: row
-            for row in session.scalars(
-                select(AssetEmbedding).where(
-                    AssetEmbedding.asset_id.in_(chunk), AssetEmbedding.model_key == spec.key
-                )
-            )
-        }
-        now = utcnow()
-        for asset_id in chunk:
-            if asset_id not in present:  # deleted while being embedded
-                continue
-            row = rows.get(asset_id)
-            if row is None:
-                row = AssetEmbedding(asset_id=asset_id, model_key=spec.key, attempts=0)
-                session.add(row)
-            row.state, row.last_error = EmbeddingState.DONE, None
-            row.attempts = (row.attempts or 0) + 1
-            row.model_name, row.pretrained = spec.model_name, spec.pretrained
-            row.dim, row.updated_at = spec.embedding_dim, now
+        session.scalars(select(Asset).where(Asset.id.in_(chunk))).all()
+    _upsert_embedding_state(session, asset_ids, spec, EmbeddingState.DONE, None, keep_done=False)
 
 
 def mark_embedding_failed(
     session: Session, asset_id: uuid.UUID, spec: ModelSpec, reason: str
 ) -> None:
-    if session.get(Asset, asset_id) is None:
-        return
-    row = _embedding(session, asset_id, spec)
-    row.state, row.last_error = EmbeddingState.FAILED, reason
-    row.attempts = (row.attempts or 0) + 1
-    row.updated_at = utcnow()
+    """``spec`` gave up on this asset (if still present), unless it is already embedded
+    by this exact model."""
+    _upsert_embedding_state(
+        session, [asset_id], spec, EmbeddingState.FAILED, reason, keep_done=True
+    )
 
 
 def clear_embeddings(session: Session, asset_id: uuid.UUID) -> None:
