@@ -138,7 +138,9 @@ def open_context(
         settings.data_dir.absolute(),
         "" if settings.database_url is None else "; metadata in DATABASE_URL",
     )
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(
+        settings.resolved_database_url, busy_timeout_s=settings.sqlite_busy_timeout_s
+    )
     if migrate:
         upgrade_database(engine)
     store = open_vector_store(settings)

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     # search from any folder finds the same library; containers set DATA_DIR=/data.
     data_dir: Path = Field(default_factory=lambda: Path(user_data_dir(APP_NAME, appauthor=False)))
     database_url: str | None = None
+    # SQLite: how long a write waits for another writer's lock before it fails (reads
+    # never wait: WAL). Sized for the longest write transaction, an index batch.
+    sqlite_busy_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
+    # Writes are refused (507) while DATA_DIR's filesystem has less than this free:
+    # a full disk must never be found by a crash of the embedded vector store.
+    min_free_disk_mb: int = Field(256, ge=0)
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     redis_url: str | None = None
@@ -59,6 +65,10 @@ class Settings(BaseSettings):
     # (re-save, resize, light crop). Measured per model, see docs/sources.md.
     clip_duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
     siglip_duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    # Relevance floor (cosine) of text searches: below it a result is not a close match.
+    # Unset = the model's calibrated floor (core/specs.py, docs/configuration.md); -1 = off.
+    clip_relevance_floor: float | None = Field(None, ge=-1.0, le=1.0)
+    siglip_relevance_floor: float | None = Field(None, ge=-1.0, le=1.0)
 
     use_siglip: bool = False
     siglip_rollout_percentage: int = Field(0, ge=0, le=100)

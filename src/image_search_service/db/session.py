@@ -20,22 +20,26 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Any constant: the PostgreSQL advisory lock every migrating process takes.
 _PG_MIGRATION_LOCK = 0x1A6E5EA7C4
 MIGRATION_LOCK_TIMEOUT_S = 300.0
+SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Engine:
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[-1]
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s}
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            # WAL lets the API read while an indexing run writes; FKs make deletes cascade.
+            # WAL: readers never wait on a writer (searches keep answering while another
+            # process writes); FKs make deletes cascade; writers queue for busy_timeout.
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             cursor.close()
 
         return engine

@@ -7,11 +7,16 @@ flags chose and why the router fell back, the kind of query, the result ids in o
 
 Recording never slows or fails a search: :meth:`SearchLog.record` puts the record on
 a bounded queue and returns; one writer thread inserts records in batches, and an
-error there is logged and counted (``errors``), never raised to the search. An event
-waits for the queue to drain first, so a click right after its search finds it; and an
-event that reaches another API process than its search's (whose writer may not have
-written it yet) polls the DB for it a short, bounded while (``EVENT_WAIT_S``) before it
-is refused as unknown.
+error there is logged and counted (``errors``), never raised to the search. A database
+held by another writer only delays the writer: it retries a busy or full database with
+backoff for up to ``WRITE_RETRY_S`` before it gives a batch up.
+
+Events never wait on a writer either. An event for a search this process answered
+recently is checked against the search as it was recorded in memory (still queued, or
+written) and queued behind it, so a click is accepted while its search waits for a
+busy database. An event that reaches another API process than its search's (whose
+writer may not have written it yet) polls the DB for it a short, bounded while
+(``EVENT_WAIT_S``) before it is refused as unknown.
 
 The first search each model answers in a process is marked a cold start (the model was
 just loaded): its latency is kept but left out of latency percentiles and guardrails.
@@ -27,16 +32,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
-from sqlalchemy.exc import IntegrityError
+from cachetools import LRUCache
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from image_search_service.context import ServiceContext
 from image_search_service.core.config import INTERLEAVED
-from image_search_service.core.errors import InvalidRequest, SearchNotFound, TooManyEvents
+from image_search_service.core.errors import (
+    DatabaseUnavailable,
+    InvalidRequest,
+    SearchNotFound,
+    TooManyEvents,
+)
 from image_search_service.core.specs import CANDIDATE
 from image_search_service.db import experiment_repository as exp_repo
 from image_search_service.db.experiment_repository import SearchRecord, latency_bucket
@@ -61,6 +72,12 @@ PRUNE_EVERY_S = 3600.0
 EVENT_WAIT_S = 0.5
 EVENT_POLL_S = 0.025
 GUARD_EVERY_S = 30.0
+# Searches kept in memory to check their events without the DB: as many as the queue
+# holds, so every search not yet written is among them.
+RECENT_SEARCHES = QUEUE_SIZE
+# A busy (locked by another writer) or full database is retried this long, with backoff.
+WRITE_RETRY_S = 600.0
+WRITE_RETRY_MAX_DELAY_S = 10.0
 
 
 def utcnow() -> datetime:
@@ -114,6 +131,24 @@ class _Flush:
         self.done = threading.Event()
 
 
+@dataclass
+class _Recent:
+    """A search this process answered, and the events accepted for it here."""
+
+    record: SearchRecord
+    events: set[tuple[str, str]] = field(default_factory=set)  # (asset id, type)
+
+
+@dataclass(frozen=True)
+class _QueuedEvent:
+    search_id: uuid.UUID
+    asset_id: uuid.UUID
+    type: str
+    rank: int
+    model: str
+    credit_candidate: bool | None
+
+
 _STOP = object()
 
 
@@ -153,6 +188,9 @@ class SearchLog:
         self.auto_guard = settings.rollout_auto_guard
         self.schedule = bool(settings.rollout_steps)
         self._warm: set[str] = set()  # models that answered a search in this process
+        self._recent: LRUCache[uuid.UUID, _Recent] = LRUCache(maxsize=RECENT_SEARCHES)
+        self._closing = threading.Event()
+        self.write_retries = 0  # batches written after the database was busy or full
 
     # -- searches ------------------------------------------------------------------------
     def record(
@@ -189,6 +227,8 @@ class SearchLog:
                 return
             self._ensure_thread()
             self._queue.put_nowait(record)
+            with self._lock:
+                self._recent[search_id] = _Recent(record)
         except queue.Full:
             self.dropped += 1
             self.errors += 1
@@ -206,6 +246,7 @@ class SearchLog:
         marker.done.wait(timeout)
 
     def close(self) -> None:
+        self._closing.set()  # a batch waiting on a busy database is given up
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout=10.0)
@@ -225,6 +266,7 @@ class SearchLog:
         while True:
             item = self._queue.get()
             batch: list[SearchRecord] = []
+            events: list[_QueuedEvent] = []
             markers: list[_Flush] = []
             stop = False
             while True:
@@ -234,14 +276,16 @@ class SearchLog:
                     markers.append(item)
                 elif isinstance(item, SearchRecord):
                     batch.append(item)
-                if stop or len(batch) >= BATCH_SIZE:
+                elif isinstance(item, _QueuedEvent):
+                    events.append(item)
+                if stop or len(batch) + len(events) >= BATCH_SIZE:
                     break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._write(batch)
+            if batch or events:
+                self._write(batch, events)
             for marker in markers:
                 marker.done.set()
             if stop:
@@ -249,14 +293,66 @@ class SearchLog:
             self._maybe_prune()
             self._maybe_guard()
 
-    def _write(self, batch: list[SearchRecord]) -> None:
+    def _write(self, batch: list[SearchRecord], events: Sequence[_QueuedEvent] = ()) -> None:
+        """Write searches, then the events queued behind them, in one transaction. A
+        busy or full database is waited out (``WRITE_RETRY_S``); anything else loses
+        the batch (logged and counted), never the writer."""
+        deadline = time.monotonic() + WRITE_RETRY_S
+        delay = 0.25
+        while True:
+            try:
+                with self.ctx.transaction() as session:
+                    write_records(session, batch, reformulation_window=self.window)
+                    for event in events:
+                        self._write_event(session, event)
+                self.recorded += len(batch)
+                return
+            except OperationalError as exc:
+                if self._closing.is_set() or time.monotonic() + delay > deadline:
+                    self.errors += len(batch) + len(events)
+                    logger.error(
+                        "gave up recording %d searches and %d events: the database stayed "
+                        "unavailable for %.0f s (%s)",
+                        len(batch),
+                        len(events),
+                        WRITE_RETRY_S,
+                        exc.orig,
+                    )
+                    return
+                if delay == 0.25:
+                    logger.warning(
+                        "experiment log: the database is unavailable (%s); %d searches wait "
+                        "in memory and are retried",
+                        exc.orig,
+                        len(batch),
+                    )
+                self.write_retries += 1
+                self._closing.wait(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX_DELAY_S)
+            except Exception:
+                self.errors += len(batch) + len(events)
+                logger.exception("could not record %d searches in the experiment log", len(batch))
+                return
+
+    def _write_event(self, session: Session, event: _QueuedEvent) -> None:
+        if exp_repo.event_exists(session, event.search_id, event.asset_id, event.type):
+            return  # stored meanwhile by another process
         try:
-            with self.ctx.transaction() as session:
-                write_records(session, batch, reformulation_window=self.window)
-            self.recorded += len(batch)
-        except Exception:
-            self.errors += len(batch)
-            logger.exception("could not record %d searches in the experiment log", len(batch))
+            with session.begin_nested():
+                stored = exp_repo.add_event(
+                    session,
+                    search_id=event.search_id,
+                    asset_id=event.asset_id,
+                    type_=event.type,
+                    rank=event.rank,
+                    model=event.model,
+                    credit_candidate=event.credit_candidate,
+                    max_events=self.max_events,
+                )
+        except IntegrityError:  # the same event from another process, or a lost search
+            return
+        if not stored:
+            logger.info("search %s is at its event cap: an event dropped", event.search_id)
 
     def _maybe_prune(self) -> None:
         if time.monotonic() < self._next_prune:
@@ -314,22 +410,15 @@ class SearchLog:
         event twice is stored once (``recorded=False`` the second time)."""
         if type_ not in EVENT_TYPES:
             raise InvalidRequest(f"type must be one of {', '.join(EVENT_TYPES)}")
-        self.flush()
+        with self._lock:
+            recent = self._recent.get(search_id)
+        if recent is not None:
+            return self._accept_event(recent, asset_id=asset_id, type_=type_, rank=rank)
         found = self._find(session, search_id)
         if found is None or found[0].created_at < self.clock() - self.retention:
             raise SearchNotFound(f"search {search_id} is unknown or has expired")
         search, results = found
-        try:
-            position = results.asset_ids.index(str(asset_id))
-        except ValueError:
-            raise InvalidRequest(
-                f"asset {asset_id} is not among the results of that search"
-            ) from None
-        if rank != position + 1:
-            raise InvalidRequest(
-                f"asset {asset_id} is at rank {position + 1} of that search, not {rank}"
-            )
-        model = results.models[position] if results.models else search.arm
+        model = _result_model(results.asset_ids, results.models, search.arm, asset_id, rank)
         outcome = EventOutcome(
             search_id=search_id, recorded=False, arm=search.arm, model=model, type=type_
         )
@@ -357,6 +446,38 @@ class SearchLog:
             )
         return replace(outcome, recorded=True)
 
+    def _accept_event(
+        self, recent: _Recent, *, asset_id: uuid.UUID, type_: str, rank: int
+    ) -> EventOutcome:
+        """An event for a search this process answered: checked against the search as
+        recorded and queued behind it, so it never waits for the database."""
+        record = recent.record
+        model = _result_model(record.asset_ids, record.models, record.arm, asset_id, rank)
+        outcome = EventOutcome(
+            search_id=record.id, recorded=False, arm=record.arm, model=model, type=type_
+        )
+        key = (str(asset_id), type_)
+        with self._lock:
+            if key in recent.events:
+                return outcome
+            if len(recent.events) >= self.max_events:
+                raise TooManyEvents(
+                    f"search {record.id} already holds {self.max_events} events "
+                    "(EXPERIMENT_MAX_EVENTS_PER_SEARCH)"
+                )
+            recent.events.add(key)
+        credit = (model == CANDIDATE) if record.arm == INTERLEAVED else None
+        try:
+            self._queue.put_nowait(_QueuedEvent(record.id, asset_id, type_, rank, model, credit))
+        except queue.Full:
+            with self._lock:
+                recent.events.discard(key)
+            raise DatabaseUnavailable(
+                "the experiment log is behind a busy database; try the event again later"
+            ) from None
+        self._ensure_thread()
+        return replace(outcome, recorded=True)
+
     def _find(
         self, session: Session, search_id: uuid.UUID
     ) -> tuple[ExperimentSearch, ExperimentResults] | None:
@@ -375,6 +496,26 @@ class SearchLog:
             if found is not None:
                 return found
         return None
+
+
+def _result_model(
+    asset_ids: Sequence[str],
+    models: Sequence[str] | None,
+    arm: str,
+    asset_id: uuid.UUID,
+    rank: int,
+) -> str:
+    """The model credited with ``asset_id`` at ``rank`` of a search's results; raises
+    :class:`InvalidRequest` when it is not there."""
+    try:
+        position = list(asset_ids).index(str(asset_id))
+    except ValueError:
+        raise InvalidRequest(f"asset {asset_id} is not among the results of that search") from None
+    if rank != position + 1:
+        raise InvalidRequest(
+            f"asset {asset_id} is at rank {position + 1} of that search, not {rank}"
+        )
+    return models[position] if models else arm
 
 
 @dataclass(frozen=True)
