@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from image_search_service.core.config import MODEL_KEYS, ModelKey, Settings
+from image_search_service.core.disk import DiskSpace
 from image_search_service.core.errors import ConfigError
 from image_search_service.core.specs import ModelSpec, model_spec
 from image_search_service.core.threads import ThreadPlan, plan_threads
@@ -54,6 +55,8 @@ class ServiceContext:
     threads: ThreadPlan = field(default_factory=lambda: ThreadPlan(1, 1, 1))
     # S3-compatible buckets: one client per process, made on first use.
     s3: S3Source = field(default_factory=S3Source)
+    # DATA_DIR's free space; writes check it first (core/disk.py).
+    disk: DiskSpace = field(default_factory=lambda: DiskSpace(Path("."), 0))
     _verified_until: dict[ModelKey, float] = field(default_factory=dict)
     _verified_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -155,4 +158,5 @@ def open_context(
         collections={key: collection_spec(settings, spec) for key, spec in specs.items()},
         threads=threads,
         s3=S3Source(max_connections=settings.s3_download_workers + 2),
+        disk=DiskSpace(settings.data_dir, settings.min_free_disk_mb),
     )

@@ -35,6 +35,7 @@ from image_search_service.api.errors import error_content
 from image_search_service.api.routes import API_PREFIX
 from image_search_service.api.security import SAFE_METHODS
 from image_search_service.core.config import Settings
+from image_search_service.core.disk import is_disk_full
 from image_search_service.core.schemas import PhotoUrls
 
 if TYPE_CHECKING:
@@ -281,8 +282,14 @@ async def _audit(scope: Scope, principal: Principal | None, status: int) -> None
     )
     try:
         await anyio.to_thread.run_sync(lambda: services.record_audit(record))
-    except Exception:  # the action happened; a lost audit row must not turn it into a 500
-        logger.exception("could not store the audit record of %(method)s %(path)s", record)
+    except Exception as exc:  # the action happened; a lost audit row must not make a 500
+        if is_disk_full(exc):  # expected while the disk is full: one line, not a trace
+            logger.error(
+                "could not store the audit record of %(method)s %(path)s: the disk is full",
+                record,
+            )
+        else:
+            logger.exception("could not store the audit record of %(method)s %(path)s", record)
 
 
 def needs_audit(method: str) -> bool:

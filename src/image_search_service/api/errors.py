@@ -20,7 +20,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from image_search_service.core.errors import DatabaseUnavailable, ServiceError
+from image_search_service.core.disk import is_disk_full
+from image_search_service.core.errors import DatabaseUnavailable, InsufficientStorage, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,24 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _disk_full(exc: Exception) -> JSONResponse:
+    """An ENOSPC the free-space reserve did not foresee: refused like the reserve's."""
+    logger.error("a write failed, the disk is full: %s", exc)
+    error = InsufficientStorage(
+        "the server's disk is full; writes are refused until space is freed"
+    )
+    return JSONResponse(error_content(type(error).__name__, error.detail), status_code=507)
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    if is_disk_full(exc):
+        return _disk_full(exc)
+    return await _unexpected_error(request, exc)
+
+
 async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    if is_disk_full(exc):
+        return _disk_full(exc)
     logger.warning("database error: %s", exc)
     error = DatabaseUnavailable("the metadata database is unreachable or failed; try again")
     return JSONResponse(error_content(type(error).__name__, error.detail), status_code=503)
@@ -132,6 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(InterfaceError, _database_error)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 

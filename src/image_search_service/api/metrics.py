@@ -6,11 +6,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from image_search_service.core.disk import MB, DiskSpace
 from image_search_service.services.rollout.router import RouteDecision
 from image_search_service.services.search.log import EventOutcome, SearchLog
 from image_search_service.services.search.service import SearchOutcome, TextEmbeddingCache
@@ -101,6 +108,21 @@ class ApiMetrics:
 
     def track_search_log(self, log: SearchLog) -> None:
         self.registry.register(_SearchLogCollector(log))
+
+    def track_disk(self, disk: DiskSpace) -> None:
+        """DATA_DIR's free space and reserve, read at each scrape (alert before 507s)."""
+        free = Gauge(
+            "image_search_data_dir_free_bytes",
+            "Free bytes on DATA_DIR's filesystem",
+            registry=self.registry,
+        )
+        free.set_function(lambda: float(disk.free_bytes()))
+        reserve = Gauge(
+            "image_search_data_dir_reserve_bytes",
+            "Free bytes kept in reserve (MIN_FREE_DISK_MB): below it, writes are refused",
+            registry=self.registry,
+        )
+        reserve.set(disk.reserve_mb * MB)
 
     def track_text_cache(self, cache: TextEmbeddingCache) -> None:
         self.registry.register(_TextCacheCollector(cache))

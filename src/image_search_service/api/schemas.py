@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from image_search_service.core.schemas import OutputModel
+from image_search_service.services.library.schemas import DiskStatusOut
 
 
 class HealthOut(OutputModel):
@@ -15,3 +16,5 @@ class ReadyOut(OutputModel):
     status: Literal["ready"] = "ready"
     database: str
     vector_store: str
+    # Ready to search either way: a full disk refuses writes, never reads.
+    disk: DiskStatusOut

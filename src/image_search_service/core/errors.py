@@ -101,3 +101,9 @@ class TooManyEvents(ServiceError):
     """A search already holds as many events as one search may."""
 
     status_code = 429
+
+
+class InsufficientStorage(ServiceError):
+    """DATA_DIR's disk is below its free-space reserve: writes are refused, reads go on."""
+
+    status_code = 507

@@ -347,6 +347,21 @@ def coverage(session: Session, spec: ModelSpec) -> Coverage:
     )
 
 
+def count_searchable(session: Session, specs: Sequence[ModelSpec]) -> int:
+    """Decoded assets at least one of these exact models has embedded: what a search
+    can find (the rest of the active assets are still being indexed)."""
+    done_by_any = or_(*(and_(*_done_by(spec)) for spec in specs))
+    count = session.scalar(
+        select(func.count())
+        .select_from(Asset)
+        .where(
+            Asset.status == AssetStatus.ACTIVE,
+            Asset.id.in_(select(AssetEmbedding.asset_id).where(done_by_any)),
+        )
+    )
+    return int(count or 0)
+
+
 def count_covered_but_not_by(session: Session, covered: ModelSpec, lacking: ModelSpec) -> int:
     """Active assets ``covered`` has embedded that ``lacking`` has not (exact models):
     zero means a collection switch from one to the other loses no searchable photo."""

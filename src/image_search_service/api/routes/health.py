@@ -11,6 +11,7 @@ from image_search_service.api.schemas import HealthOut, ReadyOut
 from image_search_service.core.config import MODEL_KEYS
 from image_search_service.core.errors import DatabaseUnavailable, VectorStoreUnavailable
 from image_search_service.db.session import check_database
+from image_search_service.services.library.schemas import DiskStatusOut
 
 router = APIRouter(tags=["health"])
 
@@ -30,7 +31,11 @@ def ready(services: ServicesDep) -> ReadyOut:
     check_database(ctx.engine)
     for key in MODEL_KEYS:  # raises VectorStoreUnavailable when the store does not answer
         ctx.store.collection_info(ctx.spec(key).collection)
-    return ReadyOut(database=ctx.engine.url.get_backend_name(), vector_store=ctx.store.kind)
+    return ReadyOut(
+        database=ctx.engine.url.get_backend_name(),
+        vector_store=ctx.store.kind,
+        disk=DiskStatusOut.model_validate(ctx.disk.state()),
+    )
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

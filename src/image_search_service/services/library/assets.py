@@ -308,6 +308,7 @@ class AssetService:
             data, max_pixels=settings.max_image_pixels, min_side=THUMBNAIL_SIZES[-1]
         ).meta
         digest = bytes_hash(data)
+        self.ctx.disk.check("store the upload")
         with self._write_lock:
             with self.ctx.transaction() as session:
                 known = repo.asset_by_hash(session, digest)

@@ -76,6 +76,7 @@ def submit_index(
     """Queue an index run of ``raw_path`` (checked now: a missing or unreadable folder is
     an error). Returns the waiting run, or the one already waiting for the same folder."""
     path = str(check_folder(raw_path))
+    ctx.disk.check(f"index {path}")  # the watcher pauses on this, and resumes later
 
     def body(control: JobControl) -> IndexReport:
         root = check_folder(path)

@@ -29,6 +29,7 @@ def index_paths(
 ) -> IndexReport:
     """Index folders, files and ``s3://bucket/prefix`` URIs (see ``buckets.py``)."""
     started = time.perf_counter()
+    ctx.disk.check("index photos")
     report = IndexReport(models=list(model_keys))
     specs = [ctx.spec(k) for k in model_keys]
     local: list[Path] = []

@@ -120,6 +120,7 @@ def embed_refs(
             decode_workers=ctx.threads.decode_workers,
             max_pixels=ctx.settings.max_image_pixels,
             on_progress=tick,
+            before_write=lambda: ctx.disk.check("index more photos"),
         )
         report.indexed += result.done
         report.failed += result.failed

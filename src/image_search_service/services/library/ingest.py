@@ -83,6 +83,7 @@ def parse_ingest_body(body: Any) -> list[str]:
 
 def ingest_objects(ctx: ServiceContext, uris: Sequence[str]) -> IndexReport:
     """Bring these objects up to date in the index (the body of a queued ingest)."""
+    ctx.disk.check(f"ingest {len(uris)} objects")
     keys = models_to_index(ctx, "auto")
     report = IndexReport(models=list(keys))
     specs = [ctx.spec(k) for k in keys]
@@ -127,6 +128,8 @@ def submit_ingest(
         return IngestSubmission(runner=runner, accepted=0, queued=0, job_id=None)
     job_id = "ingest-" + hashlib.sha256("\n".join(sorted(uris)).encode()).hexdigest()[:32]
     if runner == "in-process":
+        # Refused before it is acknowledged: the notifier delivers it again later.
+        ctx.disk.check(f"ingest {len(uris)} objects")
         todo = list(uris)
         _job, new = dispatcher.submit(
             INGEST,

@@ -116,8 +116,11 @@ def embed_assets(
     decode_workers: int,
     max_pixels: int,
     on_progress: ProgressFn | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> PipelineResult:
-    """Embed ``refs`` with every encoder; one bad file fails alone with its reason."""
+    """Embed ``refs`` with every encoder; one bad file fails alone with its reason.
+    ``before_write`` runs before each batch is stored and may stop the run by raising
+    (the disk's reserve): what was stored stays, the rest stays pending."""
     result = PipelineResult()
     if not refs or not encoders:
         return result
@@ -142,8 +145,12 @@ def embed_assets(
         else:
             batch.append(item)
         if len(batch) >= batch_size or len(failed_batch) >= batch_size:
+            if before_write is not None:
+                before_write()
             _flush(batch, failed_batch, encoders, store, session_factory, result, on_progress)
             batch, failed_batch = [], []
+    if before_write is not None and (batch or failed_batch):
+        before_write()
     _flush(batch, failed_batch, encoders, store, session_factory, result, on_progress)
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote_plus
 from uuid import UUID
@@ -206,16 +207,27 @@ class ModelStatusOut(OutputModel):
     )
 
 
+class DiskStatusOut(OutputModel):
+    """DATA_DIR's free space against the reserve kept for writes (MIN_FREE_DISK_MB)."""
+
+    path: Path
+    free_mb: int
+    reserve_mb: int
+    low: bool = Field(description="below the reserve: writes are refused (507), reads go on")
+
+
 class LibraryStatusOut(OutputModel):
     """What ``image-search status --json`` prints, with or without a running server."""
 
-    assets: int = Field(description="searchable assets")
+    assets: int = Field(description="searchable assets: decoded and embedded by a model")
+    indexing: int = Field(0, description="decoded photos no model has embedded yet")
     assets_total: int
     failed: int
     missing: int
     vector_store: str
     database: str
     models: dict[ModelKey, ModelStatusOut]
+    disk: DiskStatusOut | None = None
 
 
 # -- ingest: what S3-compatible stores send (AWS, MinIO...), or plain URI lists ---------

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from image_search_service.context import ServiceContext
 from image_search_service.core.config import MODEL_KEYS, ModelKey
+from image_search_service.core.disk import DiskState
 from image_search_service.core.specs import ModelIdentity, ModelSpec
 from image_search_service.db import repository as repo
 from image_search_service.vector.base import CollectionInfo
@@ -106,13 +107,19 @@ class LibraryStatus:
     """Asset counts and each model's status; read as ``LibraryStatusOut``."""
 
     library: repo.LibraryCounts
+    searchable: int
     models: dict[ModelKey, ModelStatus]
     vector_store: str
     database: str
+    disk: DiskState
 
     @property
     def assets(self) -> int:
-        return self.library.active
+        return self.searchable
+
+    @property
+    def indexing(self) -> int:
+        return self.library.active - self.searchable
 
     @property
     def assets_total(self) -> int:
@@ -154,6 +161,7 @@ def library_status(ctx: ServiceContext) -> LibraryStatus:
     with ctx.transaction() as session:
         library = repo.library_counts(session)
         coverages = {key: repo.coverage(session, ctx.spec(key)) for key in MODEL_KEYS}
+        searchable = repo.count_searchable(session, [ctx.spec(key) for key in MODEL_KEYS])
     models = {}
     for key in MODEL_KEYS:
         spec = ctx.spec(key)
@@ -170,7 +178,9 @@ def library_status(ctx: ServiceContext) -> LibraryStatus:
         )
     return LibraryStatus(
         library=library,
+        searchable=searchable,
         models=models,
         vector_store=ctx.store.kind,
         database=ctx.engine.url.get_backend_name(),
+        disk=ctx.disk.state(),
     )

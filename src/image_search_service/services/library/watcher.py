@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from image_search_service.core.errors import ServiceError
+from image_search_service.core.errors import InsufficientStorage, ServiceError
 from image_search_service.services.library.folders import check_folder
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class _Root:
     next_check: float = 0.0
     changes: int = field(default=0)
     watched_before: bool = False
+    paused: bool = False  # present, but the disk is below its reserve
 
 
 # Asks for an index run of a folder, for a reason ("start", "watch"); raises a
@@ -57,8 +58,10 @@ class LibraryWatcher:
         *,
         debounce_ms: int = 1000,
         poll_ms: int = 1000,
+        check_disk: Callable[[], None] = lambda: None,
     ) -> None:
         self._submit = submit
+        self._check_disk = check_disk  # raises InsufficientStorage while writes wait
         self._problems: dict[Path, str] = {}
         self._problems_lock = threading.Lock()
         self._roots = [_Root(Path(os.path.expanduser(str(r))).resolve()) for r in roots]
@@ -88,29 +91,48 @@ class LibraryWatcher:
         item = root if isinstance(root, _Root) else next(r for r in self._roots if r.path == root)
         try:
             self._submit(item.path, reason)
+        except InsufficientStorage as exc:
+            # Paused, not lost: once space returns, the folder is watched again and its
+            # first run re-reads it whole, so changes made meanwhile are indexed then.
+            self._mark_missing(item, exc.detail, paused=True)
         except ServiceError as exc:
             self._mark_missing(item, exc.detail)
         else:
             self._mark_present(item)
 
-    def _mark_missing(self, root: _Root, detail: str) -> None:
+    def _mark_missing(self, root: _Root, detail: str, *, paused: bool = False) -> None:
+        problem = (
+            f"indexing of watched folder {root.path} is paused: {detail}"
+            if paused
+            else f"watched folder {root.path} is unavailable: {detail}"
+        )
         if root.present:
-            logger.warning("watched folder %s is unavailable: %s", root.path, detail)
+            logger.warning("%s", problem)
         root.present = False
+        root.paused = paused
         root.next_check = time.monotonic() + RECHECK_MISSING_S
         with self._problems_lock:
-            self._problems[root.path] = f"watched folder {root.path} is unavailable: {detail}"
+            self._problems[root.path] = problem
 
     def _mark_present(self, root: _Root) -> None:
         if not root.present:
-            logger.info("watched folder %s is back", root.path)
-        root.present = True
+            logger.info(
+                "watched folder %s: %s",
+                root.path,
+                "indexing resumes" if root.paused else "the folder is back",
+            )
+        root.present, root.paused = True, False
         with self._problems_lock:
             self._problems.pop(root.path, None)
 
     def _check_present(self, root: _Root) -> bool:
         try:
             check_folder(root.path)
+            if root.paused:
+                self._check_disk()
+        except InsufficientStorage as exc:
+            self._mark_missing(root, exc.detail, paused=True)
+            return False
         except ServiceError as exc:
             self._mark_missing(root, exc.detail)
             return False

@@ -22,7 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from image_search_service.context import ServiceContext
 from image_search_service.core.config import MODEL_KEYS, ModelKey
-from image_search_service.core.errors import DatabaseUnavailable, VectorStoreUnavailable
+from image_search_service.core.errors import (
+    DatabaseUnavailable,
+    InsufficientStorage,
+    VectorStoreUnavailable,
+)
 from image_search_service.core.specs import ModelSpec
 from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetStatus
@@ -39,6 +43,7 @@ DEFAULT_JOB_SIZE = 64  # asset ids per job: small enough to retry cheaply, big e
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     VectorStoreUnavailable,
     DatabaseUnavailable,
+    InsufficientStorage,  # space may come back before the next attempt
     OperationalError,
     ConnectionError,
 )
@@ -89,6 +94,7 @@ def run_batch(
     try:
         # Fail the batch before any work if the collection is gone or holds another model.
         ctx.verify_collection(key)
+        ctx.disk.check(f"re-embed with {key}")
         with ctx.transaction() as session:
             refs = _refs_to_embed(session, spec, asset_ids, force=force)
         result.skipped = len(asset_ids) - len(refs)
@@ -103,6 +109,7 @@ def run_batch(
             decode_workers=ctx.threads.decode_workers,
             max_pixels=ctx.settings.max_image_pixels,
             on_progress=on_progress,
+            before_write=lambda: ctx.disk.check(f"re-embed with {key}"),
         )
     except TRANSIENT_ERRORS as exc:
         if final_attempt:
