@@ -90,6 +90,15 @@ def assets_under(session: Session, prefixes: Sequence[str]) -> list[Asset]:
     ]
 
 
+def assets_with_prefix(session: Session, prefix: str) -> list[Asset]:
+    """Present assets whose path starts with ``prefix`` (one indexed query)."""
+    return list(
+        session.scalars(
+            select(Asset).where(_PRESENT, Asset.path.startswith(prefix, autoescape=True))
+        )
+    )
+
+
 def add_asset(
     session: Session,
     *,

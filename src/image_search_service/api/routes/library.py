@@ -34,6 +34,7 @@ from image_search_service.core.errors import (
     FolderUnreadable,
     ImageShapeRefused,
     ImageTooLarge,
+    InsufficientStorage,
     InvalidRequest,
     ModelLoadError,
     ModelMismatch,
@@ -155,6 +156,7 @@ def get_asset_thumbnail(
             ModelLoadError,
             DatabaseUnavailable,
             VectorStoreUnavailable,
+            InsufficientStorage,
         ),
     },
 )
@@ -248,7 +250,9 @@ ingest_router = APIRouter(prefix=f"{API_PREFIX}/ingest", tags=["ingest"])
     status_code=202,
     summary="Queue indexing of S3 objects: an S3 event notification or a list of URIs",
     dependencies=[RequireAdmin, RequireJson],
-    responses=error_responses(Unauthorized, InvalidRequest, UnsupportedMediaType, QueueUnavailable),
+    responses=error_responses(
+        Unauthorized, InvalidRequest, UnsupportedMediaType, QueueUnavailable, InsufficientStorage
+    ),
 )
 async def ingest(
     services: ServicesDep,
@@ -276,7 +280,12 @@ admin_router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependenc
     summary="Index a folder on the server (in the background, one run at a time)",
     dependencies=[RequireJson],
     responses=error_responses(
-        Unauthorized, InvalidRequest, FolderNotFound, FolderUnreadable, UnsupportedMediaType
+        Unauthorized,
+        InvalidRequest,
+        FolderNotFound,
+        FolderUnreadable,
+        UnsupportedMediaType,
+        InsufficientStorage,
     ),
 )
 def start_index(services: ServicesDep, body: IndexRequest) -> IndexSubmissionOut:

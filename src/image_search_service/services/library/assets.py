@@ -47,7 +47,11 @@ from image_search_service.images.s3 import (
 )
 from image_search_service.images.scan import bytes_hash, content_hash
 from image_search_service.services.library.index import index_paths
-from image_search_service.services.library.indexing import models_to_index
+from image_search_service.services.library.indexing import (
+    IndexReport,
+    forget_asset,
+    models_to_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +327,7 @@ class AssetService:
                 target = settings.uploads_dir / digest[:2] / f"{digest}{FORMAT_SUFFIX[meta.format]}"
                 created = True
                 if not target.is_file():
-                    _write_atomically(target, lambda fh: fh.write(data))
+                    _write_atomically(target, lambda fh: fh.write(data), durable=True)
             # Known content too: indexing is incremental, so this embeds only what an
             # interrupted earlier upload (or a collection made since) still lacks.
             report = index_paths(self.ctx, [target], model_keys=models_to_index(self.ctx, "auto"))
@@ -336,6 +340,58 @@ class AssetService:
                 if created:
                     logger.info("uploaded %s (%s, %d bytes)", asset.id, meta.format, len(data))
                 return UploadResult(self.get(session, asset.id), created=created)
+
+    def reconcile_uploads(self) -> IndexReport:
+        """Bring uploads and assets back in line after a crash (run on start): an upload
+        whose indexing was cut short is indexed again, one whose file is gone is
+        forgotten, a file with no asset yet is indexed, and half-written temporary files
+        are deleted. Each repair is logged; nothing is left at 422."""
+        root = self.ctx.settings.uploads_dir.resolve()
+        keys = models_to_index(self.ctx, "auto")
+        report = IndexReport(models=list(keys))
+        if not root.is_dir():
+            return report
+        files: dict[str, Path] = {}
+        for path in root.rglob("*"):
+            if not path.is_file():
+                continue
+            if path.name.startswith(_TEMP_PREFIX):  # a write the crash cut short
+                path.unlink(missing_ok=True)
+                logger.warning("uploads: deleted %s, half-written when the server stopped", path)
+            else:
+                files[str(path)] = path
+        with self.ctx.transaction() as session:
+            rows = repo.assets_with_prefix(session, str(root) + os.sep)
+            done = {
+                k: repo.done_asset_ids(session, self.ctx.spec(k), [a.id for a in rows])
+                for k in keys
+            }
+            unfinished: list[Path] = []
+            for asset in rows:
+                file = files.pop(asset.path) if asset.path in files else None
+                if file is None:
+                    forget_asset(self.ctx, session, asset)
+                    report.missing += 1
+                    logger.warning(
+                        "uploads: forgot asset %s, its file %s is gone", asset.id, asset.path
+                    )
+                elif asset.status == AssetStatus.ACTIVE and (
+                    asset.format is None or any(asset.id not in done[k] for k in keys)
+                ):
+                    unfinished.append(file)
+        unrecorded = sorted(files.values())
+        if unfinished:
+            logger.warning(
+                "uploads: %d were left half-indexed by a crash; indexing them again",
+                len(unfinished),
+            )
+        if unrecorded:
+            logger.warning("uploads: %d files have no asset yet; indexing them", len(unrecorded))
+        if unfinished or unrecorded:
+            done_report = index_paths(self.ctx, [*unfinished, *unrecorded], model_keys=keys)
+            done_report.missing += report.missing
+            return done_report
+        return report
 
     def delete(self, asset_id: UUID) -> None:
         """Remove the asset from the DB and its points from every collection; an uploaded
@@ -377,14 +433,30 @@ def _check_servable(asset: AssetView) -> None:
         )
 
 
-def _write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a temporary file and rename, so readers never see half a file."""
+_TEMP_PREFIX = ".tmp-"
+
+
+def _write_atomically(
+    target: Path, write: Callable[[BinaryIO], object], *, durable: bool = False
+) -> None:
+    """Write through a temporary file and rename, so readers never see half a file.
+    ``durable``: the file's bytes and its name reach the disk before this returns (an
+    upload is an asset only once its file is complete, even across a power cut)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_TEMP_PREFIX, suffix=target.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
+        if durable:
+            folder = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from image_search_service.context import ServiceContext
 from image_search_service.jobs.dispatcher import BackgroundJob, Dispatcher, JobControl
+from image_search_service.services.library.assets import AssetService
 from image_search_service.services.library.folders import check_folder
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.library.indexing import IndexReport, models_to_index
@@ -98,6 +99,22 @@ def submit_index(
         key=f"{path}\x00{model}",
         description=f"indexing {path}",
         labels={"path": path, "reason": reason, "model": model},
+        start_phase="scanning",
+    )
+    return IndexRun.of(job)
+
+
+def submit_reconcile_uploads(
+    dispatcher: Dispatcher, ctx: ServiceContext, assets: AssetService
+) -> IndexRun:
+    """On start: repair what a crash left of uploads (see ``reconcile_uploads``)."""
+    path = str(ctx.settings.uploads_dir)
+    job, _new = dispatcher.submit(
+        INDEX,
+        lambda _control: assets.reconcile_uploads(),
+        key=f"{path}\x00reconcile",
+        description=f"checking uploads in {path}",
+        labels={"path": path, "reason": "start", "model": "auto"},
         start_phase="scanning",
     )
     return IndexRun.of(job)
