@@ -118,7 +118,12 @@ def test_a_full_disk_refuses_writes_keeps_searching_and_loses_nothing(
             ),
             "the watched folder to pause",
         )
-        assert client.get("/api/v1/search", params={"q": "red"}).status_code == 200
+        found = client.get("/api/v1/search", params={"q": "red"})
+        assert found.status_code == 200
+        first = found.json()["results"][0]["asset_id"]
+        thumb = client.get(f"/api/v1/assets/{first}/thumbnail", params={"size": 128})
+        assert thumb.status_code == 200  # made and served, not cached
+        assert thumb.headers["content-type"] == "image/jpeg"
 
         # Not a byte left: still refused with 507, still searching, still alive.
         _fill(small_disk, leave_mb=0)
@@ -126,6 +131,8 @@ def test_a_full_disk_refuses_writes_keeps_searching_and_loses_nothing(
         assert upload.status_code == 507, upload.text
         for query in ("red", "green photo", "a blue square"):
             assert client.get("/api/v1/search", params={"q": query}).status_code == 200
+        thumb = client.get(f"/api/v1/assets/{first}/thumbnail", params={"size": 512})
+        assert thumb.status_code == 200
         assert served.process.poll() is None, served.log.read_text()
 
         ballast.unlink()

@@ -129,13 +129,13 @@ def get_asset_thumbnail(
     asset: AssetOr404,
     assets: AssetServiceDep,
     size: Annotated[int, Query(description="128, 256 or 512")] = 256,
-) -> FileResponse:
-    return FileResponse(
-        assets.thumbnail(asset, size=size),
-        media_type="image/jpeg",
-        # Keyed by content hash: new content under the same id is a new cache entry.
-        headers={"Cache-Control": "private, max-age=86400"},
-    )
+) -> Response:
+    thumbnail = assets.thumbnail(asset, size=size)
+    # Keyed by content hash: new content under the same id is a new cache entry.
+    headers = {"Cache-Control": "private, max-age=86400"}
+    if isinstance(thumbnail, bytes):  # not cached: the disk is below its reserve
+        return Response(thumbnail, media_type="image/jpeg", headers=headers)
+    return FileResponse(thumbnail, media_type="image/jpeg", headers=headers)
 
 
 @assets_router.post(

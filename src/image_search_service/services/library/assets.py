@@ -8,6 +8,7 @@ truth, docs/design.md invariant 1) and then the points in every collection.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -24,6 +25,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from image_search_service.context import ServiceContext
+from image_search_service.core.disk import is_disk_full
 from image_search_service.core.errors import (
     AssetNotFound,
     ImageTooLarge,
@@ -254,8 +256,9 @@ class AssetService:
         except SourceAccessDenied as exc:
             raise SourceUnavailable(f"the bucket of asset {asset.id}: {exc.detail}") from None
 
-    def thumbnail(self, asset: AssetView, *, size: int) -> Path:
-        """A JPEG at most ``size`` pixels on its longer side, cached by content hash."""
+    def thumbnail(self, asset: AssetView, *, size: int) -> Path | bytes:
+        """A JPEG at most ``size`` pixels on its longer side, cached by content hash (the
+        bytes themselves while the disk is below its reserve: reads never fail on it)."""
         if size not in THUMBNAIL_SIZES:
             raise InvalidRequest(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}")
         digest = asset.content_hash
@@ -275,7 +278,16 @@ class AssetService:
                 raise AssetUnreadable(f"asset {asset.id} cannot be decoded: {exc.detail}") from None
         image = loaded.image
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
-        _write_atomically(cached, lambda fh: image.save(fh, "JPEG", quality=85, optimize=True))
+        encoded = io.BytesIO()
+        image.save(encoded, "JPEG", quality=85, optimize=True)
+        if self.ctx.disk.state().low:  # served, not cached: the reserve is for the library
+            return encoded.getvalue()
+        try:
+            _write_atomically(cached, lambda fh: fh.write(encoded.getvalue()))
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            return encoded.getvalue()
         return cached
 
     @contextmanager
