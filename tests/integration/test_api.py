@@ -461,11 +461,11 @@ class TestApiKey:
 class TestOperations:
     def test_health_and_ready(self, client: TestClient) -> None:
         assert client.get("/health").json() == {"status": "ok"}
-        assert client.get("/ready").json() == {
-            "status": "ready",
-            "database": "sqlite",
-            "vector_store": "embedded",
-        }
+        ready = client.get("/ready").json()
+        disk = ready.pop("disk")
+        assert ready == {"status": "ready", "database": "sqlite", "vector_store": "embedded"}
+        assert disk["reserve_mb"] == 256
+        assert disk["low"] is (disk["free_mb"] < 256)
 
     def test_metrics_by_route_and_model(self, client: TestClient) -> None:
         client.get("/api/v1/search", params={"q": "dog"})

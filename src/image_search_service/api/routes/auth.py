@@ -62,7 +62,9 @@ async def session(access: AccessDep, principal: PrincipalDep) -> SessionOut:
     "/session",
     summary="Sign in: exchange an API key for a session cookie",
     dependencies=[RequireJson],
-    responses=error_responses(Unauthorized, InvalidRequest, UnsupportedMediaType),
+    responses=error_responses(
+        Unauthorized, InvalidRequest, UnsupportedMediaType, (413, "RequestTooLarge")
+    ),
 )
 async def sign_in(
     request: Request, response: Response, body: SignIn, access: AccessDep
