@@ -21,8 +21,8 @@ from playwright.sync_api import sync_playwright
 from image_search_service.api.app import create_app
 from image_search_service.api.deps import AppServices
 from image_search_service.core.config import Settings
+from image_search_service.demo.library import write_demo_library
 from image_search_service.demo.run import DEMO_SEED, demo_settings
-from image_search_service.demo.synthetic import write_library
 from image_search_service.services.library.index import index_paths
 
 CHROMIUM_ARGS = [
@@ -49,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = demo_settings(Settings(data_dir=Path(tmp), device="cpu", _env_file=None))
         library = Path(tmp) / "Pictures"
-        write_library(library, args.count, seed=DEMO_SEED)
+        write_demo_library(library, args.count, seed=DEMO_SEED)
         app = create_app(settings)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -75,6 +75,8 @@ def main() -> None:
                         return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0);
                     }"""
                 )
+                # Thumbnails fade in: wait for the fades to end.
+                page.wait_for_function("() => document.getAnimations().length === 0")
                 if args.viewer:
                     page.click("#grid li.tile button.open")
                     page.wait_for_function(

@@ -21,6 +21,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PHONE = {"width": 390, "height": 844}
+# axe-core, vendored unmodified (tests/integration/vendor/README.md says which version).
+AXE_SOURCE = Path(__file__).parent / "vendor" / "axe.min.js"
 DESKTOP = {"width": 1280, "height": 800}
 # `pytestmark = BROWSER_TESTS` in a page test module.
 BROWSER_TESTS = [
@@ -64,3 +66,22 @@ class BrowserTab:
         assert self.errors == [], self.errors  # no uncaught JavaScript error
         if not self.dialogs_allowed:
             assert self.dialogs == [], self.dialogs  # no prompt(), confirm() or alert()
+
+
+def axe_violations(page: Any, *, impacts: tuple[str, ...] = ("serious", "critical")) -> list[str]:
+    """axe-core's violations of those impacts on the page as it stands, one line each
+    (rule, impact, how many nodes, the first node). axe is evaluated through the
+    DevTools protocol, which the page's Content-Security-Policy does not block (a
+    <script> tag would be)."""
+    page.evaluate(AXE_SOURCE.read_text(encoding="utf-8") + "\n;0")
+    found: list[dict[str, Any]] = page.evaluate(
+        """async () => (await axe.run(document, { resultTypes: ["violations"] })).violations
+            .map(v => ({
+                id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(" ")),
+            }))"""
+    )
+    return [
+        f"{v['id']} ({v['impact']}) on {len(v['nodes'])} nodes, e.g. {v['nodes'][0]}"
+        for v in found
+        if v["impact"] in impacts
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +151,28 @@ def test_a_full_disk_refuses_writes_keeps_searching_and_loses_nothing(
     log = served.log.read_text()
     assert "Traceback" not in log, log[log.find("Traceback") - 2000 :][:6000]
     assert "paused" in log
+
+
+def test_the_cli_refuses_to_index_below_the_reserve_and_status_says_why(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    write_jpeg(tmp_path / "photos" / "a.jpg")
+    env = {**cli_env, "MIN_FREE_DISK_MB": str(10**9)}  # more than any disk has free
+    cli = [sys.executable, "-m", "image_search_service.cli"]
+    index = subprocess.run(
+        [*cli, "index", str(tmp_path / "photos")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert index.returncode != 0
+    assert "Traceback" not in index.stderr
+    assert "MIN_FREE_DISK_MB" in index.stderr + index.stdout
+    status = subprocess.run(
+        [*cli, "status"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert status.returncode == 0, status.stderr
+    assert "below the 1000000000 MB kept free" in status.stdout

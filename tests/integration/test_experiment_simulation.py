@@ -68,7 +68,8 @@ class World:
         return EmbeddingRouter(dataclasses.replace(self.ctx, settings=settings))
 
     def simulate(self, router: EmbeddingRouter, searches: int, rng: random.Random) -> None:
-        options = SearchOptions(limit=RESULTS)
+        # The whole ranking, as the click model assumes: no relevance floor cutting it.
+        options = SearchOptions(limit=RESULTS, min_score=-1.0)
         for _ in range(searches):
             user = rng.choice(USERS)
             query = rng.choice(QUERIES)

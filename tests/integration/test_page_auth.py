@@ -239,9 +239,7 @@ def test_a_401_from_the_api_shows_the_form_again_and_the_page_carries_on(
     _sign_in(page, READ_KEY)
     _signed_in(page)
     page.wait_for_url("**/?q=blue+star")
-    page.wait_for_function(
-        "() => document.querySelector('#status').textContent.includes('answered by')"
-    )
+    page.wait_for_selector("#status[data-state=answered]")
     _wait_thumbnails_loaded(page)
     assert page.input_value("#q") == "blue star"
 

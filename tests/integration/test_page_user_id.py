@@ -87,9 +87,7 @@ def _search(tab: SearchTab, query: str) -> None:
     page.fill("#q", query)
     page.press("#q", "Enter")
     page.wait_for_function("q => new URL(location.href).searchParams.get('q') === q", arg=query)
-    page.wait_for_function(
-        "() => /answered by/.test(document.querySelector('#status').textContent)"
-    )
+    page.wait_for_selector("#status[data-state=answered]")
     assert len(tab.searches) > before
 
 
@@ -140,20 +138,14 @@ def test_one_id_across_searches_and_a_reload_a_new_one_after_reset(
     _search(tab, "blue square")
     page.reload()
     page.wait_for_selector("#grid li.tile")
-    page.wait_for_function(
-        "() => /answered by/.test(document.querySelector('#status').textContent)"
-    )
+    page.wait_for_selector("#status[data-state=answered]")
     # More like this, and search by example: the same id.
     page.click("#grid li.tile:nth-child(2) button.similar")
     page.wait_for_function("() => new URL(location.href).searchParams.has('similar')")
-    page.wait_for_function(
-        "() => /answered by/.test(document.querySelector('#status').textContent)"
-    )
+    page.wait_for_selector("#status[data-state=answered]")
     page.set_input_files("#example-file", str(pictures[0]))
     page.wait_for_selector("#example:not([hidden])")
-    page.wait_for_function(
-        "() => /answered by/.test(document.querySelector('#status').textContent)"
-    )
+    page.wait_for_selector("#status[data-state=answered]")
 
     paths = [path for path, _ in tab.searches[start:]]
     assert "/api/v1/search" in paths
@@ -177,9 +169,7 @@ def test_one_id_across_searches_and_a_reload_a_new_one_after_reset(
     _search(tab, "green triangle")
     page.reload()
     page.wait_for_selector("#grid li.tile")
-    page.wait_for_function(
-        "() => /answered by/.test(document.querySelector('#status').textContent)"
-    )
+    page.wait_for_selector("#status[data-state=answered]")
     new_ids = set(tab.ids_since(after_reset))
     assert len(new_ids) == 1, tab.searches[after_reset:]
     second = new_ids.pop()
@@ -206,9 +196,7 @@ def test_a_new_browser_gets_its_own_id(
         tab = SearchTab(browser)
         try:
             tab.page.goto(f"{server.url}/?q=red")
-            tab.page.wait_for_function(
-                "() => /answered by/.test(document.querySelector('#status').textContent)"
-            )
+            tab.page.wait_for_selector("#status[data-state=answered]")
             seen = set(tab.ids_since(0))
             assert len(seen) == 1, tab.searches
             assert None not in seen, tab.searches

@@ -69,8 +69,11 @@ def test_pat_and_jack_with_a_red_circle(
     ctx, truth = people_library
     both = [p for p, (people, _) in truth.items() if {"Pat", "Jack"} <= people]
     red_with_both = [p for p in both if truth[p][1]]
+    # The whole filtered ranking (no relevance floor), to check the filter itself.
     outcome = SearchService(ctx).search_text(
-        "Pat and Jack with a red circle", model=model, options=SearchOptions(limit=50)
+        "Pat and Jack with a red circle",
+        model=model,
+        options=SearchOptions(limit=50, min_score=-1.0),
     )
     assert outcome.understood is not None
     assert outcome.understood.concept == "a red circle"
@@ -82,3 +85,12 @@ def test_pat_and_jack_with_a_red_circle(
     precision = sum(truth[p][1] for p in paths[:k]) / k
     # Measured with the shipped models: 1.00 for both (docs/metadata.md).
     assert precision >= 0.8, (model, precision)
+    # By default the relevance floor keeps the close matches: red circles of both.
+    floored = SearchService(ctx).search_text(
+        "Pat and Jack with a red circle", model=model, options=SearchOptions(limit=50)
+    )
+    assert floored.close_matches
+    kept = [h.path for h in floored.results]
+    assert kept
+    assert set(kept) <= set(both)
+    assert sum(truth[p][1] for p in kept) / len(kept) >= 0.8, (model, kept)

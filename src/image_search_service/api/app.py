@@ -25,6 +25,7 @@ from image_search_service.api.metrics import ApiMetrics, MetricsMiddleware
 from image_search_service.api.openapi import install_openapi
 from image_search_service.api.routes import (
     API_PREFIX,
+    about,
     auth,
     health,
     library,
@@ -41,11 +42,15 @@ from image_search_service.core.errors import ServiceError
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.jobs.dispatcher import Dispatcher
 from image_search_service.services.library.assets import AssetService
-from image_search_service.services.library.background import submit_index
+from image_search_service.services.library.background import (
+    submit_index,
+    submit_reconcile_uploads,
+)
 from image_search_service.services.library.watcher import LibraryWatcher
 from image_search_service.services.rollout.router import EmbeddingRouter
 from image_search_service.services.search.log import SearchLog
 from image_search_service.services.search.service import SearchService, TextEmbeddingCache
+from image_search_service.services.search.warmup import ModelWarmup
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +65,13 @@ def create_app(
     *,
     encoders: EncoderRegistry | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    warm_models: bool = False,
 ) -> FastAPI:
     """The app. ``settings`` default to the environment; ``encoders`` lets a process
     share already-loaded models (tests); otherwise the app makes its own registry,
     instrumented for the encoder-time metric. ``on_shutdown`` runs after the stores
-    are closed."""
+    are closed. ``warm_models``: load the models in use in the background once the app
+    has started (``serve``; GET /api/v1/about says how far it got)."""
     settings = settings or load_settings()
     metrics = ApiMetrics()
 
@@ -72,6 +79,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await anyio.to_thread.run_sync(_open_services, settings, encoders, metrics)
         app.state.services = services
+        if warm_models and not settings.preload_models:
+            app.state.warmup = ModelWarmup(services.ctx, services.router.models_in_use())
+            app.state.warmup.start()
         try:
             yield
         finally:
@@ -115,7 +125,7 @@ def create_app(
         trusted_origins=settings.trusted_origin_list,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
-    for module in (health, auth, search, library, metadata, rollout, reembed, page):
+    for module in (health, auth, search, about, library, metadata, rollout, reembed, page):
         app.include_router(module.router)
     app.mount(page.STATIC_PREFIX, page.static_files(), name="static")
     return app
@@ -142,6 +152,7 @@ def _open_services(
         dispatcher = Dispatcher(on_finished=lambda _job: router.invalidate())
         search_log = SearchLog(ctx)
         metrics.track_search_log(search_log)
+        metrics.track_disk(ctx.disk)
     except BaseException:
         ctx.close()
         raise
@@ -156,11 +167,14 @@ def _open_services(
         dispatcher=dispatcher,
     )
     try:
+        if settings.uploads_dir.is_dir():  # a crash may have cut an upload short
+            submit_reconcile_uploads(dispatcher, ctx, services.assets)
         if settings.library_paths:
             services.watcher = LibraryWatcher(
                 lambda path, reason: submit_index(dispatcher, ctx, path, reason=reason),
                 settings.library_paths,
                 debounce_ms=settings.library_debounce_ms,
+                check_disk=lambda: ctx.disk.check("index watched folders"),
             )
             services.watcher.start()
             logger.info("watching %s", ", ".join(map(str, settings.library_paths)))

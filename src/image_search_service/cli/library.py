@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +24,9 @@ from image_search_service.cli.remote import (
 )
 from image_search_service.core.config import MODEL_KEYS, ModelKey, load_settings
 from image_search_service.core.specs import BASELINE
+
+if TYPE_CHECKING:
+    from image_search_service.services.library.indexing import ProgressFactory
 
 GROUPS_SHOWN = 50
 
@@ -57,8 +62,16 @@ def index(paths: tuple[str, ...], model: str, as_json: bool) -> None:
             if not raw.startswith("s3://") and not path.exists():
                 raise FileNotFoundError(f"no such file or folder: {path.absolute()}")
         handing_off(server.url, as_json)
-        with ProgressBar("indexing") as bar:
-            data = index_via_server(server, local, model=model, show=bar.show)
+        try:
+            with ProgressBar("indexing") as bar:
+                data = index_via_server(server, local, model=model, show=bar.show)
+        except KeyboardInterrupt:
+            click.echo(
+                f"\nstopped following; the server at {server.url} goes on indexing "
+                "(`image-search status` shows how far it got)",
+                err=True,
+            )
+            sys.exit(130)
         for error in data.pop("errors"):
             click.echo(f"error: {error}", err=True)
     else:
@@ -66,11 +79,44 @@ def index(paths: tuple[str, ...], model: str, as_json: bool) -> None:
         from image_search_service.services.library.indexing import models_to_index
         from image_search_service.services.library.schemas import IndexReportOut
 
-        with opened_context(settings) as ctx, ProgressBar("indexing") as bar:
-            keys = models_to_index(ctx, model)
-            report = index_paths(ctx, list(paths), model_keys=keys, progress=bar.start)
+        counted = _Counted()
+        try:
+            with opened_context(settings) as ctx, ProgressBar("indexing") as bar:
+                keys = models_to_index(ctx, model)
+                report = index_paths(
+                    ctx, list(paths), model_keys=keys, progress=counted.wrap(bar.start)
+                )
+        except KeyboardInterrupt:
+            # Work is committed per batch: what was done stays done, a rerun skips it.
+            click.echo(
+                f"\ninterrupted: {counted.done} of {counted.total or '?'} photos indexed so "
+                "far are kept; run the same command again to resume",
+                err=True,
+            )
+            sys.exit(130)
         data = IndexReportOut.model_validate(report).model_dump(mode="json")
     _print_index_report(data, as_json)
+
+
+class _Counted:
+    """Counts what a progress factory is told (for the message after a Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.total = 0
+
+    def wrap(self, factory: Callable[[int], Callable[[int], None]]) -> ProgressFactory:
+        def start(total: int) -> Callable[[int], None]:
+            self.total += total
+            tick = factory(total)
+
+            def advance(n: int) -> None:
+                self.done += n
+                tick(n)
+
+            return advance
+
+        return start
 
 
 def _print_index_report(report: dict[str, Any], as_json: bool) -> None:
@@ -117,10 +163,17 @@ def status(as_json: bool) -> None:
     if as_json:
         echo_json(data)
         return
+    indexing = f", {data['indexing']} being indexed" if data.get("indexing") else ""
     click.echo(
-        f"assets: {data['assets']} searchable, {data['failed']} unreadable, "
+        f"assets: {data['assets']} searchable{indexing}, {data['failed']} unreadable, "
         f"{data['missing']} missing  (vectors: {data['vector_store']}, db: {data['database']})"
     )
+    disk = data.get("disk")
+    if disk and disk["low"]:
+        click.echo(
+            f"disk: {disk['free_mb']} MB free on {disk['path']}, below the {disk['reserve_mb']} MB "
+            "kept free (MIN_FREE_DISK_MB): uploads and indexing are refused until space is freed"
+        )
     for key, entry in data["models"].items():
         if not entry["exists"]:
             click.echo(f"{key:7s} {entry['collection']}: not created")
@@ -152,12 +205,28 @@ def status(as_json: bool) -> None:
 @click.command()
 @click.option("--count", type=click.IntRange(20, 5000), default=240, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def demo(count: int, as_json: bool) -> None:
+@click.option(
+    "--serve", "serve_it", is_flag=True, help="then serve it on the search page (as `serve`)"
+)
+@click.option("--host", default=None, help="with --serve: the address to bind (as `serve`)")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+def demo(count: int, as_json: bool, serve_it: bool, host: str | None, port: int) -> None:
     """Offline demo: generate a picture library, index it with the shipped tiny
-    models, and run example searches."""
-    from image_search_service.demo.run import DemoReportOut, run_demo
+    models, and run example searches; with --serve, browse it on the search page."""
+    from image_search_service.demo.run import DemoReportOut, demo_settings, run_demo
 
     settings = load_settings()
+    if serve_it:
+        from image_search_service.cli.server import run_server
+
+        demo = demo_settings(settings)
+        if running_server(demo) is None:  # else run_server says which one holds it
+            click.echo(f"Indexing the demo under {demo.data_dir} (only what is new)", err=True)
+            with ProgressBar("indexing") as bar:
+                done = run_demo(settings, count=count, progress=bar.start, searches=False)
+            click.echo(f"{done.indexed} new pictures indexed", err=True)
+        run_server(demo, host=host, port=port, allow_unauthenticated=False)
+        return
     if not as_json:
         click.echo(f"Generating and indexing {count} demo pictures under {settings.data_dir}/demo")
     with ProgressBar("indexing") as bar:
@@ -174,12 +243,15 @@ def demo(count: int, as_json: bool) -> None:
             f"[{q.model}] {q.query!r}: {len(q.hits)} results in {q.took_ms:.0f} ms; "
             f"precision@{min(len(q.hits), q.relevant)} {q.precision:.0%} "
             f"({q.relevant} such pictures in the library)"
+            + ("" if q.close_matches else "; no close matches, the nearest few:")
         )
         for hit in q.hits:
             calibrated = hit["calibrated_score"]
             extra = f"  p(match)={calibrated:.2f}" if calibrated is not None else ""
             click.echo(f"    {hit['score']:.3f}{extra}  {Path(hit['path']).name}")
     click.echo(
+        "\nBrowse it on the search page:\n"
+        "  image-search demo --serve              # then open http://127.0.0.1:8000\n"
         "\nThe demo models only know coloured shapes. To search your own photos with the real "
         "models:\n"
         "  image-search index ~/Pictures          # CLIP ViT-B-32 (downloads weights once)\n"
@@ -215,22 +287,35 @@ def migrate() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def duplicates(threshold: float | None, model: ModelKey, limit: int, as_json: bool) -> None:
-    """List groups of near-duplicate photos (re-saves, resizes, crops, bursts)."""
-    from image_search_service.services.library.duplicates import find_duplicates
+    """List groups of near-duplicate photos (re-saves, resizes, crops, bursts).
+
+    While `image-search serve` runs on this DATA_DIR, the server answers."""
     from image_search_service.services.library.schemas import DuplicatesOut
 
-    with opened_context() as ctx:
-        report = find_duplicates(ctx, model=model, threshold=threshold, limit=limit)
+    settings = load_settings()
+    server = running_server(settings)
+    if server is not None:
+        handing_off(server.url, as_json)
+        query = f"?model={model}&limit={limit}" + (
+            f"&threshold={threshold}" if threshold is not None else ""
+        )
+        found: Any = server.call("GET", f"/api/v1/duplicates{query}")
+    else:
+        from image_search_service.services.library.duplicates import find_duplicates
+
+        with opened_context(settings) as ctx:
+            found = find_duplicates(ctx, model=model, threshold=threshold, limit=limit)
+    report = DuplicatesOut.model_validate(found)
     if as_json:
-        echo_json(DuplicatesOut.model_validate(report).model_dump(mode="json"))
+        echo_json(report.model_dump(mode="json"))
         return
     click.echo(
         f"{report.total_groups} groups of near-duplicates among {report.scanned} photos "
         f"({report.model}, threshold {report.threshold:.3f}, {report.seconds:.1f}s)"
     )
     for number, group in enumerate(report.groups[:GROUPS_SHOWN], start=1):
-        click.echo(f"group {number}: {len(group.members)} photos, min score {group.min_score:.3f}")
-        for member in group.members:
+        click.echo(f"group {number}: {group.size} photos, min score {group.min_score:.3f}")
+        for member in group.assets:
             click.echo(f"  {member.asset_id}  {member.path}")
     if len(report.groups) > GROUPS_SHOWN:
         click.echo(f"... and {len(report.groups) - GROUPS_SHOWN} more groups (--json for all)")

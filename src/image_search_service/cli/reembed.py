@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from image_search_service.context import ServiceContext
-    from image_search_service.services.reembed.progress import ReembedProgress
+    from image_search_service.services.reembed.schemas import ReembedProgressOut
 
 
 @contextmanager
@@ -345,6 +345,9 @@ def status(
 
     settings = load_settings()
     key = key or (cctx.obj or {}).get("target")
+    server = running_server(settings)
+    if server is not None:  # it holds the store: its reading includes the points
+        handing_off(server.url, as_json)
     with database_alone(settings.resolved_database_url) as session_factory:
         if watch:
             _watch(settings, session_factory, key, interval=interval, as_json=as_json)
@@ -375,13 +378,21 @@ def status(
 
 def _read_progress(
     settings: Settings, session_factory: sessionmaker[Session], key: ModelKey | None
-) -> ReembedProgress:
-    """One reading. The vector store is opened only for the reading, and an embedded store
-    in use by another process (the API, a running `reembed`) is skipped, not waited for:
-    the counts come from the DB either way."""
+) -> ReembedProgressOut:
+    """One reading: from the server that holds this DATA_DIR's store when one runs, else
+    here. The vector store is opened only for the reading, and an embedded store in use
+    by another process (a running `reembed`) is skipped, not waited for: the counts come
+    from the DB either way."""
     from image_search_service.services.reembed.progress import collect_progress
+    from image_search_service.services.reembed.schemas import ReembedProgressOut
     from image_search_service.vector.factory import open_vector_store
 
+    server = running_server(settings)
+    if server is not None:
+        query = f"?target={key}" if key else ""
+        return ReembedProgressOut.model_validate(
+            server.call("GET", f"/api/v1/admin/reembed{query}")
+        )
     store = None
     note = None
     try:
@@ -389,7 +400,7 @@ def _read_progress(
     except VectorStoreLocked as exc:
         note = f"vector store not read: {exc.detail}"
     try:
-        return collect_progress(
+        progress = collect_progress(
             session_factory=session_factory,
             specs={k: model_spec(settings, k) for k in MODEL_KEYS},
             store=store,
@@ -397,13 +408,14 @@ def _read_progress(
             target=key,
             note=note,
         )
+        return ReembedProgressOut.model_validate(progress)
     finally:
         if store is not None:
             store.close()
 
 
-def _print_progress(progress: ReembedProgress, *, per_model: bool = True) -> None:
-    head = progress.headline
+def _print_progress(progress: ReembedProgressOut, *, per_model: bool = True) -> None:
+    head = progress  # the target model's figures are at the top level
     eta = describe_eta(head.eta_seconds) if head.pending else "-"
     click.echo(
         f"re-embedding with {progress.target}: {head.done}/{head.total} done, "
@@ -457,7 +469,7 @@ def _watch(
         while True:
             progress = _read_progress(settings, session_factory, key)
             key = progress.target
-            head = progress.headline
+            head = progress
             if as_json:
                 click.echo(json.dumps(_public(progress)))
             elif bar.enabled:
@@ -470,7 +482,10 @@ def _watch(
                 )
             else:
                 _print_progress(progress, per_model=False)
-            if progress.finished:
+            queue = progress.queue
+            if progress.complete and not (
+                queue is not None and (queue.queued or queue.started or queue.scheduled_retries)
+            ):
                 return
             time.sleep(interval)
 
@@ -518,8 +533,6 @@ def worker(burst: bool, max_jobs: int | None, name: str | None) -> None:
 COMMANDS: list[click.Command] = [create_collection, reembed, worker]
 
 
-def _public(progress: ReembedProgress) -> dict[str, Any]:
-    from image_search_service.services.reembed.schemas import ReembedProgressOut
-
-    data: dict[str, Any] = ReembedProgressOut.model_validate(progress).model_dump(mode="json")
+def _public(progress: ReembedProgressOut) -> dict[str, Any]:
+    data: dict[str, Any] = progress.model_dump(mode="json")
     return data

@@ -2,9 +2,9 @@
 
 The embedded vector store (Qdrant Edge, the default) is open in one process only: while
 ``image-search serve`` runs, it holds it. ``serve`` writes its address to
-``DATA_DIR/server.json``; ``index``, ``search``, ``status`` and ``reembed`` find it there
-and ask the server over HTTP (with ``API_KEY`` from the environment), showing progress by
-polling.
+``DATA_DIR/server.json``; ``index``, ``search``, ``status``, ``duplicates``, ``reembed``
+and ``reembed status`` find it there and ask the server over HTTP (with ``API_KEY`` from
+the environment), showing progress by polling.
 Nothing is opened twice, so nothing can be lost or corrupted.
 """
 
@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,8 +55,16 @@ def advertised(settings: Settings, url: str) -> Iterator[Callable[[], None]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     info = {"url": url, "pid": os.getpid(), "started_at": datetime.now(UTC).isoformat()}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)
+    except OSError as exc:  # a full disk (ENOSPC) or a read-only DATA_DIR: one line
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ServiceError(
+            f"cannot start: writing {path} failed ({exc.strerror or exc}); free some space "
+            "or set DATA_DIR to a writable folder"
+        ) from None
 
     def remove() -> None:
         try:

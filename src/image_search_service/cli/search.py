@@ -57,7 +57,13 @@ def _names(values: tuple[str, ...]) -> list[str]:
 )
 @click.option("--limit", type=click.IntRange(1, 100), default=10, show_default=True)
 @click.option("--offset", type=click.IntRange(0, 10_000), default=0)
-@click.option("--min-score", type=click.FloatRange(-1, 1), default=None)
+@click.option(
+    "--min-score",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="cosine floor (default: the model's relevance floor for a text search; -1: none)",
+)
+@click.option("--all", "show_all", is_flag=True, help="no relevance floor: rank the whole library")
 @click.option("--model", type=MODEL_CHOICE, default=BASELINE, show_default=True)
 @click.option("--format", "image_format", type=click.Choice(sorted(SUPPORTED_FORMATS)))
 @click.option("--taken-after", type=click.DateTime(), help="EXIF capture time on or after")
@@ -78,6 +84,7 @@ def search(
     limit: int,
     offset: int,
     min_score: float | None,
+    show_all: bool,
     model: ModelKey,
     image_format: str | None,
     taken_after: datetime | None,
@@ -119,6 +126,10 @@ def search(
     fields += [("not", value) for value in negatives]
     for name, values in (("people", people), ("people_any", people_any), ("tags", tags)):
         fields += [(name, value) for value in _names(values)]
+    if show_all and min_score is not None:
+        raise click.UsageError("give --all or --min-score, not both")
+    if show_all:
+        min_score = -1.0
     if min_score is not None:
         fields.append(("min_score", str(min_score)))
     if image_format:
@@ -200,6 +211,13 @@ _UNDERSTOOD_LISTS = (
 
 
 def _print_search(response: SearchResponse) -> None:
+    if not response.close_matches:
+        asked = response.understood.query if response.understood else None
+        click.echo(
+            f"No close matches for {asked!r}; the nearest few:"
+            if asked
+            else "No close matches; the nearest few:"
+        )
     click.echo(
         f"{len(response.results)} results from {response.collection} ({response.model}) "
         f"in {response.took_ms:.0f} ms"

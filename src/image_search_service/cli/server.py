@@ -6,8 +6,9 @@ import logging
 
 import click
 
-from image_search_service.cli.remote import advertised
-from image_search_service.core.config import load_settings
+from image_search_service.cli.remote import advertised, running_server
+from image_search_service.core.config import Settings, load_settings
+from image_search_service.core.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +32,29 @@ logger = logging.getLogger(__name__)
 )
 def serve(host: str | None, port: int, preload: bool | None, allow_unauthenticated: bool) -> None:
     """Run the HTTP API (OpenAPI docs at /docs)."""
+    # Flags are validated here, before anything opens: a bad value stops start-up.
+    settings = load_settings(**({} if preload is None else {"preload_models": preload}))
+    run_server(settings, host=host, port=port, allow_unauthenticated=allow_unauthenticated)
+
+
+def run_server(
+    settings: Settings, *, host: str | None, port: int, allow_unauthenticated: bool
+) -> None:
+    """Serve ``settings``' library until stopped: the checks, server.json, uvicorn, and
+    the models warmed up in the background."""
     import uvicorn
 
     from image_search_service.api.app import create_app
     from image_search_service.api.auth import KeyRing, exposed
+    from image_search_service.context import ensure_writable
 
-    # Flags are validated here, before anything opens: a bad value stops start-up.
-    settings = load_settings(**({} if preload is None else {"preload_models": preload}))
+    ensure_writable(settings.data_dir)  # one line, not a traceback from server.json
+    other = running_server(settings)
+    if other is not None:  # it holds the embedded store: a second one could not open it
+        raise ServiceError(
+            f"a server already runs on this DATA_DIR ({settings.data_dir}) at {other.url}; "
+            "stop it first, or use that one"
+        )
     if KeyRing(settings).configured():
         host = host or "0.0.0.0"
         click.echo("API keys are set: every route but /health needs one.", err=True)
@@ -73,7 +90,7 @@ def serve(host: str | None, port: int, preload: bool | None, allow_unauthenticat
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     with advertised(settings, f"http://{_bracketed(local)}:{port}") as withdraw:
         uvicorn.run(
-            create_app(settings, on_shutdown=withdraw),
+            create_app(settings, on_shutdown=withdraw, warm_models=True),
             host=host,
             port=port,
             **uvicorn_limits(settings),

@@ -86,3 +86,35 @@ def duplicate_threshold(settings: Settings, key: ModelKey) -> float:
     if key == BASELINE:
         return settings.clip_duplicate_threshold
     return settings.siglip_duplicate_threshold
+
+
+@dataclass(frozen=True)
+class RelevanceFloor:
+    """Where a text search's close matches end for one model: a cosine, or (for a model
+    trained with a sigmoid loss) a calibrated match probability that the model's own
+    logit scale and bias turn into a cosine."""
+
+    cosine: float | None = None
+    probability: float | None = None
+
+
+# Per (model name, pretrained tag); how each was found: docs/configuration.md, "Relevance
+# floor" (scripts/calibrate_floor.py measures one on a library).
+RELEVANCE_FLOORS: dict[tuple[str, str], RelevanceFloor] = {
+    ("demo-clip", ""): RelevanceFloor(cosine=0.57),
+    ("demo-siglip", ""): RelevanceFloor(probability=0.5),
+    ("ViT-B-32", "openai"): RelevanceFloor(cosine=0.22),
+    ("ViT-B-16-SigLIP", "webli"): RelevanceFloor(probability=0.01),
+}
+
+
+def relevance_floor(settings: Settings, key: ModelKey) -> RelevanceFloor | None:
+    """The model's floor: CLIP_/SIGLIP_RELEVANCE_FLOOR when set (-1: none), else the
+    calibrated one of a known model; None for a model nobody calibrated."""
+    configured = (
+        settings.clip_relevance_floor if key == BASELINE else settings.siglip_relevance_floor
+    )
+    if configured is not None:
+        return None if configured <= -1.0 else RelevanceFloor(cosine=configured)
+    spec = model_spec(settings, key)
+    return RELEVANCE_FLOORS.get((spec.model_name, spec.pretrained))

@@ -17,7 +17,7 @@ from pydantic import Field, field_serializer
 from image_search_service.context import open_context
 from image_search_service.core.config import MODEL_KEYS, Settings
 from image_search_service.core.schemas import OutputModel
-from image_search_service.demo.synthetic import write_library
+from image_search_service.demo.library import write_demo_library
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.library.indexing import ProgressFactory
@@ -35,6 +35,7 @@ class DemoQuery:
     took_ms: float
     relevant: int  # pictures in the library that show the queried shape
     hits: list[dict[str, Any]] = field(default_factory=list)
+    close_matches: bool = True  # False: nothing reached the floor, hits are the nearest few
 
     @property
     def results(self) -> list[dict[str, Any]]:
@@ -92,20 +93,23 @@ def run_demo(
     count: int = 240,
     limit: int = 5,
     progress: ProgressFactory | None = None,
+    searches: bool = True,
 ) -> DemoReport:
+    """Write the demo library (once), index what is new in it, and (``searches``) run
+    the example searches with both models."""
     demo = demo_settings(settings)
     library = demo.data_dir / "library"
     if not library.exists():
-        write_library(library, count, seed=DEMO_SEED)
+        write_demo_library(library, count, seed=DEMO_SEED)
     ctx = open_context(demo, encoders=EncoderRegistry.from_settings(demo))
     try:
         started = time.perf_counter()
         report = index_paths(ctx, [library], model_keys=list(MODEL_KEYS), progress=progress)
         index_seconds = time.perf_counter() - started
         service = SearchService(ctx)
-        names = [p.name for p in library.rglob("*.jpg")]
+        names = [p.name for p in library.rglob("*") if p.is_file()]
         queries = []
-        for key in MODEL_KEYS:
+        for key in MODEL_KEYS if searches else ():
             for text in EXAMPLE_QUERIES:
                 outcome = service.search_text(text, model=key, options=SearchOptions(limit=limit))
                 queries.append(
@@ -114,6 +118,7 @@ def run_demo(
                         query=text,
                         took_ms=outcome.took_ms,
                         relevant=sum(_label(text) in name for name in names),
+                        close_matches=outcome.close_matches,
                         hits=[
                             SearchResult.model_validate(h).model_dump(mode="json")
                             for h in outcome.results
@@ -137,6 +142,7 @@ class DemoQueryOut(OutputModel):
     took_ms: float
     relevant: int = Field(description="pictures in the library that show the queried shape")
     precision_at_k: float
+    close_matches: bool
     results: list[dict[str, Any]] = Field(description="SearchResult objects")
 
     @field_serializer("took_ms")

@@ -283,7 +283,9 @@ def _export_tower(
             input_names=["input"],
             output_names=["embedding"],
             dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
-            custom_opsets={MS_DOMAIN: 1},
+            # Declared only when a rewrite uses it: otherwise the exporter warns (from C++,
+            # past any Python filter) that the domain is unused.
+            custom_opsets={MS_DOMAIN: 1} if rewrites["fused_attention"] else None,
         )
     return rewrites
 

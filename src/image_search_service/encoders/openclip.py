@@ -157,6 +157,8 @@ class OpenClipEncoder:
                         + how
                     )
                 kwargs["require_pretrained"] = True
+                if tag_cfg:
+                    _announce_download(spec, tag_cfg, self._cache_dir, how)
             # OpenAI's CLIP weights were trained with QuickGELU; open_clip's registry says so.
             kwargs["force_quick_gelu"] = quick_gelu
         else:
@@ -292,3 +294,51 @@ def _as_float32(features: torch.Tensor) -> FloatArray:
     # Renormalise in float32: half-precision models can drift off the unit sphere.
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return np.asarray(array / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+# The weight files open_clip fetches from a Hugging Face repo, newest layout first.
+_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HUB_CHECK_TIMEOUT_S = 3.0
+
+
+def _announce_download(
+    spec: ModelSpec, tag_cfg: dict[str, Any], cache_dir: Path | None, how: str
+) -> None:
+    """Say at once when a first load must download the weights, and fail in seconds
+    (not after the hub's retries) when it cannot: offline, or HF_HUB_OFFLINE set."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo = str(tag_cfg.get("hf_hub") or "").strip("/")
+    if not repo:
+        return  # a plain URL download (open_clip's own cache): nothing to check ahead
+    folder = str(cache_dir) if cache_dir else None
+    if any(isinstance(try_to_load_from_cache(repo, f, cache_dir=folder), str) for f in _HUB_FILES):
+        return
+    where = cache_dir or constants.HF_HUB_CACHE
+    prefix = spec.key.upper()
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"the {spec.key} weights ({spec.model_name} / {spec.pretrained}) are not in {where} "
+            f"and HF_HUB_OFFLINE is set. {how}"
+        )
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=HUB_CHECK_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ModelLoadError(
+            f"the {spec.key} weights ({spec.model_name} / {spec.pretrained}) are not in {where} "
+            f"and {host} cannot be reached to download them ({exc}). {how}"
+        ) from None
+    logger.info(  # expected on a first run; said before the wait, not after
+        "Downloading %s weights (%s / %s, hundreds of MB) from %s into %s "
+        "(%s_MODEL_NAME / MODEL_CACHE_DIR); the first search waits for it",
+        prefix,
+        spec.model_name,
+        spec.pretrained,
+        repo,
+        where,
+        prefix,
+    )

@@ -46,6 +46,15 @@ _FORMATS: dict[str, tuple[str, ...]] = {
 }
 SUPPORTED_FORMATS = frozenset(_FORMATS)
 SUPPORTED_SUFFIXES = frozenset(s for suffixes in _FORMATS.values() for s in suffixes)
+
+
+def describe_formats() -> str:
+    """The supported formats for a person: "JPEG, PNG, WebP, HEIC, ... or TIFF"."""
+    names = {"WEBP": "WebP", "HEIF": "HEIC"}
+    shown = [names.get(f, f) for f in _FORMATS]
+    return ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
 MEDIA_TYPES = {
     "JPEG": "image/jpeg",
     "MPO": "image/jpeg",  # served as the JPEG its first frame is
@@ -129,7 +138,9 @@ def load_image(
             f"{max_pixels:,} (MAX_IMAGE_PIXELS)"
         ) from None
     except UnidentifiedImageError:
-        raise UnsupportedImage(f"{name}: not an image file Pillow can identify") from None
+        raise UnsupportedImage(
+            f"{name}: not a supported image file (supported: {describe_formats()})"
+        ) from None
     except FileNotFoundError:
         raise UnsupportedImage(f"{name}: file not found") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

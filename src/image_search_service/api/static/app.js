@@ -9,6 +9,7 @@ const state = {
   mode: "browse", // browse | text | image | similar
   q: "",
   similar: null, // asset id
+  reference: null, // the result "More like this" started from (for its chip), when known
   file: null, // File for search by example
   offset: 0,
   done: false,
@@ -26,6 +27,69 @@ class ApiError extends Error {
     this.status = status;
     this.kind = (body && body.error) || "";
   }
+}
+
+// -- errors in plain words ------------------------------------------------------------------
+// The API's errors are {"error": "<Name>", "detail": "..."}; a rejected parameter is
+// "field: message" (pydantic's words). People see a sentence about what they did instead.
+const FORMATS = "JPEG, PNG, WebP, HEIC, GIF, TIFF or AVIF";
+const FIELDS = {
+  q: "That search",
+  taken_after: "The \u201ctaken after\u201d date",
+  taken_before: "The \u201ctaken before\u201d date",
+  format: "The format",
+  people: "The people filter",
+  tags: "The tags filter",
+};
+const PHOTO_ID_FIELDS = new Set(["asset_id", "id", "similar"]);
+
+function invalidRequest(detail) {
+  for (const part of String(detail).split("; ")) {
+    const match = /^([\w.]+): (.*)$/.exec(part);
+    if (!match) continue;
+    const [, field, message] = match;
+    if (PHOTO_ID_FIELDS.has(field)) return { text: "That photo was not found in the library." };
+    const name = FIELDS[field];
+    if (!name) continue;
+    const most = /at most (\d+) (character|item)/.exec(message);
+    if (most && most[2] === "character") return { text: `${name} is too long (${most[1]} characters at most).` };
+    if (most) return { text: `${name} lists too many names (${most[1]} at most).` };
+    if (field === "q" && /at least 1 character/.test(message)) return { text: "Type something to search for." };
+    if (field.startsWith("taken_")) return { text: `${name} is not a date.` };
+    return { text: `${name} is not valid.` };
+  }
+  return { text: "The search could not be run as asked.", hint: "Check the search and its filters." };
+}
+
+// {text, hint} for any failure of api(): never the raw validation text.
+function friendlyError(err) {
+  if (!(err instanceof ApiError)) {
+    return { text: "The server cannot be reached.", hint: "Check that it is running, then try again." };
+  }
+  switch (err.kind) {
+    case "InvalidRequest":
+      return invalidRequest(err.message);
+    case "AssetNotFound":
+      return { text: "That photo was not found in the library.", hint: "It may have been deleted or moved." };
+    case "UnsupportedImage":
+    case "UnsupportedMediaType":
+      return { text: "That file is not a photo the library can read.", hint: `Use a ${FORMATS} file.` };
+    case "ImageShapeRefused":
+      return { text: "That picture is too small or too narrow to search with." };
+    case "ImageTooLarge":
+    case "RequestTooLarge":
+      return { text: "That photo is too large.", hint: "Try a smaller copy of it." };
+    case "ModelLoadError":
+      return { text: "The search model could not be loaded.", hint: modelError() || "The server's log says why." };
+    case "ModelMismatch":
+      return { text: "The library was indexed with another model than this server uses.", hint: err.message };
+    default:
+  }
+  if (err.status === 403) return { text: "This key may not do that.", hint: "Sign out and sign in with the admin key." };
+  if (err.status === 429) return { text: "Too many requests at once.", hint: "Wait a moment and try again." };
+  if (err.status === 503) return { text: "The server is starting or a store is down.", hint: "Try again in a moment." };
+  if (err.status === 404) return { text: "Not found." };
+  return { text: "Something went wrong on the server.", hint: "Try again; if it keeps failing, the server's log says why." };
 }
 
 async function api(path, options = {}) {
@@ -160,17 +224,62 @@ function readUrl() {
   if (["after", "before", "format", "people", "tags"].some((k) => url.get(k))) $("filters").open = true;
   const q = (url.get("q") || "").trim();
   const similar = url.get("similar");
+  if (similar && !q) return { mode: "similar", similar }; // the box keeps its words
   $("q").value = q;
   if (q) return { mode: "text", q };
-  if (similar) return { mode: "similar", similar };
   return { mode: "browse" };
 }
 
+// -- what the server is (GET /api/v1/about) -----------------------------------------------
+// Whether this is the demo library, and each model's state: right after `serve` starts it
+// warms the models in the background, and a search meanwhile waits for that. Older servers
+// have no /about: then nothing is said.
+const about = { demo: false, note: "", models: [], noteDismissed: false };
+let aboutTimer = null;
+
+async function refreshAbout() {
+  clearTimeout(aboutTimer);
+  let answer = null;
+  try {
+    answer = await api(`${API}/about`);
+  } catch (err) {
+    return; // 404 from an older server, or signed out meanwhile
+  }
+  about.demo = Boolean(answer && answer.demo);
+  about.note = (answer && answer.demo_note) || "";
+  about.models = (answer && Array.isArray(answer.models)) ? answer.models : [];
+  showDemoNote();
+  if (modelLoading()) aboutTimer = setTimeout(refreshAbout, 1000);
+  // A search waiting for its model says so (and stops saying so once it is ready).
+  if (state.loading && !state.results.length && state.mode !== "browse") setStatus(searchingText(), { state: "loading" });
+}
+
+function modelLoading() {
+  return about.models.some((m) => m.state === "loading");
+}
+
+function modelError() {
+  const failed = about.models.find((m) => m.state === "failed" && m.error);
+  return failed ? failed.error : "";
+}
+
+function searchingText() {
+  return modelLoading() ? "Loading the search model..." : "Searching...";
+}
+
+function showDemoNote() {
+  $("demo-note-text").textContent = about.note || "This is the demo library.";
+  $("demo-note").hidden = !about.demo || about.noteDismissed;
+}
+
 // -- searching ----------------------------------------------------------------------------
-function setStatus(text, { error = false, hint = "" } = {}) {
+// The status line says what the grid shows, in words; `data-state` (loading, answered,
+// empty, error) says where the search is, for tests and assistive tools alike.
+function setStatus(text, { error = false, hint = "", state: phase = "" } = {}) {
   const el = $("status");
   el.textContent = text;
   el.classList.toggle("error", error);
+  el.dataset.state = phase || (error ? "error" : "");
   if (hint) {
     const span = document.createElement("span");
     span.className = "hint";
@@ -183,6 +292,7 @@ function start(next, { push = true } = {}) {
   state.mode = next.mode;
   state.q = next.q || "";
   state.similar = next.similar || null;
+  state.reference = next.reference || null;
   state.file = next.file || null;
   state.offset = 0;
   state.done = false;
@@ -192,7 +302,7 @@ function start(next, { push = true } = {}) {
   state.generation += 1;
   $("grid").replaceChildren();
   $("more").hidden = true;
-  showExample();
+  showReference();
   if (push) syncUrl();
   loadMore();
 }
@@ -226,16 +336,28 @@ async function fetchPage() {
   };
 }
 
+// Whether a page is the last: the browse total, the search's own word (`has_more`, and no
+// more after "the nearest few"), or else a short page.
+function lastPage(answer) {
+  if (answer.browse) return state.offset >= answer.total;
+  if (answer.close_matches === false) return true;
+  if (typeof answer.has_more === "boolean") return !answer.has_more;
+  return answer.results.length < PAGE;
+}
+
 async function loadMore() {
   if (state.loading || state.done) return;
   state.loading = true;
   const generation = state.generation;
-  if (!state.results.length) setStatus(state.mode === "browse" ? "Loading the library..." : "Searching...");
+  $("grid").setAttribute("aria-busy", "true");
+  if (!state.results.length) {
+    setStatus(state.mode === "browse" ? "Loading the library..." : searchingText(), { state: "loading" });
+  }
   try {
     const answer = await fetchPage();
     if (generation !== state.generation) return;
     state.answer = answer;
-    const start = state.results.length;
+    const first = state.results.length;
     // Each result remembers the search that returned it and its 1-based rank there:
     // events name that search (a later page is another search with its own id).
     answer.results.forEach((hit, i) => {
@@ -244,8 +366,9 @@ async function loadMore() {
     });
     state.results.push(...answer.results);
     state.offset += answer.results.length;
-    state.done = answer.results.length < PAGE;
-    answer.results.forEach((hit, i) => $("grid").appendChild(tile(hit, start + i)));
+    state.done = answer.results.length === 0 || lastPage(answer);
+    $("grid").append(...answer.results.map((hit, i) => tile(hit, first + i)));
+    if (modelLoading()) refreshAbout(); // it answered: the model is ready now
     describe(answer);
   } catch (err) {
     if (generation !== state.generation) return;
@@ -254,35 +377,41 @@ async function loadMore() {
   } finally {
     if (generation === state.generation) {
       state.loading = false;
+      $("grid").removeAttribute("aria-busy");
       $("more").hidden = state.done;
     }
   }
 }
 
+function plural(count, word) {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
+}
+
+const NOTHING_INDEXED = "Index a folder (image-search index ~/Pictures, or LIBRARY_PATHS when serving), " +
+  "or upload photos with the Upload button.";
+
 function describe(answer) {
   const count = state.results.length;
   if (answer.browse) {
-    if (answer.total === 0) {
-      setStatus("Nothing indexed yet.", {
-        hint: "Index a folder (image-search index ~/Pictures, or LIBRARY_PATHS when serving), " +
-          "or upload photos with the Upload button.",
-      });
-    } else {
-      setStatus(`${answer.total} photo${answer.total === 1 ? "" : "s"} in the library. ` +
-        "Describe what you are looking for, or drop a photo to find similar ones.");
-    }
+    if (answer.total === 0) setStatus("Nothing indexed yet.", { hint: NOTHING_INDEXED, state: "empty" });
+    else setStatus(plural(answer.total, "photo"), { state: "answered" });
     return;
   }
   if (count === 0) {
     setStatus("No photos match.", {
+      state: "empty",
       hint: hasFilters() ? "Try clearing the filters or other words."
         : "Try other words, or check that the library has been indexed.",
     });
     return;
   }
-  let text = `${count}${state.done ? "" : "+"} result${count === 1 ? "" : "s"}, answered by ${answer.model}`;
-  if (answer.took_ms !== undefined) text += ` in ${Math.round(answer.took_ms)} ms`;
-  setStatus(text, { hint: answer.fallback_reason ? `Fallback: ${answer.fallback_reason}` : "" });
+  // Nothing scored above the model's relevance floor: the best of the rest, said as such.
+  if (answer.close_matches === false) {
+    const what = state.mode === "text" ? ` for \u201c${state.q}\u201d` : "";
+    setStatus(`No close matches${what} \u2013 the nearest few:`, { state: "answered" });
+    return;
+  }
+  setStatus(`${count}${state.done ? "" : "+"} photo${count === 1 ? "" : "s"}`, { state: "answered" });
 }
 
 function hasFilters() {
@@ -292,20 +421,12 @@ function hasFilters() {
 }
 
 function showError(err) {
-  if (err instanceof ApiError) {
-    if (err.kind === "CollectionMissing") {
-      setStatus("Nothing indexed yet.", {
-        hint: "Index a folder (image-search index ~/Pictures, or LIBRARY_PATHS when serving), " +
-          "or upload photos with the Upload button.",
-      });
-      return;
-    }
-    const hint = err.status === 503 ? "The server is starting or a store is down; try again shortly."
-      : err.status === 404 && state.mode === "similar" ? "That photo is no longer in the library." : "";
-    setStatus(`Error: ${err.message}`, { error: true, hint });
-  } else {
-    setStatus("The server cannot be reached.", { error: true, hint: String(err.message || err) });
+  if (err instanceof ApiError && err.kind === "CollectionMissing") {
+    setStatus("Nothing indexed yet.", { hint: NOTHING_INDEXED, state: "empty" });
+    return;
   }
+  const { text, hint = "" } = friendlyError(err);
+  setStatus(text, { error: true, hint });
 }
 
 // Where a photo loads from: the URLs the API handed out with the result (signed and
@@ -318,91 +439,171 @@ function photoUrl(hit, kind) {
 }
 
 // A signed URL that has expired (a page left open for hours) answers 403: ask for the
-// asset again, which brings fresh URLs, and retry once.
-function reloadOnce(img, hit, kind) {
+// asset again, which brings fresh URLs, and retry once. `failed` runs when there is
+// nothing better to show.
+function reloadOnce(img, hit, kind, failed = () => {}) {
+  let retried = false;
   img.addEventListener("error", async () => {
-    if (!hit.urls) return;
+    if (retried || !hit.urls) {
+      failed();
+      return;
+    }
+    retried = true;
     try {
       const asset = await api(`${API}/assets/${encodeURIComponent(hit.asset_id)}`);
       if (asset.urls && asset.urls[kind] !== img.getAttribute("src")) {
         hit.urls = asset.urls;
         img.src = asset.urls[kind];
+        return;
       }
     } catch (err) {
-      // gone, or signed out: the tile stays empty
+      // gone, or signed out
     }
-  }, { once: true });
+    failed();
+  });
 }
 
 function baseName(path) {
   return String(path || "").split(/[\\/]/).pop();
 }
 
+// What a photo is called for people: its title, else its file name.
+function photoName(hit) {
+  return hit.title || baseName(hit.path);
+}
+
 function tile(hit, index) {
   const li = document.createElement("li");
   li.className = "tile";
   li.dataset.assetId = hit.asset_id;
+  const name = photoName(hit);
   const open = document.createElement("button");
   open.type = "button";
   open.className = "open";
-  open.setAttribute("aria-label", `Open ${baseName(hit.path)}`);
+  open.setAttribute("aria-label", `Open ${name}`);
   const img = document.createElement("img");
   img.loading = "lazy";
   img.decoding = "async";
-  img.alt = baseName(hit.path);
-  reloadOnce(img, hit, "thumbnail");
+  img.alt = hit.caption || name;
+  img.draggable = false;
+  img.addEventListener("load", () => li.classList.add("loaded"));
+  reloadOnce(img, hit, "thumbnail", () => li.classList.add("broken"));
   img.src = photoUrl(hit, "thumbnail");
   open.appendChild(img);
-  open.addEventListener("click", () => openViewer(index));
+  open.addEventListener("click", () => {
+    if (li.dataset.pressed) {
+      delete li.dataset.pressed; // the end of a long press shows the actions, opens nothing
+      return;
+    }
+    openViewer(index);
+  });
   li.appendChild(open);
-  if (hit.score !== null && hit.score !== undefined) {
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = hit.score.toFixed(2);
-    score.title = "cosine similarity";
-    li.appendChild(score);
-  }
   const similar = document.createElement("button");
   similar.type = "button";
   similar.className = "similar";
-  similar.textContent = "More like this";
-  similar.setAttribute("aria-label", `More like ${baseName(hit.path)}`);
-  similar.addEventListener("click", () => moreLikeThis(hit.asset_id, index));
+  similar.append("More like this");
+  const which = document.createElement("span");
+  which.className = "visually-hidden";
+  which.textContent = `: ${name}`;
+  similar.appendChild(which);
+  similar.addEventListener("click", () => moreLikeThis(index));
   li.appendChild(similar);
+  longPress(li);
   return li;
 }
 
-function moreLikeThis(assetId, index) {
+// Touch has no hover: a long press on a tile shows its actions (a tap elsewhere hides them).
+const LONG_PRESS_MS = 500;
+
+function longPress(li) {
+  let timer = null;
+  let origin = null;
+  const cancel = () => {
+    clearTimeout(timer);
+    origin = null;
+  };
+  li.addEventListener("pointerdown", (event) => {
+    if (event.pointerType !== "touch") return;
+    origin = { x: event.clientX, y: event.clientY };
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      showActions(li);
+      li.dataset.pressed = "1";
+    }, LONG_PRESS_MS);
+  });
+  li.addEventListener("pointermove", (event) => {
+    if (origin && Math.hypot(event.clientX - origin.x, event.clientY - origin.y) > 10) cancel();
+  });
+  li.addEventListener("pointerup", cancel);
+  li.addEventListener("pointercancel", cancel);
+  // The browser's own long-press menu (save image...) would cover the actions.
+  li.addEventListener("contextmenu", (event) => {
+    if (li.dataset.pressed) event.preventDefault();
+  });
+}
+
+function showActions(li) {
+  for (const other of document.querySelectorAll("#grid .tile.actions")) other.classList.remove("actions");
+  if (li) li.classList.add("actions");
+}
+
+function moreLikeThis(index) {
   const hit = state.results[index];
-  if (hit) reportEvent(hit.searchId, assetId, "more_like_this", hit.rank);
+  if (!hit) return;
+  reportEvent(hit.searchId, hit.asset_id, "more_like_this", hit.rank);
   if ($("viewer").open) $("viewer").close();
-  $("q").value = "";
-  start({ mode: "similar", similar: assetId });
+  // The search box keeps its words: the chip says what the results are like, and its
+  // "x" (or Back) returns to them.
+  start({ mode: "similar", similar: hit.asset_id, reference: hit });
   window.scrollTo({ top: 0 });
 }
 
-// -- search by example ---------------------------------------------------------------------
+// -- what a search is by: an example photo, or a result ------------------------------------
 function searchByExample(file) {
   if (!file) return;
   if (!/^image\//.test(file.type)) {
-    setStatus(`${file.name} is not an image.`, { error: true });
+    setStatus(`${file.name} is not a photo.`, { error: true, hint: `Use a ${FORMATS} file.` });
     return;
   }
-  $("q").value = "";
   start({ mode: "image", file });
 }
 
-function showExample() {
+function showReference() {
   const box = $("example");
-  if (state.mode !== "image" || !state.file) {
-    box.hidden = true;
-    return;
-  }
   const preview = $("example-preview");
   if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
-  preview.src = URL.createObjectURL(state.file);
-  $("example-label").textContent = `Photos like ${state.file.name}`;
-  box.hidden = false;
+  if (state.mode === "image" && state.file) {
+    preview.src = URL.createObjectURL(state.file);
+    $("example-label").textContent = `Photos like ${state.file.name}`;
+    $("example-clear").setAttribute("aria-label", "Stop searching by this photo");
+    box.hidden = false;
+  } else if (state.mode === "similar") {
+    const generation = state.generation;
+    const shown = (hit) => {
+      preview.src = photoUrl(hit, "thumbnail");
+      $("example-label").textContent = `Photos like ${photoName(hit)}`;
+    };
+    $("example-clear").setAttribute("aria-label", "Stop showing photos like this one");
+    preview.removeAttribute("src");
+    $("example-label").textContent = "Photos like this one";
+    box.hidden = false;
+    if (state.reference) shown(state.reference);
+    else {
+      // Opened from a link (?similar=ID): the photo's own record names it.
+      api(`${API}/assets/${encodeURIComponent(state.similar)}`).then((asset) => {
+        if (generation === state.generation) shown({ ...asset, asset_id: asset.id });
+      }, () => {}); // not found: the search itself says so
+    }
+  } else {
+    box.hidden = true;
+    preview.removeAttribute("src");
+  }
+}
+
+// Back to what was shown before the chip: the words in the box, or the library.
+function clearReference() {
+  const q = $("q").value.trim();
+  start(q ? { mode: "text", q } : { mode: "browse" });
 }
 
 // -- the viewer ---------------------------------------------------------------------------
@@ -430,12 +631,13 @@ async function openViewer(index) {
   reportEvent(hit.searchId, hit.asset_id, "click", hit.rank);
   const dialog = $("viewer");
   $("viewer-image").src = photoUrl(hit, "preview");
-  $("viewer-image").alt = baseName(hit.path);
-  $("viewer-title").textContent = baseName(hit.path);
+  $("viewer-image").alt = hit.caption || photoName(hit);
+  $("viewer-title").textContent = photoName(hit);
   $("viewer-original").href = photoUrl(hit, "file");
   $("viewer-prev").disabled = index === 0;
   $("viewer-next").disabled = index >= state.results.length - 1 && state.done;
   renderFacts(hit, null);
+  renderDetails(hit);
   if (!dialog.open) dialog.showModal();
   try {
     const asset = await api(`${API}/assets/${encodeURIComponent(hit.asset_id)}`);
@@ -444,7 +646,7 @@ async function openViewer(index) {
       if (asset.urls) $("viewer-original").href = asset.urls.file; // freshly signed
     }
   } catch (err) {
-    if (viewerIndex === index) fact($("viewer-facts"), "Error", err.message);
+    if (viewerIndex === index) fact($("viewer-facts"), "Note", friendlyError(err).text);
   }
 }
 
@@ -453,19 +655,33 @@ function renderFacts(hit, asset) {
   list.replaceChildren();
   const info = asset || hit;
   fact(list, "Taken", formatDate(info.taken_at));
-  fact(list, "Path", info.path);
-  if (info.width && info.height) fact(list, "Size", `${info.width} x ${info.height}`);
-  fact(list, "Format", info.format);
+  if (info.caption) fact(list, "Caption", info.caption);
   if (info.people && info.people.length) fact(list, "People", info.people.map((p) => p.name).join(", "));
   if (info.tags && info.tags.length) fact(list, "Tags", info.tags.join(", "));
-  if (info.caption) fact(list, "Caption", info.caption);
+  fact(list, "File", info.path);
+  if (info.width && info.height) fact(list, "Size", `${info.width} \u00d7 ${info.height}`);
+  fact(list, "Format", info.format);
   if (asset && asset.camera_model) fact(list, "Camera", `${asset.camera_make || ""} ${asset.camera_model}`.trim());
+}
+
+// For operators: which model answered, the score and the floor it was held to. Collapsed.
+function renderDetails(hit) {
   const answer = state.answer;
-  if (answer && !answer.browse) {
-    if (hit.score !== null && hit.score !== undefined) fact(list, "Score", hit.score.toFixed(4));
-    fact(list, "Answered by", `${answer.model} (collection ${answer.collection})`);
-    fact(list, "Fallback", answer.fallback_reason || "none: the routed model answered");
+  const box = $("viewer-details");
+  const list = $("viewer-debug");
+  list.replaceChildren();
+  box.hidden = !answer || answer.browse;
+  if (box.hidden) return;
+  const model = answer.model === "interleaved" ? `${hit.model || "?"} (interleaved)` : answer.model;
+  fact(list, "Model", model);
+  if (hit.score !== null && hit.score !== undefined) fact(list, "Score", hit.score.toFixed(4));
+  if (answer.relevance_floor !== null && answer.relevance_floor !== undefined) {
+    fact(list, "Relevance floor", answer.relevance_floor.toFixed(4));
   }
+  if (answer.close_matches === false) fact(list, "Close match", "no: one of the nearest few");
+  fact(list, "Collection", answer.collection);
+  fact(list, "Matched by", hit.matched_by);
+  fact(list, "Fallback", answer.fallback_reason || "none: the routed model answered");
 }
 
 async function stepViewer(delta) {
@@ -475,24 +691,45 @@ async function stepViewer(delta) {
   if (next < state.results.length) openViewer(next);
 }
 
+// A horizontal swipe over the photo steps through the results (left: the next one).
+const SWIPE_PX = 50;
+
+function swipe(el) {
+  let origin = null;
+  el.addEventListener("pointerdown", (event) => {
+    if (event.pointerType === "mouse") return;
+    origin = { id: event.pointerId, x: event.clientX, y: event.clientY };
+  });
+  el.addEventListener("pointerup", (event) => {
+    if (!origin || event.pointerId !== origin.id) return;
+    const dx = event.clientX - origin.x;
+    const dy = event.clientY - origin.y;
+    origin = null;
+    if (Math.abs(dx) >= SWIPE_PX && Math.abs(dx) > 1.5 * Math.abs(dy)) stepViewer(dx < 0 ? 1 : -1);
+  });
+  el.addEventListener("pointercancel", () => { origin = null; });
+}
+
 // -- uploads ------------------------------------------------------------------------------
 async function upload(files) {
   const list = Array.from(files);
   let added = 0;
   for (const [i, file] of list.entries()) {
-    setStatus(`Uploading ${i + 1} of ${list.length}: ${file.name}...`);
+    setStatus(`Uploading ${i + 1} of ${list.length}: ${file.name}...`, { state: "loading" });
     try {
       const form = new FormData();
       form.append("file", file);
       await api(`${API}/assets`, { method: "POST", body: form });
       added += 1;
     } catch (err) {
-      const hint = err.status === 403 ? "Uploads need the admin key (API_KEY); sign out and sign in with it." : "";
-      setStatus(`Upload of ${file.name} failed: ${err.message}`, { error: true, hint });
+      const { text, hint = "" } = err.status === 403
+        ? { text: "Uploads need the admin key.", hint: "Sign out and sign in with the admin key (API_KEY)." }
+        : friendlyError(err);
+      setStatus(`${file.name} was not added: ${text}`, { error: true, hint });
       return;
     }
   }
-  setStatus(`Uploaded ${added} photo${added === 1 ? "" : "s"}.`);
+  setStatus(`Uploaded ${plural(added, "photo")}.`, { state: "answered" });
   if (state.mode === "browse") start({ mode: "browse" }, { push: false });
 }
 
@@ -524,6 +761,7 @@ function signedIn(session) {
   // A read key may search but not upload: the button would only lead to a 403.
   $("upload-label").hidden = Boolean(session.required && session.scope === "read");
   clearTimeout(indexTimer);
+  refreshAbout();
   start(readUrl(), { push: false });
   pollIndex();
 }
@@ -540,11 +778,23 @@ function signedOut() {
   $("example").hidden = true;
   setStatus("");
   clearTimeout(indexTimer);
+  clearTimeout(aboutTimer);
   $("index-status").hidden = true;
+  $("demo-note").hidden = true;
 }
 
 // -- wiring -------------------------------------------------------------------------------
+// A phone's search box is narrow: a placeholder that fits it.
+const PLACEHOLDERS = { wide: "Describe a photo, e.g. beach sunset", narrow: "Describe a photo" };
+
+function fitPlaceholder(narrow) {
+  $("q").placeholder = narrow.matches ? PLACEHOLDERS.narrow : PLACEHOLDERS.wide;
+}
+
 function init() {
+  const narrow = window.matchMedia("(max-width: 30rem)");
+  fitPlaceholder(narrow);
+  narrow.addEventListener("change", () => fitPlaceholder(narrow));
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const q = $("q").value.trim();
@@ -558,7 +808,12 @@ function init() {
     if (event.target.files.length) upload(event.target.files);
     event.target.value = "";
   });
-  $("example-clear").addEventListener("click", () => start({ mode: "browse" }));
+  $("example-clear").addEventListener("click", clearReference);
+  $("demo-note-close").addEventListener("click", () => {
+    about.noteDismissed = true;
+    showDemoNote();
+    $("q").focus();
+  });
   for (const id of ["taken-after", "taken-before", "format", "people", "tags"]) {
     $(id).addEventListener("change", () => rerun());
   }
@@ -577,13 +832,14 @@ function init() {
   });
   $("viewer-prev").addEventListener("click", () => stepViewer(-1));
   $("viewer-next").addEventListener("click", () => stepViewer(1));
-  $("viewer-similar").addEventListener("click", () => {
-    const hit = state.results[viewerIndex];
-    if (hit) moreLikeThis(hit.asset_id, viewerIndex);
-  });
+  $("viewer-similar").addEventListener("click", () => moreLikeThis(viewerIndex));
   $("viewer").addEventListener("keydown", (event) => {
     if (event.key === "ArrowLeft") stepViewer(-1);
     if (event.key === "ArrowRight") stepViewer(1);
+  });
+  swipe(document.querySelector("#viewer .viewer-stage"));
+  document.addEventListener("pointerdown", (event) => {
+    if (!event.target.closest("#grid .tile.actions")) showActions(null);
   });
   document.addEventListener("keydown", (event) => {
     const typing = /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName);
@@ -622,7 +878,7 @@ function init() {
 
 function rerun() {
   if (state.mode === "image") start({ mode: "image", file: state.file });
-  else start({ mode: state.mode, q: state.q, similar: state.similar });
+  else start({ mode: state.mode, q: state.q, similar: state.similar, reference: state.reference });
 }
 
 document.addEventListener("DOMContentLoaded", init);

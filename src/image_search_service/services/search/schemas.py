@@ -52,7 +52,12 @@ class SearchParams(InputModel):
     limit: int = Field(20, ge=1, le=MAX_LIMIT, description="results per page")
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="results to skip")
     min_score: float | None = Field(
-        None, ge=-1.0, le=1.0, allow_inf_nan=False, description="cosine similarity floor"
+        None,
+        ge=-1.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="cosine similarity floor; unset: the model's relevance floor for a text "
+        "search; -1: none",
     )
     taken_after: datetime | None = Field(
         None, description="capture time at or after (ISO 8601 date or date-time; naive is UTC)"
@@ -277,6 +282,21 @@ class SearchResponse(OutputModel):
         None, description="set when the routed model could not serve and the baseline answered"
     )
     understood: UnderstoodOut | None = None
+    relevance_floor: Score | None = Field(
+        None,
+        description="the cosine floor results had to reach: the model's relevance floor "
+        "for a text search, or the request's min_score; null when none applied (min_score=-1, "
+        "a model without a calibrated floor, a search by example, or interleaved models, "
+        "each of which applied its own)",
+    )
+    close_matches: bool = Field(
+        True,
+        description="false when nothing reached the floor: `results` are then the nearest "
+        "few (at most 6, best first) and `has_more` is false",
+    )
+    has_more: bool = Field(
+        False, description="a full page of close matches: the next page may hold more"
+    )
 
 
 class EmbedTextRequest(InputModel):
@@ -340,3 +360,21 @@ class EventOut(OutputModel):
     search_id: UUID
     recorded: bool = Field(description="false when the same event was already recorded")
     model: ModelKey = Field(description="the model credited with the result")
+
+
+class ModelStatusOut(OutputModel):
+    key: ModelKey
+    name: str = Field(description="the model's name (MODEL_NAME setting)")
+    state: Literal["idle", "loading", "ready", "failed"] = Field(
+        description="idle: not loaded yet (the first search loads it); loading: the server "
+        "is warming it up; ready; failed: see `error`"
+    )
+    error: str | None = None
+
+
+class AboutOut(OutputModel):
+    """What the page shows about this server (``About``)."""
+
+    demo: bool = Field(description="the server serves the demo library and its tiny models")
+    demo_note: str | None = Field(description="what the demo models know, in plain words")
+    models: list[ModelStatusOut]

@@ -19,7 +19,7 @@ from cachetools import LRUCache
 from image_search_service.context import ServiceContext
 from image_search_service.core.config import INTERLEAVED, Arm, ModelKey
 from image_search_service.core.errors import AssetNotFound, CollectionMissing, InvalidRequest
-from image_search_service.core.specs import BASELINE, CANDIDATE, ModelSpec
+from image_search_service.core.specs import BASELINE, CANDIDATE, ModelSpec, relevance_floor
 from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
 from image_search_service.db.metadata_repository import AssetLabels
@@ -49,6 +49,8 @@ RRF_K = 60
 # match that the visual ranking places 40th still gets credit for both.
 TEXT_CANDIDATES = 200
 FUSION_DEPTH = 100
+# What a text search with no result above its model's relevance floor offers instead.
+NEAREST_FEW = 6
 
 MatchedBy = Literal["image", "text", "both"]
 
@@ -96,10 +98,20 @@ class SearchOutcome:
     took_ms: float
     understood: Understood | None = None
     interleaved: bool = False  # both models answered; each hit says which one
+    # The cosine floor the results had to reach (the model's relevance floor, or the
+    # caller's min_score); None: none (off, not a text search, or interleaved scales).
+    relevance_floor: float | None = None
+    # False: nothing reached the floor and ``results`` are the nearest few instead.
+    close_matches: bool = True
 
     @property
     def arm(self) -> Arm:
         return INTERLEAVED if self.interleaved else self.model
+
+    @property
+    def has_more(self) -> bool:
+        """Whether the next page may hold more: a full page of close matches."""
+        return self.close_matches and len(self.results) >= self.limit
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,18 @@ class SearchAnswer:
     @property
     def understood(self) -> Understood | None:
         return self.outcome.understood
+
+    @property
+    def relevance_floor(self) -> float | None:
+        return self.outcome.relevance_floor
+
+    @property
+    def close_matches(self) -> bool:
+        return self.outcome.close_matches
+
+    @property
+    def has_more(self) -> bool:
+        return self.outcome.has_more
 
 
 @dataclass(frozen=True)
@@ -213,10 +237,14 @@ def interleaved_search(run: SearchRun, options: SearchOptions, *, seed: int) -> 
     )
     baseline = run(BASELINE, wide)
     candidate = run(CANDIDATE, wide)
+    # Each model applied its own floor (two scales); a model's nearest few never mix
+    # with the other's close matches.
+    close = baseline.close_matches or candidate.close_matches
+    length = options.offset + options.limit if close else min(options.limit, NEAREST_FEW)
     merged = team_draft(
-        [(h.asset_id, h) for h in baseline.results],
-        [(h.asset_id, h) for h in candidate.results],
-        length=options.offset + options.limit,
+        [(h.asset_id, h) for h in baseline.results if baseline.close_matches or not close],
+        [(h.asset_id, h) for h in candidate.results if candidate.close_matches or not close],
+        length=length,
         rng=random.Random(seed),
     )
     return SearchOutcome(
@@ -227,6 +255,7 @@ def interleaved_search(run: SearchRun, options: SearchOptions, *, seed: int) -> 
         offset=options.offset,
         took_ms=(time.perf_counter() - started) * 1000,
         interleaved=True,
+        close_matches=close,
     )
 
 
@@ -400,6 +429,9 @@ class SearchService:
             started=started,
             # A probability is only meaningful for one plain text against an image.
             text=bool(text) and not query.examples and not negatives,
+            # The floors are calibrated for that too, and a query of names only is
+            # ordered by a neutral text that no floor fits.
+            floored=bool(concept) and not query.examples and not negatives,
             understood=dataclasses.replace(understood, full_text=bool(text_ids)),
             text_ids=text_ids,
         )
@@ -470,11 +502,15 @@ class SearchService:
         options: SearchOptions,
         started: float,
         text: bool = False,
+        floored: bool = False,
         understood: Understood | None = None,
         text_ids: Sequence[UUID] = (),
     ) -> SearchOutcome:
         spec = self.ctx.spec(model)
         query = vector.astype(np.float32)
+        floor = self._relevance_floor(model) if floored and options.min_score is None else None
+        if floor is not None:
+            options = dataclasses.replace(options, min_score=floor)
         ranked: list[tuple[UUID, float, MatchedBy, float | None]]
         if not text_ids:
             hits = self.ctx.store.search(
@@ -488,6 +524,17 @@ class SearchService:
             ranked = [(h.id, h.score, "image", None) for h in hits]
         else:
             ranked = self._fused(spec.collection, query, options, text_ids)
+        close = True
+        if floor is not None and not ranked and options.offset == 0:
+            # Nothing is a close match: the nearest few, offered as such.
+            nearest = self.ctx.store.search(
+                spec.collection,
+                query,
+                limit=min(options.limit, NEAREST_FEW),
+                search_filter=options.search_filter,
+            )
+            ranked = [(h.id, h.score, "image", None) for h in nearest]
+            close = False
         encoder = self.ctx.encoder(model) if text else None
         ids = [r[0] for r in ranked]
         with self.ctx.transaction() as session:
@@ -522,7 +569,20 @@ class SearchService:
             offset=options.offset,
             took_ms=(time.perf_counter() - started) * 1000,
             understood=understood,
+            relevance_floor=options.min_score
+            if options.min_score is not None and options.min_score > -1.0
+            else None,
+            close_matches=close,
         )
+
+    def _relevance_floor(self, model: ModelKey) -> float | None:
+        """The model's floor as a cosine (a probability through its own calibration)."""
+        floor = relevance_floor(self.ctx.settings, model)
+        if floor is None:
+            return None
+        if floor.probability is not None:
+            return self.ctx.encoder(model).cosine_at(floor.probability)
+        return floor.cosine
 
     def _fused(
         self,
