@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from image_search_service.context import ServiceContext
 from image_search_service.core.config import INTERLEAVED
+from image_search_service.core.disk import is_disk_full
 from image_search_service.core.errors import (
     DatabaseUnavailable,
     InvalidRequest,
@@ -308,6 +309,12 @@ class SearchLog:
                 self.recorded += len(batch)
                 return
             except OperationalError as exc:
+                if not _worth_waiting_for(exc):
+                    self.errors += len(batch) + len(events)
+                    logger.exception(
+                        "could not record %d searches in the experiment log", len(batch)
+                    )
+                    return
                 if self._closing.is_set() or time.monotonic() + delay > deadline:
                     self.errors += len(batch) + len(events)
                     logger.error(
@@ -496,6 +503,22 @@ class SearchLog:
             if found is not None:
                 return found
         return None
+
+
+# SQLite's words for another writer's lock and for a full disk: what waiting can fix.
+_SQLITE_WAIT_FOR = ("database is locked", "database table is locked", "disk is full", "busy")
+
+
+def _worth_waiting_for(exc: OperationalError) -> bool:
+    """A busy, full or unreachable database (retry), not a broken schema or query."""
+    if exc.connection_invalidated or is_disk_full(exc):
+        return True
+    message = str(exc.orig).lower()
+    if any(words in message for words in _SQLITE_WAIT_FOR):
+        return True
+    # PostgreSQL: psycopg's OperationalError is the server or the connection going away
+    # (a missing table is a ProgrammingError there, never seen here).
+    return type(exc.orig).__module__.startswith("psycopg")
 
 
 def _result_model(
