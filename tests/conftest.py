@@ -19,6 +19,17 @@ from tests.factories import write_tiny_model
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("TEST_REDIS_URL")
+# Settings reads its fields from variables of the same name, in any case.
+SETTINGS_VARIABLES = frozenset(Settings.model_fields)
+
+
+@pytest.fixture(autouse=True)
+def no_exported_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's exported DATA_DIR, API_KEY, QDRANT_URL ... never reach a test (nor the
+    processes it starts with this environment); a test sets what it needs."""
+    for name in list(os.environ):
+        if name.lower() in SETTINGS_VARIABLES:
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

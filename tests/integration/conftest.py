@@ -18,7 +18,7 @@ from image_search_service.core.config import Settings
 from image_search_service.encoders.registry import EncoderRegistry
 from tests.integration.api_support import ClientFactory, api_client, index, write_library
 from tests.integration.browser_support import CHROMIUM, CHROMIUM_ARGS, BrowserTab
-from tests.integration.live_server import cli_model_env
+from tests.integration.live_server import cli_model_env, refused_url
 from tests.integration.s3_support import S3Server, moto_s3_server
 
 
@@ -70,6 +70,13 @@ def make_indexed_client(make_client: ClientFactory, photo_library: list[Path]) -
             yield client
 
     return factory
+
+
+@pytest.fixture
+def unreachable_url() -> Iterator[str]:
+    """A loopback URL where nothing listens for the whole test (a Qdrant that is down)."""
+    with refused_url() as url:
+        yield url
 
 
 @pytest.fixture

@@ -40,10 +40,24 @@ class LiveServer:
 
 
 def free_port() -> int:
+    """A port free a moment ago, for a child process that must be told its port
+    (``serve --port`` takes no 0). Another process may take it before the child binds:
+    :func:`serve_process` then starts again on another; in this process, bind a socket
+    to port 0 and hand it over instead (:func:`live_server`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+@contextmanager
+def refused_url() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` where nothing listens while the ``with`` lasts: the port is
+    held by a bound socket that never listens, so a connection is refused (no guess that
+    some well-known port is unused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @contextmanager
@@ -53,11 +67,17 @@ def live_server(
     """The app on a free loopback port until the ``with`` ends; ``config``: more
     ``uvicorn.Config`` options."""
     app = create_app(settings, encoders=encoders)
-    port = free_port()
+    # Bound here, on port 0, and handed to uvicorn: no window in which another process
+    # could take the port.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", **config}
     server_config = uvicorn.Config(app, host="127.0.0.1", port=port, **options)
     server = uvicorn.Server(server_config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S
     while not server.started:
@@ -69,6 +89,7 @@ def live_server(
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        sock.close()
 
 
 @dataclass
@@ -128,26 +149,46 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+PORT_TAKEN = "address already in use"
+RUNNING = "Uvicorn running on"
+PORT_ATTEMPTS = 3
+
+
 @contextmanager
 def serve_process(workdir: Path, env: dict[str, str], *args: str) -> Iterator[ServeProcess]:
-    """A started server (``/health`` answers), on a free port, stopped afterwards."""
-    port = free_port()
+    """A started server (``/health`` answers), on a free port, stopped afterwards. A port
+    taken between :func:`free_port` and the child's bind is tried again on another."""
     log = workdir / "server.log"
-    log.unlink(missing_ok=True)
-    process = start_serve(workdir, env, "--port", str(port), *args)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-    try:
-        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start:\n" + log.read_text()
-            time.sleep(0.2)
-        yield ServeProcess(process, client, log, env)
-    finally:
-        client.close()
-        stop_process(process)
+    for _ in range(PORT_ATTEMPTS):
+        log.unlink(missing_ok=True)
+        port = free_port()
+        process = start_serve(workdir, env, "--port", str(port), *args)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        try:
+            if _wait_healthy(process, client, log):
+                yield ServeProcess(process, client, log, env)
+                return
+        finally:
+            client.close()
+            stop_process(process)
+    raise AssertionError(f"no free port in {PORT_ATTEMPTS} tries:\n{log.read_text()}")
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], client: httpx.Client, log: Path) -> bool:
+    """True once the child answers /health; False when it stopped because its port was
+    taken; fails the test on any other stop or after the deadline."""
+    deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            said = log.read_text()
+            assert PORT_TAKEN in said.lower(), said
+            return False
+        try:
+            # Ours answers once it says it bound the port (another process's server on
+            # that port would answer /health too).
+            if client.get("/health").status_code == 200 and RUNNING in log.read_text():
+                return True
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not start:\n" + log.read_text()
+        time.sleep(0.2)

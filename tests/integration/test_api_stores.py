@@ -13,7 +13,6 @@ from sqlalchemy.engine import make_url
 from tests.conftest import POSTGRES_URL
 from tests.factories import jpeg_bytes
 from tests.integration.api_support import ClientFactory, assert_error
-from tests.integration.live_server import free_port
 
 
 def _exercise(client: TestClient, library: list[Path]) -> None:
@@ -54,9 +53,8 @@ def test_routes_with_the_in_process_qdrant_client(
 
 
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")
-def test_unreachable_vector_store_is_503(make_client: ClientFactory) -> None:
-    closed_port = free_port()  # free, so nothing answers there
-    with make_client(qdrant_url=f"http://127.0.0.1:{closed_port}") as client:
+def test_unreachable_vector_store_is_503(make_client: ClientFactory, unreachable_url: str) -> None:
+    with make_client(qdrant_url=unreachable_url) as client:
         assert client.get("/health").status_code == 200  # alive, just not ready
         assert_error(client.get("/ready"), 503, "VectorStoreUnavailable")
         assert_error(

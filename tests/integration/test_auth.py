@@ -223,7 +223,14 @@ def test_keys_rotate_without_a_restart_and_admin_actions_are_audited(
             json={"use_siglip": True, "siglip_rollout_percentage": 10},
         )
         assert changed.status_code == 200, changed.text
-        events = admin.get("/api/v1/admin/audit").json()["events"]
+        # Recorded once answered, so the record may land just after the answer.
+        deadline = time.monotonic() + 10
+        while True:
+            events = admin.get("/api/v1/admin/audit").json()["events"]
+            if events and events[0]["path"] == "/api/v1/admin/rollout":
+                break
+            assert time.monotonic() < deadline, f"the change was never audited: {events}"
+            time.sleep(0.2)
     latest = events[0]
     assert (latest["method"], latest["path"], latest["status"]) == (
         "PUT",

@@ -104,10 +104,14 @@ def test_a_burst_is_batched(watching: WatchingServer) -> None:
     watching.eventually(lambda: len(watching.paths()) == 3, "the folder indexed at start")
     watching.eventually(lambda: not watching.status()["running"], "the start run finished")
     runs_before = len(watching.status()["finished"])
-    burst = [
-        write_jpeg(folder / "import" / f"img_{i:03d}.jpg", seed=1000 + i, size=(48, 40))
-        for i in range(40)
+    # Encoded outside the folder first, then renamed in: the burst's events come as fast
+    # as renames do, however long each JPEG takes to write on a busy machine.
+    staging = folder.parent / "staging"
+    made = [
+        write_jpeg(staging / f"img_{i:03d}.jpg", seed=1000 + i, size=(48, 40)) for i in range(40)
     ]
+    (folder / "import").mkdir()
+    burst = [path.replace(folder / "import" / path.name) for path in made]
     watching.eventually(lambda: len(watching.paths()) == 3 + len(burst), "the burst indexed")
     watching.eventually(lambda: not watching.status()["running"], "indexing finished")
     runs = watching.status()["finished"][: len(watching.status()["finished"]) - runs_before]

@@ -232,15 +232,14 @@ def test_transient_failures_retry_then_give_up_and_record_why(
     db_settings: Settings,
     make_settings: Any,
     encoders: EncoderRegistry,
+    unreachable_url: str,
 ) -> None:
     """A Qdrant that does not answer (nothing listens on the port): the same batch is
     tried 1 + max_retries times, then its assets are marked failed with the reason."""
     with library_ctx.session_factory() as session:
         ids = repo.asset_ids_to_embed(session, library_ctx.spec("siglip"))
     library_ctx.close()
-    unreachable = make_settings(
-        database_url=db_settings.database_url, qdrant_url="http://127.0.0.1:9"
-    )
+    unreachable = make_settings(database_url=db_settings.database_url, qdrant_url=unreachable_url)
     ctx = open_context(unreachable, encoders=encoders)
     try:
         report = run_in_process(

@@ -144,13 +144,14 @@ def test_transient_errors_retry_then_fail_the_assets_and_retry_failed_recovers(
     connection: redis.Redis[bytes],
     redis_url: str,
     tmp_path: Path,
+    unreachable_url: str,
 ) -> None:
     local = f"path:{tmp_path / 'qdrant'}"
     good: Settings = make_settings(qdrant_url=local, redis_url=redis_url)
     _library(good, encoders, tmp_path / "photos", 6)
     # The same DB, but a Qdrant that does not answer.
     down = open_context(
-        make_settings(qdrant_url="http://127.0.0.1:9", redis_url=redis_url), encoders=encoders
+        make_settings(qdrant_url=unreachable_url, redis_url=redis_url), encoders=encoders
     )
     queue = work_queue(connection)
     try:
@@ -196,6 +197,7 @@ def test_a_retry_scheduled_for_later_runs_when_due_in_a_burst(
     connection: redis.Redis[bytes],
     redis_url: str,
     tmp_path: Path,
+    unreachable_url: str,
 ) -> None:
     """Qdrant is down for the first attempt; RQ schedules the retry 2 s later, and a burst
     worker waits for it instead of leaving it behind, then lands the batch."""
@@ -203,7 +205,7 @@ def test_a_retry_scheduled_for_later_runs_when_due_in_a_burst(
     _library(good, encoders, tmp_path / "photos", 4)
     queue = work_queue(connection)
     down = open_context(
-        make_settings(qdrant_url="http://127.0.0.1:9", redis_url=redis_url), encoders=encoders
+        make_settings(qdrant_url=unreachable_url, redis_url=redis_url), encoders=encoders
     )
     try:
         enqueue_reembed(queue, "siglip", _plan(down), policy=RetryPolicy(3, intervals=(2,)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from image_search_service.services.rollout.interleaving import draft_seed, team_draft
@@ -51,3 +52,31 @@ def test_the_seed_is_stable_per_query() -> None:
     first = _draft(list("abcdef"), list("fedcba"), 6, draft_seed("u", "text", "q"))
     again = _draft(list("abcdef"), list("fedcba"), 6, draft_seed("u", "text", "q"))
     assert first == again
+
+
+def test_results_are_told_apart_by_key_not_by_item() -> None:
+    # The same asset as each model's hit: one key, two different result objects.
+    first = [("k1", "clip:k1"), ("k2", "clip:k2")]
+    second = [("k1", "siglip:k1"), ("k3", "siglip:k3")]
+    for seed in range(20):
+        merged = team_draft(first, second, length=4, rng=random.Random(seed))
+        keys = [item.split(":")[1] for item, _ in merged]
+        assert sorted(keys) == ["k1", "k2", "k3"]
+
+
+def test_runs_of_taken_results_are_skipped() -> None:
+    for seed in range(20):
+        merged = _draft(["s", "t", "u", "a1"], ["b1", "s", "t", "u", "b2"], 10, seed)
+        items = [item for item, _ in merged]
+        assert sorted(items) == ["a1", "b1", "b2", "s", "t", "u"]
+
+
+def test_an_empty_second_list_leaves_everything_to_the_first() -> None:
+    assert _draft(["a1", "a2"], [], 5, seed=0) == [("a1", 0), ("a2", 0)]
+
+
+def test_the_seed_is_the_first_8_bytes_of_sha256_of_the_parts() -> None:
+    digest = hashlib.sha256(b"u1\x1ftext\x1fa red circle").digest()
+    assert draft_seed("u1", "text", "a red circle") == int.from_bytes(digest[:8], "big")
+    lone = hashlib.sha256("u\udcff".encode("utf-8", "surrogatepass")).digest()
+    assert draft_seed("u\udcff") == int.from_bytes(lone[:8], "big")

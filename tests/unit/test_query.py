@@ -47,3 +47,21 @@ def test_negatives() -> None:
         ["red car", "rain"],
     )
     assert split_negatives("a well-known x-ray") == ("a well-known x-ray", [])
+
+
+@pytest.mark.parametrize(
+    ("query", "concept"),
+    [
+        ("Pat, show me photos of a car", "a car"),  # boilerplate after the names too
+        ("Pat: a red car!", "a red car"),  # punctuation left at the edges goes
+        ("Pat at the\tbeach  at dusk", "at the\tbeach  at dusk"),  # spacing kept as typed
+    ],
+)
+def test_what_is_left_around_the_names(query: str, concept: str) -> None:
+    understood = understand(query, KNOWN)
+    assert (understood.people, understood.concept) == (("Pat",), concept)
+
+
+def test_the_query_is_returned_as_given_without_its_outer_spaces() -> None:
+    assert understand("  Christmas  ", KNOWN).query == "Christmas"
+    assert understand(" Pat at the beach ", KNOWN).query == "Pat at the beach"
