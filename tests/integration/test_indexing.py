@@ -128,7 +128,7 @@ def test_every_kind_of_broken_file_fails_alone(ctx: ServiceContext, tmp_path: Pa
     assert report.failed == len(bad)
     reasons = {Path(f["path"]).name: f["error"] for f in report.failures}
     assert "empty" in reasons["empty.jpg"]
-    assert "not an image" in reasons["notes.jpg"]
+    assert "not a supported image file" in reasons["notes.jpg"]
     assert "truncated" in reasons["truncated.jpg"]
     assert "decompression bomb" in reasons["bomb.png"] or "exceeds" in reasons["bomb.png"]
     assert ctx.store.count("image_assets") == ctx.store.count("image_assets_siglip") == 4

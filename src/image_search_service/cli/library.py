@@ -168,6 +168,14 @@ def status(as_json: bool) -> None:
         f"assets: {data['assets']} searchable{indexing}, {data['failed']} unreadable, "
         f"{data['missing']} missing  (vectors: {data['vector_store']}, db: {data['database']})"
     )
+    captions = data.get("captions")
+    if captions:
+        click.echo(
+            f"captions {captions['collection']} ({captions['embedder']}): "
+            f"{captions['embedded']}/{captions['with_text']} embedded, "
+            f"{captions['pending']} pending"
+            + (f" ({captions['last_error']})" if captions["last_error"] else "")
+        )
     disk = data.get("disk")
     if disk and disk["low"]:
         click.echo(

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(16, ge=1, le=1024)
     # 0 = chosen with the model threads for the core count (core/threads.py).
     decode_workers: int = Field(0, ge=0, le=64)
+    # Decode and preprocess in this many worker processes instead of the threads; 0 =
+    # threads, which scaled on the cores measured (docs/performance.md).
+    decode_processes: int = Field(0, ge=0, le=64)
     # Objects downloaded at once from an S3 bucket while indexing it.
     s3_download_workers: int = Field(8, ge=1, le=64)
     max_image_pixels: int = Field(120_000_000, ge=1)
@@ -156,6 +159,44 @@ class Settings(BaseSettings):
     # click marks that search as reformulated.
     experiment_reformulation_window_s: float = Field(60.0, gt=0, le=3600.0)
     experiment_max_events_per_search: int = Field(50, ge=1, le=10_000)
+
+    # The caption space (docs/metadata.md): each photo's caption, title and tags embedded
+    # by Ollama beside its image, searched and fused with the image ranking. Off unless
+    # CAPTION_EMBEDDER=ollama; a photo whose caption cannot be embedded is still indexed.
+    caption_embedder: Literal["off", "ollama"] = "off"
+    ollama_url: str = "http://127.0.0.1:11434"
+    ollama_embed_model: str = "nomic-embed-text"
+    ollama_embed_dim: int = Field(768, gt=0)
+    # A first call loads the model (seconds on a CPU); later calls take milliseconds.
+    ollama_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
+    ollama_batch_size: int = Field(32, ge=1, le=1024)
+    # A search waits this long for its query's embedding, then answers without the
+    # caption space (image and full text) rather than keep the user waiting.
+    ollama_query_timeout_s: float = Field(5.0, gt=0.0, le=600.0)
+    # Caption-space hits below this cosine are not matches (nomic-embed-text: a guess,
+    # not measured here; docs/configuration.md).
+    caption_min_score: float = Field(0.5, ge=-1.0, le=1.0)
+    caption_collection: str = "image_captions"
+    # How caption hits join the image ranking: rrf (reciprocal rank fusion) or weighted
+    # (caption_weight * caption cosine + (1 - caption_weight) * image cosine).
+    caption_fusion: Literal["rrf", "weighted"] = "rrf"
+    caption_weight: float = Field(0.5, ge=0.0, le=1.0)
+    # Also fuse full-text matches when the caption space answered (it embeds the same
+    # words; on the held-out set any-word matches dragged the fusion down).
+    caption_full_text: bool = False
+    # Prompt ensembles (opt-in): "|"-separated templates with "{}" for the query; the
+    # query vector is the normalised mean of the templates' text embeddings.
+    clip_prompt_templates: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    siglip_prompt_templates: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("clip_prompt_templates", "siglip_prompt_templates", mode="before")
+    @classmethod
+    def _split_templates(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split("|") if part.strip()]
+        if isinstance(value, list) and any("{}" not in str(t) for t in value):
+            raise ValueError('every template must contain "{}" where the query goes')
+        return value
 
     @field_validator("device")
     @classmethod
@@ -255,6 +296,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "QDRANT_COLLECTION and SIGLIP_COLLECTION must name different collections"
             )
+        if self.caption_collection in (self.qdrant_collection, self.siglip_collection):
+            raise ValueError("CAPTION_COLLECTION must name a collection of its own")
         return self
 
     @model_validator(mode="after")

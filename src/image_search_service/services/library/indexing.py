@@ -10,6 +10,7 @@ from uuid import UUID
 
 from sqlalchemy.orm import Session
 
+from image_search_service.captions.space import caption_embedder
 from image_search_service.context import ServiceContext
 from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.core.errors import ModelMismatch
@@ -17,6 +18,7 @@ from image_search_service.core.specs import BASELINE, ModelSpec
 from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
+from image_search_service.services.library.captions import embed_pending_captions
 from image_search_service.services.library.pipeline import AssetRef, embed_assets
 from image_search_service.vector.base import verify_collection
 
@@ -43,6 +45,10 @@ class IndexReport:
     # and listed up to MAX_LISTED_UNSUPPORTED paths.
     unsupported: int = 0
     unsupported_files: list[str] = field(default_factory=list)
+    # The caption space (CAPTION_EMBEDDER): captions embedded, and those left pending why.
+    captions_embedded: int = 0
+    captions_pending: int = 0
+    captions_error: str | None = None
 
     def note_unsupported(self, path: str) -> None:
         self.unsupported += 1
@@ -118,6 +124,7 @@ def embed_refs(
             session_factory=ctx.session_factory,
             batch_size=ctx.settings.batch_size,
             decode_workers=ctx.threads.decode_workers,
+            decode_processes=ctx.settings.decode_processes,
             max_pixels=ctx.settings.max_image_pixels,
             on_progress=tick,
             before_write=lambda: ctx.disk.check("index more photos"),
@@ -128,6 +135,22 @@ def embed_refs(
         report.failures.extend(
             {"path": paths[asset_id], "error": reason} for asset_id, reason in result.failures
         )
+    embed_captions(ctx, report=report)
+
+
+def embed_captions(ctx: ServiceContext, *, report: IndexReport) -> None:
+    """After the images: the caption space catches up on every photo it lacks, so the
+    captions a failed run left pending are retried by the next run."""
+    embedder = caption_embedder(ctx.settings)
+    if embedder is None:
+        return
+    try:
+        run = embed_pending_captions(ctx, embedder)
+    finally:
+        embedder.close()
+    report.captions_embedded += run.embedded
+    report.captions_pending = run.pending
+    report.captions_error = run.reason
 
 
 def models_needed(

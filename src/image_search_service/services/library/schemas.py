@@ -140,6 +140,11 @@ class IndexReportOut(OutputModel):
     unsupported_files: list[str] = Field(
         default_factory=list, description="the first of them (up to 1000)"
     )
+    captions_embedded: int = Field(0, description="captions embedded into the caption space")
+    captions_pending: int = Field(
+        0, description="captions left pending (the photos are indexed by their image)"
+    )
+    captions_error: str | None = Field(None, description="why the pending captions wait")
 
 
 class IndexRunOut(OutputModel):
@@ -205,6 +210,12 @@ class ModelStatusOut(OutputModel):
         description="the CPU class ONNX exports are verified for and INT8 settings chosen by, "
         "e.g. avx2, avx512_vnni (null: INT8 not configured and no ONNX encoder loaded)"
     )
+    int8_decision: str | None = Field(
+        None,
+        description="each INT8 method tried (dynamic, then static where dynamic is refused), "
+        "accepted or refused, with its recall@10 against fp32 and min cosine (null: INT8 not "
+        "configured or not loaded)",
+    )
 
 
 class DiskStatusOut(OutputModel):
@@ -214,6 +225,18 @@ class DiskStatusOut(OutputModel):
     free_mb: int
     reserve_mb: int
     low: bool = Field(description="below the reserve: writes are refused (507), reads go on")
+
+
+class CaptionStatusOut(OutputModel):
+    """Photos with caption text, and how many of them the caption space holds."""
+
+    embedder: str = Field(description="the text embedder the collection is stamped with")
+    collection: str
+    with_text: int = Field(description="searchable photos with a caption, title or tags")
+    embedded: int
+    pending: int = Field(description="waiting for the text embedder (retried by each index run)")
+    last_error: str | None = Field(None, description="why the pending ones wait")
+    points: int
 
 
 class LibraryStatusOut(OutputModel):
@@ -228,6 +251,9 @@ class LibraryStatusOut(OutputModel):
     database: str
     models: dict[ModelKey, ModelStatusOut]
     disk: DiskStatusOut | None = None
+    captions: CaptionStatusOut | None = Field(
+        None, description="the caption space's coverage (null: CAPTION_EMBEDDER is off)"
+    )
 
 
 # -- ingest: what S3-compatible stores send (AWS, MinIO...), or plain URI lists ---------

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from image_search_service.captions.space import caption_collection, caption_embedder
 from image_search_service.context import ServiceContext
 from image_search_service.core.config import MODEL_KEYS, ModelKey
 from image_search_service.core.disk import DiskState
 from image_search_service.core.specs import ModelIdentity, ModelSpec
+from image_search_service.db import caption_repository as caption_repo
 from image_search_service.db import repository as repo
+from image_search_service.db.caption_repository import CaptionCoverage
 from image_search_service.vector.base import CollectionInfo
 
 
@@ -20,6 +23,7 @@ class EncoderState:
     precision: dict[str, str] | None  # per tower, e.g. {"image": "onnx-int8", ...}
     int8_refused: str | None
     cpu_isa: str | None  # the CPU class INT8 is chosen and verified for
+    int8_decision: str | None = None  # each INT8 method tried: accepted/refused, measured
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class ModelStatus:
     @property
     def cpu_isa(self) -> str | None:
         return self.encoder.cpu_isa
+
+    @property
+    def int8_decision(self) -> str | None:
+        return self.encoder.int8_decision
 
     @property
     def exists(self) -> bool:
@@ -112,6 +120,7 @@ class LibraryStatus:
     vector_store: str
     database: str
     disk: DiskState
+    captions: CaptionStatus | None = None  # None: the caption space is off
 
     @property
     def assets(self) -> int:
@@ -134,6 +143,50 @@ class LibraryStatus:
         return self.library.missing
 
 
+@dataclass(frozen=True)
+class CaptionStatus:
+    """The caption space's coverage; read as ``CaptionStatusOut``."""
+
+    embedder: str
+    collection: str
+    counts: CaptionCoverage
+    points: int
+
+    @property
+    def with_text(self) -> int:
+        return self.counts.with_text
+
+    @property
+    def embedded(self) -> int:
+        return self.counts.done
+
+    @property
+    def pending(self) -> int:
+        return self.counts.pending
+
+    @property
+    def last_error(self) -> str | None:
+        return self.counts.last_error
+
+
+def caption_status(ctx: ServiceContext) -> CaptionStatus | None:
+    """Read from the DB and the store only: status never calls Ollama."""
+    embedder = caption_embedder(ctx.settings)
+    if embedder is None:
+        return None
+    embedder.close()
+    spec = caption_collection(ctx.settings, embedder)
+    with ctx.transaction() as session:
+        counts = caption_repo.caption_coverage(session, embedder.identity)
+    info = ctx.store.collection_info(spec.name)
+    return CaptionStatus(
+        embedder=embedder.identity.describe(),
+        collection=spec.name,
+        counts=counts,
+        points=info.points if info else 0,
+    )
+
+
 def encoder_state(ctx: ServiceContext, spec: ModelSpec) -> EncoderState:
     """What the encoder this process already made for ``spec`` says. Never makes or loads
     one: ``ctx.encoder()`` would (importing torch, and minutes of export on a first start)."""
@@ -154,6 +207,7 @@ def encoder_state(ctx: ServiceContext, spec: ModelSpec) -> EncoderState:
         precision=towers or {"image": encoder.runtime, "text": encoder.runtime},
         int8_refused=getattr(encoder, "int8_refused", None),
         cpu_isa=isa,
+        int8_decision=getattr(encoder, "int8_decision", None),
     )
 
 
@@ -183,4 +237,5 @@ def library_status(ctx: ServiceContext) -> LibraryStatus:
         vector_store=ctx.store.kind,
         database=ctx.engine.url.get_backend_name(),
         disk=ctx.disk.state(),
+        captions=caption_status(ctx),
     )

@@ -235,7 +235,12 @@ class SearchResult(OutputModel):
         "matched; both"
     )
     fused_score: Score | None = Field(
-        None, description="reciprocal rank fusion score, when full text took part"
+        None, description="the fusion's score, when words (full text, caption space) took part"
+    )
+    spaces: list[Literal["image", "text", "caption"]] = Field(
+        ["image"],
+        description="where it was found: image (the picture), text (caption, title or tag "
+        "words), caption (the caption space: what the words mean)",
     )
     people: list[PersonInPhoto] = Field(description="who is in the photo, with face regions")
     tags: list[str]
@@ -259,6 +264,9 @@ class UnderstoodOut(OutputModel):
     examples: int = Field(description="example images in the query")
     full_text: bool = Field(
         description="captions, titles and tags matched and were fused into the ranking"
+    )
+    caption_space: bool = Field(
+        False, description="the caption space (CAPTION_EMBEDDER) answered and was fused in"
     )
 
 

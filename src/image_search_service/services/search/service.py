@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import threading
 import time
@@ -16,8 +17,10 @@ from uuid import UUID
 import numpy as np
 from cachetools import LRUCache
 
+from image_search_service.captions.ollama import CaptionEmbeddingFailed
+from image_search_service.captions.space import caption_collection, caption_embedder
 from image_search_service.context import ServiceContext
-from image_search_service.core.config import INTERLEAVED, Arm, ModelKey
+from image_search_service.core.config import INTERLEAVED, Arm, ModelKey, Settings
 from image_search_service.core.errors import AssetNotFound, CollectionMissing, InvalidRequest
 from image_search_service.core.specs import BASELINE, CANDIDATE, ModelSpec, relevance_floor
 from image_search_service.db import metadata_repository as meta_repo
@@ -28,12 +31,15 @@ from image_search_service.encoders.base import Encoder, FloatArray
 from image_search_service.images.loading import load_image
 from image_search_service.images.metadata import PersonRegion, normalise_name
 from image_search_service.services.rollout.interleaving import draft_seed, team_draft
+from image_search_service.services.search.fusion import Space, fuse, matched_by
 from image_search_service.services.search.query import split_negatives, understand
 
 if TYPE_CHECKING:
     from image_search_service.services.rollout.router import RouteDecision
-from image_search_service.vector.base import SearchFilter
+from image_search_service.vector.base import SearchFilter, verify_collection
 from image_search_service.vector.schema import payload_timestamp
+
+logger = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 100
@@ -43,8 +49,6 @@ PEOPLE_ONLY_CONCEPT = "a photo"
 MAX_EXAMPLES = 8  # example images (uploaded or stored) in one combined query
 MAX_NEGATIVES = 8
 MAX_WEIGHT = 10.0
-# Reciprocal rank fusion constant (Cormack et al. 2009): 1 / (k + rank) per list.
-RRF_K = 60
 # Candidates each ranking contributes to the fusion, however small the page: a caption
 # match that the visual ranking places 40th still gets credit for both.
 TEXT_CANDIDATES = 200
@@ -68,7 +72,9 @@ class SearchHit:
     model: ModelKey  # the model that found it (for interleaving: the team that picked it)
     labels: AssetLabels = AssetLabels()
     matched_by: MatchedBy = "image"
-    fused_score: float | None = None  # reciprocal rank fusion, when full text took part
+    fused_score: float | None = None  # the fusion's score, when words took part
+    # Where it was found: image (the picture), text (caption words), caption (meaning).
+    spaces: tuple[Space, ...] = ("image",)
 
     # SearchResult reads the labels at the top level of a hit.
     @property
@@ -174,6 +180,7 @@ class Understood:
     negative: tuple[str, ...] = ()  # texts pushed away from
     examples: int = 0  # example images (uploaded or stored) added to the query
     full_text: bool = False  # captions/titles/tags took part in the ranking
+    caption_space: bool = False  # the caption space answered and took part
 
 
 @dataclass(frozen=True)
@@ -335,6 +342,7 @@ class SearchService:
     def __init__(self, ctx: ServiceContext, *, text_cache: TextEmbeddingCache | None = None):
         self.ctx = ctx
         self.text_cache = text_cache or TextEmbeddingCache()
+        self.captions = caption_embedder(ctx.settings)  # None: the caption space is off
 
     def search_text(self, query: str, *, model: ModelKey, options: SearchOptions) -> SearchOutcome:
         text = query.strip()
@@ -385,9 +393,7 @@ class SearchService:
         if text and query.text_weight > 0:
             assert encoder is not None
             # Only names: the filter selects the photos and a neutral vector orders them.
-            parts.append(
-                (query.text_weight, self.text_cache.get(encoder, concept or PEOPLE_ONLY_CONCEPT))
-            )
+            parts.append((query.text_weight, self.text_vector(encoder, model, concept)))
         for example in query.examples:
             if isinstance(example.source, UUID):
                 parts.append((example.weight, exclude[example.source]))
@@ -419,9 +425,13 @@ class SearchService:
             understood, negative=tuple(negatives), examples=len(query.examples)
         )
         text_ids: list[UUID] = []
+        caption_hits: list[tuple[UUID, float]] = []
         if concept and query.text_weight > 0:
             with self.ctx.transaction() as session:
                 text_ids = meta_repo.text_matches(session, concept, limit=TEXT_CANDIDATES)
+            caption_hits = self._caption_hits(concept)
+            if caption_hits and not self.ctx.settings.caption_full_text:
+                text_ids = []  # the caption space matched the same words by meaning
         return self._search(
             vector,
             model=model,
@@ -432,9 +442,47 @@ class SearchService:
             # The floors are calibrated for that too, and a query of names only is
             # ordered by a neutral text that no floor fits.
             floored=bool(concept) and not query.examples and not negatives,
-            understood=dataclasses.replace(understood, full_text=bool(text_ids)),
+            understood=dataclasses.replace(
+                understood, full_text=bool(text_ids), caption_space=bool(caption_hits)
+            ),
             text_ids=text_ids,
+            caption_hits=caption_hits,
         )
+
+    def text_vector(self, encoder: Encoder, model: ModelKey, concept: str) -> FloatArray:
+        """The concept's text embedding; with prompt templates configured for the model,
+        the normalised mean of the templates' embeddings (a prompt ensemble)."""
+        if not concept:  # only names: the filter selects, a neutral text orders
+            return self.text_cache.get(encoder, PEOPLE_ONLY_CONCEPT)
+        templates = prompt_templates(self.ctx.settings, model)
+        if not templates:
+            return self.text_cache.get(encoder, concept)
+        return _combine(
+            [(1.0, self.text_cache.get(encoder, t.replace("{}", concept))) for t in templates]
+        )
+
+    def _caption_hits(self, concept: str) -> list[tuple[UUID, float]]:
+        """The caption space's ranking for ``concept`` (asset id, caption cosine), best
+        first; empty while it is off, empty or unreachable (the search goes on without
+        it). A collection stamped for another text model is a ModelMismatch."""
+        if self.captions is None:
+            return []
+        spec = caption_collection(self.ctx.settings, self.captions)
+        if not self.ctx.store.has_collection(spec.name):
+            return []
+        verify_collection(self.ctx.store, spec)
+        try:
+            vector = self.captions.embed_query(concept)
+        except CaptionEmbeddingFailed as exc:
+            logger.warning("caption space left out of a search: %s", exc)
+            return []
+        hits = self.ctx.store.search(
+            spec.name,
+            vector,
+            limit=TEXT_CANDIDATES,
+            min_score=self.ctx.settings.caption_min_score,
+        )
+        return [(h.id, h.score) for h in hits]
 
     def _understand(
         self, text: str, options: SearchOptions
@@ -505,14 +553,15 @@ class SearchService:
         floored: bool = False,
         understood: Understood | None = None,
         text_ids: Sequence[UUID] = (),
+        caption_hits: Sequence[tuple[UUID, float]] = (),
     ) -> SearchOutcome:
         spec = self.ctx.spec(model)
         query = vector.astype(np.float32)
         floor = self._relevance_floor(model) if floored and options.min_score is None else None
         if floor is not None:
             options = dataclasses.replace(options, min_score=floor)
-        ranked: list[tuple[UUID, float, MatchedBy, float | None]]
-        if not text_ids:
+        ranked: list[tuple[UUID, float, tuple[Space, ...], float | None]]
+        if not text_ids and not caption_hits:
             hits = self.ctx.store.search(
                 spec.collection,
                 query,
@@ -521,9 +570,9 @@ class SearchService:
                 search_filter=options.search_filter,
                 min_score=options.min_score,
             )
-            ranked = [(h.id, h.score, "image", None) for h in hits]
+            ranked = [(h.id, h.score, ("image",), None) for h in hits]
         else:
-            ranked = self._fused(spec.collection, query, options, text_ids)
+            ranked = self._fused(spec.collection, query, options, text_ids, caption_hits)
         close = True
         if floor is not None and not ranked and options.offset == 0:
             # Nothing is a close match: the nearest few, offered as such.
@@ -533,7 +582,7 @@ class SearchService:
                 limit=min(options.limit, NEAREST_FEW),
                 search_filter=options.search_filter,
             )
-            ranked = [(h.id, h.score, "image", None) for h in nearest]
+            ranked = [(h.id, h.score, ("image",), None) for h in nearest]
             close = False
         encoder = self.ctx.encoder(model) if text else None
         ids = [r[0] for r in ranked]
@@ -541,7 +590,7 @@ class SearchService:
             assets = repo.get_assets(session, ids)
             labels = meta_repo.labels_for(session, ids)
         results = []
-        for asset_id, score, matched_by, fused in ranked:
+        for asset_id, score, spaces, fused in ranked:
             asset = assets.get(asset_id)
             if asset is None or asset.status != AssetStatus.ACTIVE:
                 continue  # a point whose asset was deleted meanwhile: never show it
@@ -556,7 +605,8 @@ class SearchService:
                     format=asset.format,
                     taken_at=asset.taken_at,  # UTC-aware: db.models.UtcTimestamp
                     labels=labels.get(asset_id, AssetLabels()),
-                    matched_by=matched_by,
+                    matched_by=matched_by(spaces),
+                    spaces=spaces,
                     fused_score=fused,
                     model=model,
                 )
@@ -590,10 +640,12 @@ class SearchService:
         vector: FloatArray,
         options: SearchOptions,
         text_ids: Sequence[UUID],
-    ) -> list[tuple[UUID, float, MatchedBy, float | None]]:
-        """Reciprocal rank fusion of the visual ranking and the full-text ranking. Both
-        lists obey the filters: the full-text matches are scored by the vector store
-        restricted to them, so a caption match that lacks the people asked for is out."""
+        caption_hits: Sequence[tuple[UUID, float]],
+    ) -> list[tuple[UUID, float, tuple[Space, ...], float | None]]:
+        """The visual ranking fused with the full-text and caption-space rankings
+        (fusion.py). Every list obeys the filters: the word matches are scored by the
+        image collection restricted to them, so a caption match that lacks the people
+        asked for is out."""
         depth = options.offset + options.limit
         visual = self.ctx.store.search(
             collection,
@@ -602,34 +654,28 @@ class SearchService:
             search_filter=options.search_filter,
             min_score=options.min_score,
         )
+        words = list(dict.fromkeys([*text_ids, *(i for i, _ in caption_hits)]))
         base = options.search_filter or SearchFilter()
         allowed = self.ctx.store.search(
             collection,
             vector,
-            limit=len(text_ids),
-            search_filter=dataclasses.replace(base, include_ids=tuple(text_ids)),
+            limit=len(words),
+            search_filter=dataclasses.replace(base, include_ids=tuple(words)),
         )
-        text_scores = {h.id: h.score for h in allowed}
-        text_rank = [i for i in text_ids if i in text_scores]
-        fused: dict[UUID, float] = {}
-        scores = dict(text_scores)
-        for rank, hit in enumerate(visual, start=1):
-            fused[hit.id] = fused.get(hit.id, 0.0) + 1.0 / (RRF_K + rank)
-            scores[hit.id] = hit.score
-        for rank, asset_id in enumerate(text_rank, start=1):
-            fused[asset_id] = fused.get(asset_id, 0.0) + 1.0 / (RRF_K + rank)
-        in_visual = {h.id for h in visual}
-        in_text = set(text_rank)
-        order = sorted(fused, key=lambda i: (-fused[i], -scores[i], str(i)))
-        page = order[options.offset : depth]
+        scores = {h.id: h.score for h in allowed}
+        scores.update((h.id, h.score) for h in visual)
+        fused = fuse(
+            visual=[h.id for h in visual],
+            full_text=[i for i in text_ids if i in scores],
+            caption=[(i, c) for i, c in caption_hits if i in scores],
+            image_scores=scores,
+            method=self.ctx.settings.caption_fusion,
+            caption_weight=self.ctx.settings.caption_weight,
+            caption_floor=caption_floor(self.ctx.settings.caption_min_score, caption_hits),
+        )
         return [
-            (
-                i,
-                scores[i],
-                "both" if i in in_visual and i in in_text else "text" if i in in_text else "image",
-                fused[i],
-            )
-            for i in page
+            (f.asset_id, scores[f.asset_id], f.spaces, f.score)
+            for f in fused[options.offset : depth]
         ]
 
 
@@ -662,6 +708,19 @@ def _understood(
         tags=f.tags,
         recognised_people=recognised,
     )
+
+
+def caption_floor(min_score: float, hits: Sequence[tuple[UUID, float]]) -> float:
+    """What a photo outside the caption hits scored at most: below the list's last
+    cosine when the list was cut at TEXT_CANDIDATES, else below ``min_score``."""
+    if len(hits) >= TEXT_CANDIDATES:
+        return min(score for _, score in hits)
+    return min_score
+
+
+def prompt_templates(settings: Settings, model: ModelKey) -> list[str]:
+    """The model's prompt ensemble (CLIP_/SIGLIP_PROMPT_TEMPLATES); empty: none."""
+    return settings.clip_prompt_templates if model == BASELINE else settings.siglip_prompt_templates
 
 
 def name_filter(names: Sequence[str] | None) -> tuple[str, ...]:

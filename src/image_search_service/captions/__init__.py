@@ -1,0 +1,1 @@
+"""The caption space's adapter: text embeddings from a local Ollama."""
