@@ -48,8 +48,8 @@ def test_each_model_gets_its_own_preprocessing(tiny_models: dict[str, Path]) -> 
     wide = Image.new("RGB", (64, 32), "white")
     wide.paste(Image.new("RGB", (16, 32), "black"), (0, 0))  # black band at the far left
     # CLIP: resize shortest + centre crop cuts the band off; SigLIP: squash keeps it.
-    clip_px = clip.preprocess(wide)
-    sig_px = sig.preprocess(wide)
+    clip_px = clip.pixel_batch([clip.preprocess(wide)])[0]
+    sig_px = sig.pixel_batch([sig.preprocess(wide)])[0]
     assert clip_px.shape == sig_px.shape == (3, 32, 32)
     assert clip_px[:, :, 0].mean() > 1.0  # white after OpenAI normalisation
     assert sig_px[:, :, 0].mean() < -0.9  # black after mean=std=0.5 normalisation

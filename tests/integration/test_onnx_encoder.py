@@ -124,7 +124,17 @@ class TestExportAndAgreement:
         assert check is not None
         assert check["settings"] == int8_settings(isa).name
         assert set(check["min_cosine"]) == {"image", "text"}
-        accepted = min(check["min_cosine"].values()) >= onnx_export.INT8_MIN_COSINE
+        decision = check["attempts"][-1]
+        accepted = decision["refused"] is None
+        assert (
+            onnx_export.int8_refusal(
+                decision["min_cosine"],
+                isa=isa,
+                settings=int8_settings(isa),
+                recalls=decision["recall_at_10"],
+            )
+            == decision["refused"]
+        )
         # The rule, whatever this CPU computes: INT8 serves iff it agrees.
         assert int8.runtime == ("onnx-int8" if accepted else "onnx-fp32")
         assert (int8.int8_refused is None) is accepted
@@ -133,7 +143,7 @@ class TestExportAndAgreement:
             # Includes: with the AVX2 settings (U8U8) both demo models reach >= 0.999.
             assert accepted, check
         if not accepted:
-            assert "min cosine" in str(int8.int8_refused)
+            assert decision["refused"] in str(int8.int8_refused)
             _assert_agrees(int8, reference, 0.99999)  # fp32 ONNX serves
             return
         assert int8.export.min_cosine("int8") == pytest.approx(check["min_cosine"], abs=1e-6)
@@ -384,6 +394,49 @@ class TestFallbacks:
         assert again.int8_refused == manifest["int8_refused"]
         assert (enc.export.directory / "manifest.json").stat().st_mtime_ns == written
 
+    def test_static_int8_is_tried_where_dynamic_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Both methods measured by recall against fp32 and recorded; where dynamic INT8
+        loses its neighbours, static per-channel INT8 (calibrated) may serve instead."""
+        real_refusal = onnx_export.int8_refusal
+        refused_dynamic: list[str] = []
+
+        def no_dynamic(cosines: Any, *, recalls: Any, **kwargs: Any) -> str | None:
+            if not refused_dynamic:  # the first attempt is dynamic: lost neighbours
+                refused_dynamic.append("dynamic")
+                return "INT8 recall@10 of text queries against fp32 0.500 < 0.98"
+            return real_refusal(cosines, recalls=recalls, **kwargs)
+
+        monkeypatch.setattr(onnx_export, "int8_refusal", no_dynamic)
+        enc = OnnxEncoder(_demo("clip"), export_dir=tmp_path / "onnx", precision="int8")
+        enc.load()
+        assert enc.export is not None
+        check = enc.export.int8_check
+        assert check is not None
+        assert [a["method"] for a in check["attempts"]] == ["dynamic", "static"]
+        static = check["attempts"][1]
+        assert set(static["recall_at_10"]) == {"picture", "text"}
+        expected = real_refusal(
+            static["min_cosine"],
+            recalls=static["recall_at_10"],
+            isa=enc.cpu_isa,
+            settings=int8_settings(enc.cpu_isa),
+        )
+        assert static["refused"] == expected
+        if expected is None:
+            assert enc.runtime == "onnx-int8"
+            assert check["method"] == "static"
+            graph = enc.export.path("image", "int8").read_bytes()
+            assert b"QuantizeLinear" in graph  # QDQ: calibrated activation ranges
+            _assert_agrees(enc, OpenClipEncoder(_demo("clip"), device="cpu"), 0.99)
+            assert "static accepted" in str(enc.int8_decision)
+        else:
+            assert enc.runtime == "onnx-fp32"
+            assert "static refused" in str(enc.int8_decision)
+            assert "dynamic: INT8 recall@10" in str(enc.int8_refused)
+            assert f"static: {expected}" in str(enc.int8_refused)
+
     def test_a_corrupt_model_that_onnx_runtime_cannot_load_falls_back(
         self, tiny_models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -606,8 +659,13 @@ def test_status_says_what_serves_each_tower_and_never_loads_a_model(
         if refused:
             assert "INT8 image tower: min cosine to PyTorch" in after["clip"]["int8_refused"]
             assert "CPU class avx2, u8u8" in after["clip"]["int8_refused"]
+            # Both methods were tried and each is reported with what it measured.
+            assert "dynamic refused (recall@10 picture" in after["clip"]["int8_decision"]
+            assert "static refused" in after["clip"]["int8_decision"]
         else:
             assert after["clip"]["int8_refused"] is None
+            assert after["clip"]["int8_decision"].startswith("dynamic accepted (recall@10")
+        assert before["clip"]["int8_decision"] is None
         assert after["siglip"]["model_loaded"] is False
 
     # The CLI in a process of its own: nothing loaded there, and it says so.

@@ -124,6 +124,27 @@ class OnnxEncoder(OpenClipEncoder):
         the export failed. None when it serves, was not asked for, or not loaded yet."""
         return self._int8_refused if self.loaded else None
 
+    @property
+    def int8_decision(self) -> str | None:
+        """What the INT8 check decided and measured, per method tried (recall@10 against
+        fp32 on the probe set, min cosine): None when INT8 was not asked for, not loaded."""
+        if not self.loaded or self.precision != "int8":
+            return None
+        check = self._export.int8_check if self._export is not None else None
+        if not check or not check.get("attempts"):
+            return self._int8_refused
+        parts = []
+        for attempt in check["attempts"]:
+            recalls = attempt.get("recall_at_10", {})
+            cosines = attempt.get("min_cosine", {})
+            measured = ", ".join(
+                [f"recall@10 {q} {r:.3f}" for q, r in recalls.items()]
+                + [f"min cosine {t} {c:.4f}" for t, c in cosines.items()]
+            )
+            verdict = "refused" if attempt.get("refused") else "accepted"
+            parts.append(f"{attempt['method']} {verdict} ({measured or attempt.get('refused')})")
+        return "; ".join(parts)
+
     def _load_locked(self) -> None:
         super()._load_locked()
         assert self._preprocess is not None
@@ -190,13 +211,14 @@ class OnnxEncoder(OpenClipEncoder):
             f"; INT8 refused: {self._int8_refused}" if self._int8_refused else "",
         )
 
-    def encode_preprocessed(self, batch: Sequence[torch.Tensor] | torch.Tensor) -> FloatArray:
+    def encode_preprocessed(self, batch: Sequence[Any] | torch.Tensor) -> FloatArray:
         self.load()
         if self._active is None:
             return super().encode_preprocessed(batch)
         started = time.perf_counter()
-        stacked = batch if isinstance(batch, torch.Tensor) else torch.stack(list(batch))
-        pixels = np.ascontiguousarray(stacked.detach().to("cpu", torch.float32).numpy())
+        pixels = np.ascontiguousarray(
+            self.pixel_batch(batch).detach().to("cpu", torch.float32).numpy()
+        )
         step = self._images_per_pass or len(pixels) or 1
         parts = [
             self._image_session.run(None, {"input": pixels[i : i + step]})[0]

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,18 @@ from PIL import Image
 from image_search_service.core.errors import ModelLoadError
 from image_search_service.core.specs import ModelSpec
 from image_search_service.encoders.base import EncodeObserver, FloatArray
+from image_search_service.encoders.preprocess import BatchPreprocess, from_transform
 
 logger = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS = "random"  # explicit opt-in, for benchmarks only
 LOAD_RETRY_COOLDOWN_S = 60.0
+# Half precision serves the image tower on a GPU only where it agrees with fp32 this well
+# on fixed inputs at load (the ONNX exports' INT8 is held to retrieval, see onnx_export).
+HALF_MIN_COSINE = 0.999
+HALF_CHECK_IMAGES = 8
+# Images per forward pass on a GPU: small batches leave it idle between launches.
+GPU_BATCH_SIZE = 128
 
 _HOW_TO_PROVIDE = (
     "Provide weights one of these ways: (1) run once with network access so open_clip can "
@@ -43,6 +51,13 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def half_precision(device: torch.device) -> torch.dtype | None:
+    """The half precision tried for the image tower on ``device``: fp16 autocast on a
+    CUDA GPU (10 mantissa bits against bf16's 7; the check catches overflow), none on CPU
+    (ONNX Runtime's INT8 is the CPU's fast path)."""
+    return torch.float16 if device.type == "cuda" else None
 
 
 def _registered_preprocess(model_name: str) -> tuple[dict[str, Any], bool]:
@@ -88,12 +103,16 @@ class OpenClipEncoder:
         self._lock = threading.Lock()
         self._model: Any = None
         self._preprocess: Callable[[Image.Image], torch.Tensor] | None = None
+        self._batch_preprocess: BatchPreprocess | None = None
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()
         self._logit_scale = 1.0
         self._logit_bias: float | None = None
         self._failed: tuple[float, ModelLoadError] | None = None
         self.device = resolve_device(device)
+        self._autocast: torch.dtype | None = None  # the image tower's, once checked
+        # What the half-precision check at load measured (None: not tried on this device).
+        self.half_check: dict[str, Any] | None = None
 
     # -- loading -----------------------------------------------------------------------
     @property
@@ -102,8 +121,16 @@ class OpenClipEncoder:
 
     @property
     def runtime(self) -> str:
-        """What makes the vectors (recorded in the collection's stamp): ``torch-fp32``."""
-        return "torch-fp32"
+        """What makes the vectors (recorded in the collection's stamp): ``torch-fp32``, or
+        ``torch-fp16`` where half precision passed its check on the GPU."""
+        if self._autocast is None:
+            return "torch-fp32"
+        return "torch-" + {torch.float16: "fp16", torch.bfloat16: "bf16"}[self._autocast]
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """The batch the device wants at least (0: the configured one is fine)."""
+        return GPU_BATCH_SIZE if self.device.type == "cuda" else 0
 
     def load(self) -> None:
         if self._ready:
@@ -184,6 +211,9 @@ class OpenClipEncoder:
         model.eval()
         self._model = model
         self._preprocess = preprocess
+        self._batch_preprocess = from_transform(preprocess)
+        if self._batch_preprocess is None:
+            logger.info("%s: open_clip's per-image preprocessing (%s)", spec.key, preprocess)
         scale = getattr(model, "logit_scale", None)
         bias = getattr(model, "logit_bias", None)
         self._logit_scale = float(scale.exp().item()) if scale is not None else 1.0
@@ -193,9 +223,9 @@ class OpenClipEncoder:
         side = model.visual.image_size
         size = (int(side[1]), int(side[0])) if isinstance(side, tuple | list) else (side, side)
         self._image_size = max(size)
-        dummy = preprocess(Image.new("RGB", size))
+        dummy = self.pixel_batch([self._preprocess_one(Image.new("RGB", size))])
         with torch.inference_mode():
-            probe = self._model.encode_image(dummy.unsqueeze(0).to(self.device), normalize=True)
+            probe = self._model.encode_image(dummy.to(self.device), normalize=True)
         width = int(probe.shape[1])
         if width != spec.embedding_dim:
             self._model = None
@@ -206,13 +236,87 @@ class OpenClipEncoder:
         logger.info(
             "loaded %s model %s on %s (%d-d)", spec.key, spec.model_name, self.device, width
         )
+        half = half_precision(self.device)
+        if half is not None:
+            self._autocast = self.check_half_precision(half)
+
+    def check_half_precision(self, dtype: torch.dtype) -> torch.dtype | None:
+        """``dtype`` if autocast in it keeps the image tower's vectors within
+        :data:`HALF_MIN_COSINE` of fp32 on fixed inputs, else None (fp32, one log line)."""
+        rng = np.random.default_rng(1234)
+        side = self._image_size or 224
+        images = [
+            Image.fromarray(rng.integers(0, 256, (4 + i, 5 + i, 3), dtype=np.uint8)).resize(
+                (side + 7 * i, side), Image.Resampling.BICUBIC
+            )
+            for i in range(HALF_CHECK_IMAGES)
+        ]
+        pixels = self.pixel_batch([self._preprocess_one(im) for im in images]).to(self.device)
+        with torch.inference_mode():
+            full = _as_float32(self._model.encode_image(pixels, normalize=True))
+            with torch.autocast(self.device.type, dtype=dtype):
+                half = _as_float32(self._model.encode_image(pixels, normalize=True))
+        cosine = float(np.min(np.sum(full * half, axis=1)))  # nan fails the check
+        name = str(dtype).removeprefix("torch.")
+        self.half_check = {"dtype": name, "min_cosine": round(cosine, 6), "min": HALF_MIN_COSINE}
+        if cosine >= HALF_MIN_COSINE:
+            logger.info(
+                "%s: %s autocast serves images (min cosine to fp32 %.6f)",
+                self.spec.key,
+                name,
+                cosine,
+            )
+            return dtype
+        logger.info(
+            "%s: %s refused (min cosine to fp32 %.6f < %s); fp32 serves",
+            self.spec.key,
+            name,
+            cosine,
+            HALF_MIN_COSINE,
+        )
+        return None
 
     # -- encoding ----------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """The model's own preprocessing; safe to call from decode threads."""
+        """The model's own preprocessing, per image; safe to call from decode threads.
+
+        Resized and cropped uint8 pixels (height, width, 3) where :mod:`.preprocess`
+        knows the transform (normalised once per batch by :meth:`encode_preprocessed`),
+        else open_clip's normalised (3, height, width) float tensor."""
         self.load()
+        return self._preprocess_one(image)
+
+    def _preprocess_one(self, image: Image.Image) -> torch.Tensor:
         assert self._preprocess is not None
+        if self._batch_preprocess is not None:
+            return torch.from_numpy(self._batch_preprocess(image))
         return self._preprocess(image)
+
+    def pixel_batch(self, batch: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+        """What :meth:`preprocess` made (or :attr:`batch_preprocess` in a decode process:
+        numpy arrays), as one normalised float (n, 3, h, w) batch."""
+        if isinstance(batch, torch.Tensor):
+            stacked = batch
+        else:
+            items = list(batch)
+            arrays = bool(items) and isinstance(items[0], np.ndarray)
+            stacked = torch.from_numpy(np.stack(items)) if arrays else torch.stack(items)
+        if stacked.dtype != torch.uint8:
+            return stacked
+        assert self._batch_preprocess is not None
+        if self.device.type == "cuda":
+            # uint8 over the bus, from pinned memory without blocking; normalised there.
+            on_gpu = stacked.pin_memory().to(self.device, non_blocking=True)
+            result: torch.Tensor = self._batch_preprocess.batch_on(on_gpu)
+            return result
+        return torch.from_numpy(self._batch_preprocess.batch(stacked.numpy()))
+
+    @property
+    def batch_preprocess(self) -> BatchPreprocess | None:
+        """The per-image half of :meth:`preprocess` as a picklable object (for decode
+        processes), or None where open_clip's own transform serves."""
+        self.load()
+        return self._batch_preprocess
 
     @property
     def image_size(self) -> int:
@@ -225,12 +329,14 @@ class OpenClipEncoder:
             return np.zeros((0, self.spec.embedding_dim), dtype=np.float32)
         return self.encode_preprocessed([self.preprocess(img) for img in images])
 
-    def encode_preprocessed(self, batch: Sequence[torch.Tensor] | torch.Tensor) -> FloatArray:
+    def encode_preprocessed(self, batch: Sequence[Any] | torch.Tensor) -> FloatArray:
         """Encode what :meth:`preprocess` made: a list of tensors or a stacked batch."""
         self.load()
         started = time.perf_counter()
-        stacked = batch if isinstance(batch, torch.Tensor) else torch.stack(list(batch))
-        with torch.inference_mode():
+        stacked = self.pixel_batch(batch)
+        half = self._autocast
+        autocast = torch.autocast(self.device.type, dtype=half) if half else nullcontext()
+        with torch.inference_mode(), autocast:
             features = self._model.encode_image(stacked.to(self.device), normalize=True)
         result = _as_float32(features)
         self._observe("image", len(result), started)

@@ -1,22 +1,27 @@
 """Decode -> encode -> upsert -> record, for a list of assets and one or more models.
 
-Decoding (and each model's preprocessing) runs in a bounded thread pool ahead of
-the model, in order, so the forward pass is the only thing the caller waits for.
-Used by folder indexing, uploads and re-embedding jobs alike.
+Decoding (and each model's preprocessing) runs in a bounded pool ahead of the model,
+in order, so the forward pass is the only thing the caller waits for: threads by default
+(the JPEG decoder and Pillow's resize release the GIL), or ``decode_processes`` worker
+processes where threads stop scaling (each gets the encoders' picklable batch
+preprocessing, never the models). Used by folder indexing, uploads and re-embedding
+jobs alike.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from image_search_service.core.config import ModelKey
@@ -61,13 +66,17 @@ class _Decoded:
 
 
 ProgressFn = Callable[[int], None]
+# Each model's per-image preprocessing: the encoder's own (threads), or its picklable
+# BatchPreprocess (processes); both make what the encoder's encode_preprocessed takes.
+Preprocessors = Mapping[ModelKey, Callable[[Image.Image], Any]]
 
 
-def _decode(ref: AssetRef, encoders: Sequence[Encoder], max_pixels: int) -> _Decoded:
+def _decode(
+    ref: AssetRef, preprocessors: Preprocessors, min_side: int, max_pixels: int
+) -> _Decoded:
     try:
-        min_side = max(enc.image_size for enc in encoders)
         loaded = load_image(ref.path, max_pixels=max_pixels, min_side=min_side)
-        tensors = {enc.spec.key: enc.preprocess(loaded.image) for enc in encoders}
+        tensors = {key: prepare(loaded.image) for key, prepare in preprocessors.items()}
         photo = read_metadata(ref.path)
         return _Decoded(ref, loaded.meta, tensors, None, photo, sidecar_signature(ref.path))
     except (UnsupportedImage, ImageTooLarge) as exc:
@@ -81,28 +90,48 @@ def _decode(ref: AssetRef, encoders: Sequence[Encoder], max_pixels: int) -> _Dec
         return _Decoded(ref, None, None, f"{ref.path.name}: {type(exc).__name__}: {exc}")
 
 
+def decode_pool(
+    encoders: Sequence[Encoder], *, workers: int, processes: int
+) -> tuple[Executor, Preprocessors]:
+    """The pool that decodes ahead and what it preprocesses with: ``processes`` worker
+    processes when asked for and every encoder's preprocessing can travel to them
+    (see :mod:`image_search_service.encoders.preprocess`), else ``workers`` threads."""
+    if processes > 0:
+        portable = {enc.spec.key: getattr(enc, "batch_preprocess", None) for enc in encoders}
+        if all(portable.values()):
+            # forkserver: a clean child, never a fork of a process holding model threads.
+            context = multiprocessing.get_context("forkserver")
+            return ProcessPoolExecutor(processes, mp_context=context), portable  # type: ignore[return-value]
+        logger.info("decoding in threads: a model's preprocessing cannot run in a process")
+    threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    return threads, {enc.spec.key: enc.preprocess for enc in encoders}
+
+
 def _decoded_in_order(
     refs: Sequence[AssetRef],
     encoders: Sequence[Encoder],
     *,
     workers: int,
+    processes: int = 0,
     max_pixels: int,
     lookahead: int,
 ) -> Iterator[_Decoded]:
-    """Decode ahead in threads, yielding in input order, never holding more than
+    """Decode ahead in the pool, yielding in input order, never holding more than
     ``lookahead`` decoded images in memory."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    min_side = max(enc.image_size for enc in encoders)
+    pool, preprocessors = decode_pool(encoders, workers=workers, processes=processes)
+    with pool:
         pending: deque[Future[_Decoded]] = deque()
         items = iter(refs)
         for ref in items:
-            pending.append(pool.submit(_decode, ref, encoders, max_pixels))
+            pending.append(pool.submit(_decode, ref, preprocessors, min_side, max_pixels))
             if len(pending) >= lookahead:
                 break
         while pending:
             result = pending.popleft().result()
             nxt = next(items, None)
             if nxt is not None:
-                pending.append(pool.submit(_decode, nxt, encoders, max_pixels))
+                pending.append(pool.submit(_decode, nxt, preprocessors, min_side, max_pixels))
             yield result
 
 
@@ -117,6 +146,7 @@ def embed_assets(
     max_pixels: int,
     on_progress: ProgressFn | None = None,
     before_write: Callable[[], None] | None = None,
+    decode_processes: int = 0,
 ) -> PipelineResult:
     """Embed ``refs`` with every encoder; one bad file fails alone with its reason.
     ``before_write`` runs before each batch is stored and may stop the run by raising
@@ -127,13 +157,16 @@ def embed_assets(
     for enc in encoders:
         enc.load()  # before the threads start, so the first batch pays no surprise
         store.note_runtime(enc.spec.collection, enc.runtime)
+    # A GPU wants bigger batches than the CPU default (idle between small launches).
+    batch_size = max([batch_size, *(getattr(e, "preferred_batch_size", 0) for e in encoders)])
     batch: list[_Decoded] = []
     decoded = _decoded_in_order(
         refs,
         encoders,
         workers=decode_workers,
+        processes=decode_processes,
         max_pixels=max_pixels,
-        lookahead=max(2 * batch_size, decode_workers * 2),
+        lookahead=max(2 * batch_size, max(decode_workers, decode_processes) * 2),
     )
     failed_batch: list[_Decoded] = []
     for item in decoded:

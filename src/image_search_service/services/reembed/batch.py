@@ -107,6 +107,7 @@ def run_batch(
             session_factory=ctx.session_factory,
             batch_size=ctx.settings.batch_size,
             decode_workers=ctx.threads.decode_workers,
+            decode_processes=ctx.settings.decode_processes,
             max_pixels=ctx.settings.max_image_pixels,
             on_progress=on_progress,
             before_write=lambda: ctx.disk.check(f"re-embed with {key}"),
