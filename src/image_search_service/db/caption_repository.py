@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from image_search_service.core.specs import ModelIdentity
@@ -26,6 +24,7 @@ from image_search_service.db.models import (
     EmbeddingState,
     utcnow,
 )
+from image_search_service.db.repository import insert_embeddings, upsert_embeddings
 
 CAPTION_KEY = "caption"
 
@@ -113,7 +112,6 @@ def mark_captions(
     meeting on one photo both succeed."""
     if not captions:
         return
-    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     state = EmbeddingState.PENDING if error else EmbeddingState.DONE
     present = set(
         session.scalars(select(Asset.id).where(Asset.id.in_([c.asset_id for c in captions])))
@@ -135,22 +133,4 @@ def mark_captions(
     ]
     if not values:
         return
-    stmt = insert(AssetEmbedding).values(values)
-    new = stmt.excluded
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[AssetEmbedding.asset_id, AssetEmbedding.model_key],
-            set_={
-                "state": new.state,
-                "last_error": new.last_error,
-                "attempts": AssetEmbedding.attempts + 1,
-                "model_name": new.model_name,
-                "pretrained": new.pretrained,
-                "dim": new.dim,
-                "updated_at": new.updated_at,
-            },
-        )
-    )
-    for obj in list(session.identity_map.values()):
-        if isinstance(obj, AssetEmbedding):
-            session.expire(obj)
+    upsert_embeddings(session, insert_embeddings(session).values(values))

@@ -148,6 +148,39 @@ def record_unreadable(session: Session, asset_id: uuid.UUID, reason: str) -> Non
         asset.status, asset.error = AssetStatus.FAILED, reason
 
 
+def insert_embeddings(session: Session) -> Any:
+    """``INSERT INTO asset_embeddings`` in this session's dialect (SQLite or
+    PostgreSQL), ready for :func:`upsert_embeddings`."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(AssetEmbedding)
+
+
+def upsert_embeddings(session: Session, stmt: Any, *, where: Any = None) -> None:
+    """Run ``stmt`` (from :func:`insert_embeddings`) as one upsert per (asset, model):
+    a row another writer made meanwhile is updated, never a UNIQUE error (docs/design.md,
+    "What may run at once"); ``where`` limits which existing rows change."""
+    new = stmt.excluded
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[AssetEmbedding.asset_id, AssetEmbedding.model_key],
+            set_={
+                "state": new.state,
+                "last_error": new.last_error,
+                "attempts": AssetEmbedding.attempts + 1,
+                "model_name": new.model_name,
+                "pretrained": new.pretrained,
+                "dim": new.dim,
+                "updated_at": new.updated_at,
+            },
+            where=where,
+        )
+    )
+    # Rows this session loaded before were changed under it by SQL: read them afresh.
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, AssetEmbedding):
+            session.expire(obj)
+
+
 def _upsert_embedding_state(
     session: Session,
     asset_ids: Sequence[uuid.UUID],
@@ -163,7 +196,6 @@ def _upsert_embedding_state(
     (docs/design.md, "What may run at once"). ``keep_done``: a row this exact model
     already finished is left as it is (a failure never undoes another writer's
     success)."""
-    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     now = utcnow()
     for chunk in _in_chunks(list(asset_ids)):
         rows = select(
@@ -177,7 +209,7 @@ def _upsert_embedding_state(
             literal(spec.embedding_dim, type_=AssetEmbedding.dim.type),
             literal(now, type_=AssetEmbedding.updated_at.type),
         ).where(Asset.id.in_(chunk))  # deleted meanwhile: no row (and no FK error)
-        stmt = insert(AssetEmbedding).from_select(
+        stmt = insert_embeddings(session).from_select(
             [
                 "asset_id",
                 "model_key",
@@ -198,25 +230,7 @@ def _upsert_embedding_state(
             AssetEmbedding.pretrained == new.pretrained,
             AssetEmbedding.dim == new.dim,
         )
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[AssetEmbedding.asset_id, AssetEmbedding.model_key],
-                set_={
-                    "state": new.state,
-                    "last_error": new.last_error,
-                    "attempts": AssetEmbedding.attempts + 1,
-                    "model_name": new.model_name,
-                    "pretrained": new.pretrained,
-                    "dim": new.dim,
-                    "updated_at": new.updated_at,
-                },
-                where=~same_model_done if keep_done else None,
-            )
-        )
-    # Rows this session loaded before were changed under it by SQL: read them afresh.
-    for obj in list(session.identity_map.values()):
-        if isinstance(obj, AssetEmbedding):
-            session.expire(obj)
+        upsert_embeddings(session, stmt, where=~same_model_done if keep_done else None)
 
 
 def mark_embedded(session: Session, asset_ids: Sequence[uuid.UUID], spec: ModelSpec) -> None:
