@@ -169,8 +169,10 @@ class TestResults:
         page.mouse.wheel(0, 5_000)  # nothing more to load below "the nearest few"
         page.fill("#q", good_query)
         page.press("#q", "Enter")
+        # Answered and drawn, not merely past "No close" (it reads "Searching..." between).
         page.wait_for_function(
-            "() => !document.querySelector('#status').textContent.includes('No close')"
+            "() => { const s = document.querySelector('#status');"
+            " return s.dataset.state === 'answered' && !s.textContent.includes('No close'); }"
         )
         assert len(_tile_ids(page)) == len(_api_search(demo_server, good_query)["results"])
 
