@@ -16,7 +16,7 @@ from image_search_service.core.config import Settings
 from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetStatus
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.images.s3 import SourceAccessDenied
+from image_search_service.images.s3 import SourceAccessDenied, SourceNotFound
 from image_search_service.jobs.dispatcher import Dispatcher
 from image_search_service.jobs.process import bind_context
 from image_search_service.jobs.queue import work_queue
@@ -71,6 +71,21 @@ def test_a_bucket_that_refuses_the_credentials_fails_the_ingest(
         ctx.close()
     assert f"access denied to s3://{bucket}/a.jpg" in str(denied.value)
     assert WRONG_SECRET not in str(denied.value)
+
+
+def test_an_object_in_a_missing_bucket_fails_the_ingest_instead_of_reading_as_gone(
+    ctx: ServiceContext, s3_env: S3Server
+) -> None:
+    bucket = s3_env.new_bucket()
+    s3_env.client().put_object(Bucket=bucket, Key="kept.jpg", Body=jpeg_bytes(seed=43))
+    kept = f"s3://{bucket}/kept.jpg"
+    assert ingest_objects(ctx, [kept]).indexed == 1
+    # An object that is gone from a bucket that is there: marked missing, as before.
+    s3_env.client().delete_object(Bucket=bucket, Key="kept.jpg")
+    assert ingest_objects(ctx, [kept]).missing == 1
+    # A bucket that is not there at all is an error, and marks nothing missing.
+    with pytest.raises(SourceNotFound, match=f"bucket not found: s3://{bucket}-gone/"):
+        ingest_objects(ctx, [f"s3://{bucket}-gone/a.jpg"])
 
 
 @pytest.mark.redis

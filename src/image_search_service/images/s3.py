@@ -212,6 +212,9 @@ class S3Source:
         except (BotoCoreError, ClientError) as exc:
             error = _describe(exc, f"{SCHEME}{bucket}/{key}")
             if isinstance(error, ObjectGone):
+                # A HEAD answer has no body, so a missing bucket reads as a bare 404 like a
+                # missing object: ask the bucket before calling the object gone.
+                self._check_bucket(bucket)
                 return None
             raise error from None
         return S3Object(
@@ -221,6 +224,21 @@ class S3Source:
             size=int(head.get("ContentLength", 0)),
             last_modified_ns=_ns(head.get("LastModified")),
         )
+
+    def _check_bucket(self, bucket: str) -> None:
+        """Raise :class:`SourceNotFound` (or the access error) when ``bucket`` is not
+        there: HEAD answers a bare 404 for a missing bucket too."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except (BotoCoreError, ClientError) as exc:
+            error = _describe(exc, f"{SCHEME}{bucket}/")
+            raise (
+                SourceNotFound(f"bucket not found: {SCHEME}{bucket}/")
+                if isinstance(error, ObjectGone)
+                else error
+            ) from None
 
     def open(self, bucket: str, key: str) -> Iterator[bytes]:
         """Start reading the object now (so a missing object fails here, not halfway
