@@ -3,6 +3,8 @@ ONNX Runtime sessions, real files on disk for the export cache."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -667,6 +669,16 @@ def test_status_says_what_serves_each_tower_and_never_loads_a_model(
             assert after["clip"]["int8_decision"].startswith("dynamic accepted (recall@10")
         assert before["clip"]["int8_decision"] is None
         assert after["siglip"]["model_loaded"] is False
+        # The text status (what `image-search status` prints when a server answers it)
+        # says how INT8 was judged for the loaded model, and only for it.
+        from image_search_service.cli.library import echo_status
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            echo_status(client.get("/api/v1/admin/status").json())
+        text = out.getvalue()
+        int8_lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("INT8:")]
+        assert int8_lines == [f"INT8: {after['clip']['int8_decision']}"], text
 
     # The CLI in a process of its own: nothing loaded there, and it says so.
     for name, value in {

@@ -163,6 +163,11 @@ def status(as_json: bool) -> None:
     if as_json:
         echo_json(data)
         return
+    echo_status(data)
+
+
+def echo_status(data: dict[str, Any]) -> None:
+    """``status`` as text, from the JSON shape (the same with or without a server)."""
     indexing = f", {data['indexing']} being indexed" if data.get("indexing") else ""
     click.echo(
         f"assets: {data['assets']} searchable{indexing}, {data['failed']} unreadable, "
@@ -208,6 +213,9 @@ def status(as_json: bool) -> None:
         elif entry.get("int8_refused"):
             cpu += f"; INT8 refused: {entry['int8_refused']}"
         click.echo(f"{'':7s} encoder: {serving}{cpu}")
+        if entry.get("model_loaded") and entry.get("int8_decision"):
+            # How INT8 was judged (recall@10 and cosine per method): why it serves or not.
+            click.echo(f"{'':7s} INT8: {entry['int8_decision']}")
 
 
 @click.command()
