@@ -148,6 +148,7 @@ class TestResults:
         assert f"{first['score']:.4f}" in details
         assert f"{expected['relevance_floor']:.4f}" in details
         assert "image_assets" in details
+        assert f"Found in{' + '.join(first['spaces'])}" in details
         page.click("#viewer-details summary")
         assert page.is_visible("#viewer-debug")
         page.keyboard.press("Escape")

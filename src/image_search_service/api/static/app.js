@@ -681,6 +681,8 @@ function renderDetails(hit) {
   if (answer.close_matches === false) fact(list, "Close match", "no: one of the nearest few");
   fact(list, "Collection", answer.collection);
   fact(list, "Matched by", hit.matched_by);
+  // Which spaces found it (image, full text, captions): why a photo is here.
+  if (hit.spaces && hit.spaces.length) fact(list, "Found in", hit.spaces.join(" + "));
   fact(list, "Fallback", answer.fallback_reason || "none: the routed model answered");
 }
 
