@@ -334,3 +334,39 @@ class TestOrigin:
     def test_two_origins_are_refused(self) -> None:
         headers = Headers(raw=[(b"host", b"x"), (b"origin", b"http://x"), (b"origin", b"http://x")])
         assert cross_site_reason("POST", headers) == "more than one Origin header"
+
+
+def test_processes_starting_at_once_share_one_signing_secret(tmp_path: Path) -> None:
+    """Several server workers making DATA_DIR's secret at the same moment all sign with
+    the one that landed: none reads it half written, none keeps its own."""
+    import os
+    import stat
+    import threading
+
+    from image_search_service.api.auth import SECRET_FILE
+
+    for attempt in range(10):
+        config = settings(tmp_path / str(attempt), signing_secret=None)
+        barrier = threading.Barrier(8)
+        found: list[bytes] = []
+
+        threads = [
+            threading.Thread(target=_start_and_sign, args=(config, barrier, found))
+            for _ in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        kept = config.data_dir / SECRET_FILE
+        assert found == [bytes.fromhex(kept.read_text())] * 8
+        assert len(found[0]) == 32
+        assert stat.S_IMODE(os.stat(kept).st_mode) == 0o600
+        assert sorted(p.name for p in config.data_dir.iterdir()) == [SECRET_FILE]
+
+
+def _start_and_sign(config: Settings, barrier: Any, found: list[bytes]) -> None:
+    from image_search_service.api.auth import signing_secret
+
+    barrier.wait()
+    found.append(signing_secret(config))

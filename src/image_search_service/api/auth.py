@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 import threading
 import time
 from collections import deque
@@ -206,12 +207,21 @@ def signing_secret(settings: Settings) -> bytes:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_bytes(32)
+    # Written whole under a private name, then linked into place: a process reading the
+    # file (several server workers starting at once) never sees it half written, and
+    # link() fails when another process made it first.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{SECRET_FILE}.")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return bytes.fromhex(path.read_text().strip())
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret.hex())
+        with os.fdopen(fd, "w") as fh:  # mkstemp makes it 0600
+            fh.write(secret.hex())
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process made it first: use theirs
+            return bytes.fromhex(path.read_text().strip())
+    finally:
+        os.unlink(temporary)
     return secret
 
 
