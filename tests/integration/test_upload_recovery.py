@@ -3,6 +3,8 @@ left half-made (an asset without a format or a vector, a file served as 422)."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from image_search_service.core.config import Settings
 from image_search_service.db import repository as repo
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.images.scan import bytes_hash, content_hash
+from image_search_service.services.library.assets import STALE_UPLOAD_S
 from tests.factories import jpeg_bytes
 from tests.integration.api_support import ClientFactory, services, wait_idle
 
@@ -25,6 +28,11 @@ def _crashed_uploads(settings: Settings, encoders: EncoderRegistry) -> dict[str,
     no_asset.write_bytes(jpeg_bytes(seed=2))
     half_written = uploads / "ab" / ".tmp-k2j3h4.jpg"
     half_written.write_bytes(jpeg_bytes(seed=3)[:100])
+    stale = time.time() - STALE_UPLOAD_S - 1
+    os.utime(half_written, (stale, stale))
+    # Being written right now by another server process on this DATA_DIR: kept.
+    in_progress = uploads / "ab" / ".tmp-w9x8y7.jpg"
+    in_progress.write_bytes(jpeg_bytes(seed=4)[:100])
     file_gone = uploads / "ab" / "gone.jpg"
     ctx = open_context(settings, encoders=encoders)
     try:
@@ -45,6 +53,7 @@ def _crashed_uploads(settings: Settings, encoders: EncoderRegistry) -> dict[str,
         "half_indexed": half_indexed,
         "no_asset": no_asset,
         "half_written": half_written,
+        "in_progress": in_progress,
         "file_gone": file_gone,
     }
 
@@ -67,6 +76,7 @@ def test_a_restart_repairs_what_a_crash_left_of_uploads(
         assert indexed is not None
         assert forgotten is None
         assert not left["half_written"].exists()
+        assert left["in_progress"].exists()
         for asset in (repaired, indexed):
             assert asset.format == "JPEG"
             assert client.get(f"/api/v1/assets/{asset.id}/file").status_code == 200

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -367,9 +368,12 @@ class AssetService:
         for path in root.rglob("*"):
             if not path.is_file():
                 continue
-            if path.name.startswith(_TEMP_PREFIX):  # a write the crash cut short
-                path.unlink(missing_ok=True)
-                logger.warning("uploads: deleted %s, half-written when the server stopped", path)
+            if path.name.startswith(_TEMP_PREFIX):
+                # A write the crash cut short, unless it is recent: another server process
+                # on this DATA_DIR (one that took over the repairs) may be writing it now.
+                if time.time() - path.stat().st_mtime >= STALE_UPLOAD_S:
+                    path.unlink(missing_ok=True)
+                    logger.warning("uploads: deleted %s, half-written when a server stopped", path)
             else:
                 files[str(path)] = path
         with self.ctx.transaction() as session:
@@ -446,6 +450,8 @@ def _check_servable(asset: AssetView) -> None:
 
 
 _TEMP_PREFIX = ".tmp-"
+# A temporary upload file untouched this long belongs to no upload in progress.
+STALE_UPLOAD_S = 600.0
 
 
 def _write_atomically(
