@@ -375,6 +375,29 @@ class TestStagedSchedule:
         # A fresh reader: `flags` keeps what it read for ROLLOUT_REFRESH_S.
         assert LiveRollout(ctx).current().siglip_rollout_percentage == 5
 
+    def test_a_step_another_process_took_first_is_not_taken_again(
+        self, open_ctx: Callable[..., ServiceContext]
+    ) -> None:
+        """Every server process runs the schedule: the automatic change is written only
+        if the flags are still those its evidence was read under."""
+        ctx = open_ctx(rollout_schedule="1,5,25,100")
+        flags = LiveRollout(ctx)
+        flags.set(siglip_rollout_percentage=1)
+        seen = flags.current().flags  # what a second process read before the first acted
+        log = SearchLog(ctx, background=False)
+        _siglip_clearly_better(log)
+        assert log.guard() == "1 -> 5"  # the first process takes the step
+        late = flags.set_if_unchanged(
+            seen,
+            use_siglip=False,
+            siglip_rollout_percentage=5,
+            interleave_percentage=0,
+            source="schedule: 1 -> 5",
+        )
+        assert late is None
+        assert [c.source for c in flags.history(limit=5)] == ["schedule: 1 -> 5", "api"]
+        assert LiveRollout(ctx).current().siglip_rollout_percentage == 5
+
     def test_a_breached_guardrail_stops_the_schedule(
         self, open_ctx: Callable[..., ServiceContext]
     ) -> None:

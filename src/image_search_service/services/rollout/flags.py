@@ -154,6 +154,35 @@ class LiveRollout:
         source: str = "api",
     ) -> RolloutChangeView:
         """Change the flags (a value left out keeps its current one) and record it."""
+        view = self._write(use_siglip, siglip_rollout_percentage, interleave_percentage, source)
+        assert view is not None  # no expectation, so always written
+        return view
+
+    def set_if_unchanged(
+        self,
+        expected: repo.RolloutFlags,
+        *,
+        use_siglip: bool,
+        siglip_rollout_percentage: int,
+        interleave_percentage: int,
+        source: str,
+    ) -> RolloutChangeView | None:
+        """The automatic changes (guardrail, schedule): written only if the flags are still
+        ``expected`` under the row lock, else None. Every server process runs these checks;
+        without it two processes acting on the same evidence would both record a step (and
+        the second restart the evidence window) or stack two steps."""
+        return self._write(
+            use_siglip, siglip_rollout_percentage, interleave_percentage, source, expected
+        )
+
+    def _write(
+        self,
+        use_siglip: bool | None,
+        siglip_rollout_percentage: int | None,
+        interleave_percentage: int | None,
+        source: str,
+        expected: repo.RolloutFlags | None = None,
+    ) -> RolloutChangeView | None:
         if (
             use_siglip is None
             and siglip_rollout_percentage is None
@@ -167,6 +196,9 @@ class LiveRollout:
                 with _WRITES, self._ctx.transaction() as session:
                     stored = repo.rollout_flags(session, for_update=True)
                     old = stored or self.environment.flags
+                    if expected is not None and old != expected:
+                        logger.info("rollout: %s not applied, the flags changed meanwhile", source)
+                        return None
                     new = validate_flags(
                         old.use_siglip if use_siglip is None else use_siglip,
                         (

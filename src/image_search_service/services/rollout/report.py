@@ -499,7 +499,17 @@ def enforce_guardrails(ctx: ServiceContext, flags: LiveRollout) -> str | None:
         return None
     reason = f"{breaches[0].arm} {breaches[0].metric}"
     source = f"guardrail: {reason} {breaches[0].value} > {breaches[0].limit}"[:64]
-    flags.set(use_siglip=False, siglip_rollout_percentage=0, interleave_percentage=0, source=source)
+    if (
+        flags.set_if_unchanged(
+            state.flags,
+            use_siglip=False,
+            siglip_rollout_percentage=0,
+            interleave_percentage=0,
+            source=source,
+        )
+        is None
+    ):
+        return None  # another process acted first, or an operator changed the flags
     logger.warning("rollout guardrail breached, candidate rolled back: %s", breaches[0].text)
     return breaches[0].text
 
@@ -527,12 +537,15 @@ def advance_schedule(ctx: ServiceContext, flags: LiveRollout) -> str | None:
     if target is None:
         return None
     interleave = min(state.interleave_percentage, 100 - target)  # the shares may not overlap
-    flags.set(
+    changed = flags.set_if_unchanged(
+        state.flags,
         use_siglip=False,
         siglip_rollout_percentage=target,
         interleave_percentage=interleave,
         source=f"schedule: {current} -> {target}",
     )
+    if changed is None:
+        return None  # another process took this step first, or an operator changed the flags
     logger.info(
         "staged rollout: SigLIP %d%% -> %d%% (%s)", current, target, report.recommendation.text
     )
