@@ -41,12 +41,9 @@ from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ServiceError
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.jobs.dispatcher import Dispatcher
+from image_search_service.jobs.leader import LeaderLock
 from image_search_service.services.library.assets import AssetService
-from image_search_service.services.library.background import (
-    submit_index,
-    submit_reconcile_uploads,
-)
-from image_search_service.services.library.watcher import LibraryWatcher
+from image_search_service.services.library.background import WATCHER_LOCK, LeaderDuties
 from image_search_service.services.rollout.router import EmbeddingRouter
 from image_search_service.services.search.log import SearchLog
 from image_search_service.services.search.service import SearchService, TextEmbeddingCache
@@ -79,6 +76,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await anyio.to_thread.run_sync(_open_services, settings, encoders, metrics)
         app.state.services = services
+        leader = await anyio.to_thread.run_sync(_start_leader, services)
+        app.state.leader = leader
         if warm_models and not settings.preload_models:
             app.state.warmup = ModelWarmup(services.ctx, services.router.models_in_use())
             app.state.warmup.start()
@@ -86,6 +85,7 @@ def create_app(
             yield
         finally:
             try:
+                await anyio.to_thread.run_sync(leader.close)  # stops the watcher first
                 await anyio.to_thread.run_sync(services.close)
             finally:
                 if on_shutdown is not None:
@@ -156,7 +156,7 @@ def _open_services(
     except BaseException:
         ctx.close()
         raise
-    services = AppServices(
+    return AppServices(
         ctx=ctx,
         search=SearchService(ctx, text_cache=text_cache),
         router=router,
@@ -166,22 +166,35 @@ def _open_services(
         encode_limiter=anyio.CapacityLimiter(ENCODE_CONCURRENCY),
         dispatcher=dispatcher,
     )
+
+
+def _start_leader(services: AppServices) -> LeaderLock:
+    """The once-per-deployment work (uploads repaired, ``LIBRARY_PATHS`` watched) in the
+    one process that holds the watcher lock; the others serve and stand by for it."""
+    duties = LeaderDuties(services.dispatcher, services.ctx, services.assets)
+
+    def take() -> None:
+        duties.start()
+        services.watcher = duties.watcher
+
+    def drop() -> None:
+        services.watcher = None
+        duties.stop()
+
+    leader = LeaderLock(
+        services.ctx.engine,
+        WATCHER_LOCK,
+        retry_s=services.ctx.settings.watcher_lock_retry_s,
+        on_acquired=take,
+        on_lost=drop,
+    )
     try:
-        if settings.uploads_dir.is_dir():  # a crash may have cut an upload short
-            submit_reconcile_uploads(dispatcher, ctx, services.assets)
-        if settings.library_paths:
-            services.watcher = LibraryWatcher(
-                lambda path, reason: submit_index(dispatcher, ctx, path, reason=reason),
-                settings.library_paths,
-                debounce_ms=settings.library_debounce_ms,
-                check_disk=lambda: ctx.disk.check("index watched folders"),
-            )
-            services.watcher.start()
-            logger.info("watching %s", ", ".join(map(str, settings.library_paths)))
+        leader.start()
     except BaseException:
+        leader.close()
         services.close()
         raise
-    return services
+    return leader
 
 
 def _log_rollout(router: EmbeddingRouter) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from image_search_service.captions.ollama import OllamaEmbedder
 from image_search_service.core.config import Settings
-from image_search_service.vector.schema import CollectionSpec
+from image_search_service.vector.schema import CollectionSpec, Placement
 
 
 def caption_embedder(settings: Settings) -> OllamaEmbedder | None:
@@ -22,4 +22,5 @@ def caption_collection(settings: Settings, embedder: OllamaEmbedder) -> Collecti
         identity=embedder.identity,
         hnsw_m=settings.hnsw_m,
         hnsw_ef_construct=settings.hnsw_ef_construct,
+        placement=Placement.from_settings(settings),  # sharded and replicated like the images
     )

@@ -145,14 +145,22 @@ def _print_plan(plan: dict[str, Any]) -> None:
     click.echo(
         f"  HNSW:         m={plan['hnsw']['m']}, ef_construct={plan['hnsw']['ef_construct']}"
     )
+    place = plan["placement"]
+    click.echo(
+        f"  placement:    {place['shards']} shard(s) x {place['replication_factor']} "
+        f"cop(ies), write consistency {place['write_consistency']}, vectors "
+        f"{'on disk' if place['on_disk'] else 'in RAM'}, payload "
+        f"{'on disk' if place['on_disk_payload'] else 'in RAM'}"
+    )
     click.echo("nothing was changed (--dry-run)")
 
 
 def _print_check(data: dict[str, Any]) -> None:
     verdict = "OK" if data["ok"] else ("MISSING" if not data["exists"] else "MISMATCH")
     created = " (created now)" if data.get("created") else ""
+    alias = f" -> {data['physical_collection']!r}" if data.get("physical_collection") else ""
     click.echo(
-        f"collection {data['collection']!r} ({data['model']}, {data['vector_store']}): "
+        f"collection {data['collection']!r}{alias} ({data['model']}, {data['vector_store']}): "
         f"{verdict}{created}"
     )
     if data["exists"]:
@@ -235,6 +243,57 @@ def retry_failed(cctx: click.Context, target: ModelKey | None, as_json: bool) ->
         in_process=parent.get("in_process", False),
         as_json=as_json,
     )
+
+
+@reembed.command("rebuild")
+@click.option("--to", "target", type=MODEL_CHOICE, help="the model (default: reembed's --to)")
+@click.option("--keep-previous", is_flag=True, help="keep the collection the alias named")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.pass_context
+def rebuild(
+    cctx: click.Context, target: ModelKey | None, keep_previous: bool, as_json: bool
+) -> None:
+    """Embed the whole library into a new collection made with today's settings (model,
+    HNSW, QDRANT_SHARDS ...), then move the collection's alias to it: searches read the
+    old collection until that one step and the new one after. Needs a Qdrant server
+    (QDRANT_URL); runs here, in the foreground (docs/qdrant-cluster.md).
+    """
+    from image_search_service.services.reembed.collections import rebuild_collection
+    from image_search_service.services.reembed.schemas import CollectionRebuildOut
+    from image_search_service.vector.base import aliases_unsupported
+
+    parent = cctx.obj or {}
+    key = target or parent.get("target")
+    if key is None:
+        raise click.UsageError("give the model: --to siglip (or --to clip)")
+    settings = load_settings()
+    if not settings.qdrant_url:
+        raise aliases_unsupported()
+    with opened_context(settings) as ctx, ProgressBar(f"rebuilding {key}") as bar:
+        report = rebuild_collection(
+            ctx,
+            key,
+            keep_previous=keep_previous,
+            job_size=parent.get("job_size", 64),
+            progress=bar.start,
+        )
+    out = CollectionRebuildOut.model_validate(report)
+    if as_json:
+        echo_json(out.model_dump(mode="json"))
+    elif out.switched:
+        click.echo(
+            f"{out.collection!r} now names {out.physical!r} (was {out.previous!r}): "
+            f"{out.done} assets embedded ({out.caught_up} caught up), {out.failed} failed, "
+            f"{out.removed} removed, in {out.seconds:.1f}s"
+            + ("; previous collection dropped" if out.dropped_previous else "")
+        )
+    if out.aborted:
+        click.echo(
+            f"error: stopped early: {out.aborted}; searches still read {out.collection!r} "
+            "as before; run it again to start over",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _submit(

@@ -94,6 +94,17 @@ class Settings(BaseSettings):
     search_oversampling: float = Field(2.0, ge=1.0, le=16.0)
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef_construct: int = Field(100, ge=4, le=1000)
+    # Qdrant as a cluster (docs/qdrant-cluster.md), applied when a collection is created:
+    # shards spread one collection over the nodes; each shard kept on this many nodes;
+    # a write is acknowledged once this many copies have it (<= the replication factor).
+    # A Qdrant server only: Qdrant Edge keeps one shard and says so once in the log.
+    qdrant_shards: int = Field(1, ge=1, le=1024)
+    qdrant_replication_factor: int = Field(1, ge=1, le=64)
+    qdrant_write_consistency: int = Field(1, ge=1, le=64)
+    # Full vectors and the HNSW graph on disk (memory-mapped), the INT8 copy kept in RAM:
+    # for libraries larger than RAM. Payloads on disk is Qdrant's own default.
+    qdrant_on_disk: bool = False
+    qdrant_on_disk_payload: bool = True
     embedded_lock_timeout_s: float = Field(10.0, ge=0)
     preload_models: bool = False
     # Intra-op threads of the model runtime; 0 = one per core. 1 gives steadier latency
@@ -147,6 +158,9 @@ class Settings(BaseSettings):
     library_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     # Changes are gathered for this long after the last one before a re-index starts.
     library_debounce_ms: int = Field(1000, ge=10, le=600_000)
+    # Several server processes on one database: the one holding the watcher lock watches
+    # and repairs uploads; the others try to take it this often (the takeover time).
+    watcher_lock_retry_s: float = Field(5.0, gt=0, le=300.0)
 
     # Share of users (by bucket, counted from the top: buckets >= 100 - this) whose
     # searches merge both models' results by team draft. Disjoint from the SigLIP share.
@@ -298,6 +312,16 @@ class Settings(BaseSettings):
             )
         if self.caption_collection in (self.qdrant_collection, self.siglip_collection):
             raise ValueError("CAPTION_COLLECTION must name a collection of its own")
+        return self
+
+    @model_validator(mode="after")
+    def _write_consistency_fits(self) -> Settings:
+        if self.qdrant_write_consistency > self.qdrant_replication_factor:
+            raise ValueError(
+                f"QDRANT_WRITE_CONSISTENCY ({self.qdrant_write_consistency}) must be at most "
+                f"QDRANT_REPLICATION_FACTOR ({self.qdrant_replication_factor}): a write cannot "
+                "wait for more copies than exist"
+            )
         return self
 
     @model_validator(mode="after")

@@ -11,9 +11,9 @@ from uuid import UUID
 import numpy as np
 import numpy.typing as npt
 
-from image_search_service.core.errors import ModelMismatch
+from image_search_service.core.errors import ConfigError, ModelMismatch
 from image_search_service.core.specs import ModelIdentity
-from image_search_service.vector.schema import DISTANCE, QUANTIZATION, CollectionSpec
+from image_search_service.vector.schema import DISTANCE, QUANTIZATION, CollectionSpec, Placement
 
 Vector = npt.NDArray[np.float32]
 
@@ -32,6 +32,11 @@ class StoreCapabilities:
     shared: bool
     # The HNSW graph is built only when optimize() is called (Qdrant Edge).
     indexes_on_optimize: bool
+    # Collection aliases: a model's collection is an alias of a versioned physical one, so
+    # a rebuild fills a new version and readers move in one atomic alias switch.
+    aliases: bool = False
+    # Shards, replicas and write consistency are applied (a Qdrant server).
+    cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,11 @@ class CollectionInfo:
     hnsw_ef_construct: int | None
     # Provenance, not identity: which runtimes made its vectors (e.g. torch-fp32, onnx-int8).
     runtimes: tuple[str, ...] = ()
+    # The physical collection when ``name`` is an alias (stores with aliases).
+    physical: str | None = None
+    # Where its data lives, as the store reports it (None: not recorded, e.g. made by an
+    # older version).
+    placement: Placement | None = None
 
     def mismatches(self, spec: CollectionSpec, capabilities: StoreCapabilities) -> list[str]:
         """What differs from the settings (empty when the collection matches); index
@@ -67,7 +77,24 @@ class CollectionInfo:
                 f"HNSW m={self.hnsw_m} ef_construct={self.hnsw_ef_construct}, "
                 f"configured m={spec.hnsw_m} ef_construct={spec.hnsw_ef_construct}"
             )
-        return problems
+        return problems + self._placement_mismatches(spec.placement, capabilities)
+
+    def _placement_mismatches(
+        self, wanted: Placement, capabilities: StoreCapabilities
+    ) -> list[str]:
+        """Placement is fixed at creation: a difference means the setting is not in force
+        until the collection is rebuilt (``image-search reembed rebuild``)."""
+        if self.placement is None:
+            return []
+        fields = ["on_disk", "on_disk_payload"]
+        if capabilities.cluster:
+            fields = ["shards", "replication_factor", "write_consistency", *fields]
+        return [
+            f"{field} {getattr(self.placement, field)}, configured {getattr(wanted, field)} "
+            "(fixed when the collection was made: rebuild it to apply)"
+            for field in fields
+            if getattr(self.placement, field) != getattr(wanted, field)
+        ]
 
 
 @dataclass(frozen=True)
@@ -149,7 +176,25 @@ class VectorStore(Protocol):
         """Everything status shows, point count included; None if there is no collection."""
         ...
 
-    def drop_collection(self, name: str) -> bool: ...
+    def drop_collection(self, name: str) -> bool:
+        """Remove the collection (an alias: the alias and the collection it names)."""
+        ...
+
+    # -- aliases (``capabilities.aliases``; the other stores raise ConfigError) ---------
+    def alias_target(self, name: str) -> str | None:
+        """The physical collection alias ``name`` points at; None if it is no alias."""
+        ...
+
+    def create_version(self, spec: CollectionSpec) -> str:
+        """Create the next versioned physical collection for ``spec`` (stamped, with its
+        payload indexes) without pointing any alias at it; returns its name."""
+        ...
+
+    def switch_alias(self, name: str, physical: str) -> str | None:
+        """Point alias ``name`` at ``physical`` in one atomic step and return the
+        collection it named before (None if none). A plain collection called ``name``
+        (made before aliases) is deleted first: that one switch is not atomic."""
+        ...
 
     def note_runtime(self, name: str, runtime: str) -> None:
         """Add ``runtime`` to the runtimes recorded in the collection's stamp (provenance
@@ -188,6 +233,15 @@ class VectorStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def aliases_unsupported() -> ConfigError:
+    """What a store without aliases raises from the alias methods."""
+    return ConfigError(
+        "Qdrant Edge (the embedded store) has no collection aliases, so a collection cannot "
+        "be rebuilt beside the one searches read: set QDRANT_URL to a Qdrant server, or "
+        "drop the collection and re-embed (`image-search create-collection --drop`)"
+    )
 
 
 def verify_collection(store: VectorStore, spec: CollectionSpec) -> None:

@@ -3,7 +3,9 @@
 Edge has no collection metadata, so the model stamp and creation settings live in
 ``collection.json`` beside the shard. A shard may be open in one process only, so
 the whole store holds an exclusive file lock while open (its holder's pid is written
-beside it, for the message another process gets).
+beside it, for the message another process gets). Edge is one shard in one process: it
+applies the on-disk settings but has no shards, replicas or aliases (``vector/factory.py``
+says so once in the log when cluster settings are set).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from image_search_service.vector.base import (
     Vector,
     VectorHit,
     VectorPoint,
+    aliases_unsupported,
     check_identity,
 )
 from image_search_service.vector.schema import (
@@ -47,6 +50,7 @@ from image_search_service.vector.schema import (
     QUANTIZATION_QUANTILE,
     CollectionSpec,
     PayloadField,
+    Placement,
     payload_timestamp,
 )
 
@@ -107,12 +111,17 @@ class EdgeVectorStore:
             shard_dir = directory / _SHARD_DIR
             if shard_dir.exists():  # a crash between creating the shard and the stamp
                 shutil.rmtree(shard_dir)
+            on_disk = spec.placement.on_disk
             config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine),
+                vectors=qe.EdgeVectorParams(
+                    size=spec.dim, distance=qe.Distance.Cosine, on_disk=on_disk
+                ),
+                on_disk_payload=spec.placement.on_disk_payload,
                 hnsw_config=qe.HnswIndexConfig(
                     m=spec.hnsw_m,
                     ef_construct=spec.hnsw_ef_construct,
                     full_scan_threshold=FULL_SCAN_THRESHOLD,
+                    on_disk=on_disk,
                 ),
                 quantization_config=qe.ScalarQuantizationConfig(
                     type=qe.ScalarType.Int8,
@@ -130,6 +139,9 @@ class EdgeVectorStore:
                 "quantization": QUANTIZATION,
                 "quantile": QUANTIZATION_QUANTILE,
                 "hnsw": {"m": spec.hnsw_m, "ef_construct": spec.hnsw_ef_construct},
+                # What Edge applies of the placement: one shard, one copy, always.
+                "on_disk": on_disk,
+                "on_disk_payload": spec.placement.on_disk_payload,
             }
             tmp = directory / (_META_FILE + ".tmp")
             tmp.write_text(json.dumps(meta, indent=2))
@@ -166,6 +178,11 @@ class EdgeVectorStore:
             hnsw_m=hnsw.get("m"),
             hnsw_ef_construct=hnsw.get("ef_construct"),
             runtimes=tuple(meta.get("runtimes", ())),
+            placement=Placement(
+                on_disk=bool(meta["on_disk"]), on_disk_payload=bool(meta["on_disk_payload"])
+            )
+            if "on_disk" in meta
+            else None,  # made before placements were recorded
         )
 
     def collection_stamp(self, name: str) -> ModelIdentity | None:
@@ -200,6 +217,16 @@ class EdgeVectorStore:
             (directory / _META_FILE).unlink(missing_ok=True)
             shutil.rmtree(directory)
             return True
+
+    # -- aliases: none in Edge ---------------------------------------------------------
+    def alias_target(self, name: str) -> str | None:
+        return None
+
+    def create_version(self, spec: CollectionSpec) -> str:
+        raise aliases_unsupported()
+
+    def switch_alias(self, name: str, physical: str) -> str | None:
+        raise aliases_unsupported()
 
     # -- points ------------------------------------------------------------------------
     def upsert(self, name: str, points: Sequence[VectorPoint]) -> None:

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+
 from image_search_service.core.config import Settings
 from image_search_service.vector.base import VectorStore
+from image_search_service.vector.schema import Placement
+
+logger = logging.getLogger(__name__)
 
 
 def open_vector_store(settings: Settings) -> VectorStore:
+    store = _open(settings)
+    if Placement.from_settings(settings).clustered and not store.capabilities.cluster:
+        # Not an error: the same settings file serves the cluster and a laptop copy.
+        logger.warning(
+            "QDRANT_SHARDS=%d, QDRANT_REPLICATION_FACTOR=%d, QDRANT_WRITE_CONSISTENCY=%d are "
+            "ignored: the %s vector store is one shard with one copy (they apply to a Qdrant "
+            "server, QDRANT_URL=http://...)",
+            settings.qdrant_shards,
+            settings.qdrant_replication_factor,
+            settings.qdrant_write_consistency,
+            store.kind,
+        )
+    return store
+
+
+def _open(settings: Settings) -> VectorStore:
     if settings.qdrant_url:
         from image_search_service.vector.qdrant import QdrantServerStore
 

@@ -1,7 +1,14 @@
 """Qdrant server adapter through qdrant-client (``QDRANT_URL``).
 
 Also runs against qdrant-client's in-process mode (``":memory:"``) in tests; that
-mode ignores HNSW and quantization but keeps the API and the metadata stamp.
+mode ignores HNSW, quantization, shards and replicas but keeps the API, the metadata
+stamp and aliases.
+
+A model's collection is an alias of a versioned physical collection (``<name>_v1``,
+``_v2`` ...): a rebuild fills the next version while searches read the current one, then
+moves the alias in one request (``switch_alias``). A collection made before aliases keeps
+its plain name until its first rebuild.
+
 ``path:/dir`` is the same local mode persisted on disk: one process at a time (it locks
 the folder), which lets tests hand the vectors from a worker subprocess to the test.
 """
@@ -42,7 +49,10 @@ from image_search_service.vector.schema import (
     QUANTIZATION_QUANTILE,
     CollectionSpec,
     PayloadField,
+    Placement,
     payload_timestamp,
+    version_name,
+    version_of,
 )
 
 T = TypeVar("T")
@@ -63,6 +73,8 @@ class QdrantServerStore:
             payload_indexes=not local,
             shared=not local,
             indexes_on_optimize=False,
+            aliases=True,
+            cluster=not local,
         )
 
     @classmethod
@@ -107,27 +119,68 @@ class QdrantServerStore:
         return ModelIdentity.from_dict(model) if isinstance(model, dict) else None
 
     def ensure_collection(self, spec: CollectionSpec) -> bool:
-        if self._exists(spec.name):
+        if self._exists(spec.name):  # a collection, or an alias of one
             check_identity(spec.name, self.collection_stamp(spec.name), spec.identity)
             self._ensure_indexes(spec.name)
             return False
+        # Always version 1 here, so processes creating it at once agree on one collection
+        # (and one left by a crash before its alias is taken up); the alias comes last.
+        physical = version_name(spec.name, 1)
+        if not self._exists(physical):
+            try:
+                self._create(physical, spec)
+            except (VectorStoreUnavailable, ValueError):
+                if not self._exists(physical):  # not another process's creation: an error
+                    raise
+        check_identity(physical, self.collection_stamp(physical), spec.identity)
+        self._ensure_indexes(physical)
         self._call(
-            lambda: self.client.create_collection(
-                spec.name,
-                vectors_config=qm.VectorParams(size=spec.dim, distance=qm.Distance.COSINE),
-                hnsw_config=qm.HnswConfigDiff(m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct),
-                quantization_config=qm.ScalarQuantization(
-                    scalar=qm.ScalarQuantizationConfig(
-                        type=qm.ScalarType.INT8,
-                        quantile=QUANTIZATION_QUANTILE,
-                        always_ram=QUANTIZATION_ALWAYS_RAM,
+            lambda: self.client.update_collection_aliases(
+                [
+                    qm.CreateAliasOperation(
+                        create_alias=qm.CreateAlias(collection_name=physical, alias_name=spec.name)
                     )
-                ),
-                metadata={"model": asdict(spec.identity)},
+                ]
             )
         )
-        self._ensure_indexes(spec.name)
         return True
+
+    def _create(self, physical: str, spec: CollectionSpec) -> None:
+        self._call(lambda: self.client.create_collection(physical, **create_request(spec)))
+        self._ensure_indexes(physical)
+
+    # -- aliases ---------------------------------------------------------------------
+    def _aliases(self) -> dict[str, str]:
+        response = self._call(lambda: self.client.get_aliases())
+        return {a.alias_name: a.collection_name for a in response.aliases}
+
+    def alias_target(self, name: str) -> str | None:
+        return self._aliases().get(name)
+
+    def create_version(self, spec: CollectionSpec) -> str:
+        names = [c.name for c in self._call(lambda: self.client.get_collections()).collections]
+        versions = [v for n in names if (v := version_of(spec.name, n)) is not None]
+        physical = version_name(spec.name, max(versions, default=0) + 1)
+        self._create(physical, spec)
+        return physical
+
+    def switch_alias(self, name: str, physical: str) -> str | None:
+        previous = self.alias_target(name)
+        if previous is None and self._exists(name):
+            # Made before aliases: the name is taken by the collection itself.
+            self._call(lambda: self.client.delete_collection(name))
+        operations: list[qm.CreateAliasOperation | qm.DeleteAliasOperation] = []
+        if previous is not None:
+            operations.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=name)))
+        operations.append(
+            qm.CreateAliasOperation(
+                create_alias=qm.CreateAlias(collection_name=physical, alias_name=name)
+            )
+        )
+        # One request: Qdrant applies the alias changes together, so a search reads the
+        # old collection or the new one, never neither.
+        self._call(lambda: self.client.update_collection_aliases(operations))
+        return previous
 
     def _ensure_indexes(self, name: str) -> None:
         """Payload indexes of the recipe; a collection made by an older version gets the
@@ -165,6 +218,7 @@ class QdrantServerStore:
         )
         metadata = info.config.metadata or {}
         model = metadata.get("model")
+        params = info.config.params
         return CollectionInfo(
             name=name,
             identity=ModelIdentity.from_dict(model) if isinstance(model, dict) else None,
@@ -175,6 +229,17 @@ class QdrantServerStore:
             hnsw_m=info.config.hnsw_config.m,
             hnsw_ef_construct=info.config.hnsw_config.ef_construct,
             runtimes=tuple(metadata.get("runtimes") or ()),
+            physical=self.alias_target(name),
+            # In-process mode drops these (None): nothing to compare there.
+            placement=None
+            if params.shard_number is None
+            else Placement(
+                shards=params.shard_number,
+                replication_factor=params.replication_factor or 1,
+                write_consistency=params.write_consistency_factor or 1,
+                on_disk=bool(vectors.on_disk) and bool(info.config.hnsw_config.on_disk),
+                on_disk_payload=bool(params.on_disk_payload),
+            ),
         )
 
     def note_runtime(self, name: str, runtime: str) -> None:
@@ -189,7 +254,15 @@ class QdrantServerStore:
             )
 
     def drop_collection(self, name: str) -> bool:
-        return bool(self._call(lambda: self.client.delete_collection(name)))
+        physical = self.alias_target(name)
+        if physical is None:
+            return bool(self._call(lambda: self.client.delete_collection(name)))
+        self._call(
+            lambda: self.client.update_collection_aliases(
+                [qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=name))]
+            )
+        )
+        return bool(self._call(lambda: self.client.delete_collection(physical)))
 
     def upsert(self, name: str, points: Sequence[VectorPoint]) -> None:
         if not points:
@@ -298,6 +371,34 @@ class QdrantServerStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def create_request(spec: CollectionSpec) -> dict[str, Any]:
+    """The arguments of ``create_collection`` for ``spec`` (in-process mode drops the
+    quantization and placement; a server applies them all)."""
+    placement = spec.placement
+    return {
+        "vectors_config": qm.VectorParams(
+            size=spec.dim, distance=qm.Distance.COSINE, on_disk=placement.on_disk
+        ),
+        "hnsw_config": qm.HnswConfigDiff(
+            m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct, on_disk=placement.on_disk
+        ),
+        # Kept in RAM even with on-disk vectors: the search walks the INT8 copy and
+        # reads full vectors from disk only to rescore the oversampled candidates.
+        "quantization_config": qm.ScalarQuantization(
+            scalar=qm.ScalarQuantizationConfig(
+                type=qm.ScalarType.INT8,
+                quantile=QUANTIZATION_QUANTILE,
+                always_ram=QUANTIZATION_ALWAYS_RAM,
+            )
+        ),
+        "shard_number": placement.shards,
+        "replication_factor": placement.replication_factor,
+        "write_consistency_factor": placement.write_consistency,
+        "on_disk_payload": placement.on_disk_payload,
+        "metadata": {"model": asdict(spec.identity)},
+    }
 
 
 def _open_local(path: str, timeout_s: float) -> QdrantClient:

@@ -1,8 +1,9 @@
 """What every collection and every point looks like, whatever the store.
 
 The collection recipe (cosine distance, HNSW, INT8 scalar quantization kept in RAM,
-the model stamp) and the payload each point carries are defined here once; the
-adapters translate them into their own API, and nothing else spells a field name.
+the model stamp, where the data lives: shards, replicas, disk or RAM) and the payload
+each point carries are defined here once; the adapters translate them into their own
+API, and nothing else spells a field name.
 """
 
 from __future__ import annotations
@@ -26,13 +27,48 @@ FULL_SCAN_THRESHOLD = 10_000
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a collection's data lives (QDRANT_SHARDS ... QDRANT_ON_DISK_PAYLOAD).
+
+    Fixed when the collection is created: changing it means a new collection
+    (``image-search reembed rebuild``). Shards, replicas and write consistency need a
+    Qdrant server; on-disk storage is applied by Qdrant Edge too.
+    """
+
+    shards: int = 1
+    replication_factor: int = 1
+    write_consistency: int = 1
+    # Full vectors and the HNSW graph memory-mapped from disk; the INT8 copy stays in RAM
+    # (QUANTIZATION_ALWAYS_RAM), so a search reads the disk only to rescore.
+    on_disk: bool = False
+    on_disk_payload: bool = True
+
+    @property
+    def clustered(self) -> bool:
+        """Asks for something only a Qdrant server (a cluster) does."""
+        return (self.shards, self.replication_factor, self.write_consistency) != (1, 1, 1)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Placement:
+        return cls(
+            shards=settings.qdrant_shards,
+            replication_factor=settings.qdrant_replication_factor,
+            write_consistency=settings.qdrant_write_consistency,
+            on_disk=settings.qdrant_on_disk,
+            on_disk_payload=settings.qdrant_on_disk_payload,
+        )
+
+
+@dataclass(frozen=True)
 class CollectionSpec:
-    """How a collection is made: the recipe above, HNSW parameters, and the model stamp."""
+    """How a collection is made: the recipe above, HNSW parameters, where the data
+    lives, and the model stamp."""
 
     name: str
     identity: ModelIdentity
     hnsw_m: int = 16
     hnsw_ef_construct: int = 100
+    placement: Placement = Placement()
 
     @property
     def dim(self) -> int:
@@ -49,6 +85,7 @@ class CollectionSpec:
                 "always_ram": QUANTIZATION_ALWAYS_RAM,
             },
             "hnsw": {"m": self.hnsw_m, "ef_construct": self.hnsw_ef_construct},
+            "placement": asdict(self.placement),
             "model_identity": asdict(self.identity),
         }
 
@@ -59,7 +96,21 @@ def collection_spec(settings: Settings, spec: ModelSpec) -> CollectionSpec:
         identity=spec.identity,
         hnsw_m=settings.hnsw_m,
         hnsw_ef_construct=settings.hnsw_ef_construct,
+        placement=Placement.from_settings(settings),
     )
+
+
+def version_name(name: str, version: int) -> str:
+    """The physical collection behind alias ``name`` (stores with aliases): a rebuild
+    fills the next version and moves the alias to it."""
+    return f"{name}_v{version}"
+
+
+def version_of(name: str, physical: str) -> int | None:
+    """The version number of ``physical`` if it is one of ``name``'s versions."""
+    prefix = f"{name}_v"
+    suffix = physical.removeprefix(prefix)
+    return int(suffix) if physical.startswith(prefix) and suffix.isdigit() else None
 
 
 class PayloadField:

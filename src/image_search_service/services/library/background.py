@@ -2,7 +2,8 @@
 and watched folders run on the process's :class:`~jobs.dispatcher.Dispatcher`, one at a
 time; a request for a folder already waiting is not queued twice. Progress of the
 current run and the outcome of the last ones are kept for ``GET /api/v1/admin/index``
-and the page."""
+and the page. :class:`LeaderDuties` is what one process of a deployment does for all:
+repair uploads after a crash and watch ``LIBRARY_PATHS``."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from image_search_service.services.library.assets import AssetService
 from image_search_service.services.library.folders import check_folder
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.library.indexing import IndexReport, models_to_index
+from image_search_service.services.library.watcher import LibraryWatcher
 
 logger = logging.getLogger(__name__)
 
 INDEX = "index"  # the dispatcher's job kind
+WATCHER_LOCK = "watcher"  # the jobs.leader lock of LeaderDuties: one process per database
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class IndexStatus:
     queued: list[IndexRun]
     finished: list[IndexRun]  # newest first
     problems: list[str]
+    # The process that watches LIBRARY_PATHS for the deployment ("image-search watcher
+    # HOST:PID"), if known; None without watched folders.
+    watched_by: str | None = None
 
 
 def submit_index(
@@ -120,7 +126,9 @@ def submit_reconcile_uploads(
     return IndexRun.of(job)
 
 
-def index_status(dispatcher: Dispatcher, *, problems: Sequence[str] = ()) -> IndexStatus:
+def index_status(
+    dispatcher: Dispatcher, *, problems: Sequence[str] = (), watched_by: str | None = None
+) -> IndexStatus:
     current = dispatcher.current(INDEX)
     return IndexStatus(
         running=current is not None,
@@ -128,4 +136,39 @@ def index_status(dispatcher: Dispatcher, *, problems: Sequence[str] = ()) -> Ind
         queued=[IndexRun.of(job) for job in dispatcher.queued(INDEX)],
         finished=[IndexRun.of(job) for job in dispatcher.finished(INDEX)],
         problems=list(problems),
+        watched_by=watched_by,
     )
+
+
+class LeaderDuties:
+    """The once-per-deployment work of a server, done by the process that holds the
+    watcher lock (``jobs.leader``): on taking it, repair what a crash left of uploads
+    and watch ``LIBRARY_PATHS``; on losing it, stop watching. ``watcher`` is the watch
+    in force, if any."""
+
+    def __init__(self, dispatcher: Dispatcher, ctx: ServiceContext, assets: AssetService) -> None:
+        self._dispatcher = dispatcher
+        self._ctx = ctx
+        self._assets = assets
+        self.watcher: LibraryWatcher | None = None
+
+    def start(self) -> None:
+        settings = self._ctx.settings
+        if settings.uploads_dir.is_dir():  # a crash may have cut an upload short
+            submit_reconcile_uploads(self._dispatcher, self._ctx, self._assets)
+        if settings.library_paths:
+            watcher = LibraryWatcher(
+                lambda path, reason: submit_index(self._dispatcher, self._ctx, path, reason=reason),
+                settings.library_paths,
+                debounce_ms=settings.library_debounce_ms,
+                check_disk=lambda: self._ctx.disk.check("index watched folders"),
+            )
+            watcher.start()
+            self.watcher = watcher
+            logger.info("watching %s", ", ".join(map(str, settings.library_paths)))
+
+    def stop(self) -> None:
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            watcher.close()
+            logger.info("stopped watching %s", ", ".join(map(str, watcher.roots)))

@@ -70,6 +70,10 @@ class LibraryWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="library-watcher", daemon=True)
 
+    @property
+    def roots(self) -> list[Path]:
+        return [root.path for root in self._roots]
+
     def problems(self) -> list[str]:
         """Standing problems for the index status: watched folders that are unavailable."""
         with self._problems_lock:

@@ -123,5 +123,26 @@ class CollectionCheckOut(OutputModel):
     hnsw: dict[str, int | None] | None = None
     model_identity: ModelIdentityOut | None = Field(None, description="its model stamp")
     runtimes: list[str] = Field(default_factory=list, description="runtimes of its vectors")
+    physical_collection: str | None = Field(
+        None, description="the collection its name is an alias of (a Qdrant server)"
+    )
     note: str | None = None
     created: bool | None = Field(None, description="create-collection: made by this call")
+
+
+class CollectionRebuildOut(OutputModel):
+    """``reembed rebuild``: a new collection filled, then the alias moved to it."""
+
+    model: ModelKey
+    collection: str = Field(description="the alias searches use")
+    physical: str = Field(description="the collection filled (dropped again if aborted)")
+    previous: str | None = Field(description="what the alias named before")
+    planned: int
+    done: int
+    failed: int
+    caught_up: int = Field(description="assets indexed during the fill, added at the end")
+    removed: int = Field(description="assets deleted during the fill, removed at the end")
+    switched: bool
+    dropped_previous: bool
+    seconds: float
+    aborted: str | None = Field(description="why it stopped; the alias did not move")
