@@ -203,6 +203,10 @@ def test_one_process_watches_and_another_takes_over_when_it_dies(
 
     eventually(lambda: (resolved, "start", "done") in runs(a), "A indexes the folder", a, b)
     assert f":{a.process.pid}" in (deployment.watcher_holder() or "")
+    # Both say who watches for the deployment (B looked it up when it started).
+    for process in (a, b):
+        watched_by = process.client.get("/api/v1/admin/index").json()["watched_by"]
+        assert f":{a.process.pid}" in watched_by
     # A change is indexed by the watcher, A; B, started while A held the lock, never
     # indexed anything.
     write_library(folder / "more", seed=7)
@@ -213,6 +217,7 @@ def test_one_process_watches_and_another_takes_over_when_it_dies(
     a.process.wait(timeout=30)
     eventually(lambda: (resolved, "start", "done") in runs(b), "B takes over", b)
     assert f":{b.process.pid}" in (deployment.watcher_holder() or "")
+    assert f":{b.process.pid}" in b.client.get("/api/v1/admin/index").json()["watched_by"]
 
 
 def test_serve_workers_refuses_the_embedded_stores(make_settings: Any) -> None:

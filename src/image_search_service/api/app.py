@@ -188,6 +188,7 @@ def _start_leader(services: AppServices) -> LeaderLock:
         on_acquired=take,
         on_lost=drop,
     )
+    services.leader = leader
     try:
         leader.start()
     except BaseException:

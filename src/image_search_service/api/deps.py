@@ -23,6 +23,7 @@ from image_search_service.core.errors import Forbidden, Unauthorized
 from image_search_service.db import repository as repo
 from image_search_service.db.session import session_scope
 from image_search_service.jobs.dispatcher import Dispatcher
+from image_search_service.jobs.leader import LeaderLock
 from image_search_service.services.library.assets import AssetService, AssetView
 from image_search_service.services.library.watcher import LibraryWatcher
 from image_search_service.services.rollout.router import (
@@ -51,6 +52,8 @@ class AppServices:
     # watched folders), and without RQ ingests and re-embedding runs.
     dispatcher: Dispatcher
     watcher: LibraryWatcher | None = None
+    # The watcher lock (one process of the deployment watches); set once it started.
+    leader: LeaderLock | None = None
 
     def record_audit(self, record: dict[str, Any]) -> None:
         with self.ctx.transaction() as session:
@@ -58,6 +61,12 @@ class AppServices:
 
     def watch_problems(self) -> list[str]:
         return self.watcher.problems() if self.watcher is not None else []
+
+    def watched_by(self) -> str | None:
+        """The process watching LIBRARY_PATHS for the deployment (this one or another)."""
+        if not self.ctx.settings.library_paths or self.leader is None:
+            return None
+        return self.leader.known_holder
 
     def close(self) -> None:
         """Stop the background work first, then the stores it uses."""

@@ -290,7 +290,9 @@ admin_router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], dependenc
 )
 def start_index(services: ServicesDep, body: IndexRequest) -> IndexSubmissionOut:
     run = background.submit_index(services.dispatcher, services.ctx, body.path, model=body.model)
-    status = background.index_status(services.dispatcher, problems=services.watch_problems())
+    status = background.index_status(
+        services.dispatcher, problems=services.watch_problems(), watched_by=services.watched_by()
+    )
     return IndexSubmissionOut.model_validate({"run": run, "status": status})
 
 
@@ -300,7 +302,9 @@ def start_index(services: ServicesDep, body: IndexRequest) -> IndexSubmissionOut
     responses=error_responses(Unauthorized),
 )
 async def index_status(services: ServicesDep) -> IndexStatusOut:
-    status = background.index_status(services.dispatcher, problems=services.watch_problems())
+    status = background.index_status(
+        services.dispatcher, problems=services.watch_problems(), watched_by=services.watched_by()
+    )
     return IndexStatusOut.model_validate(status)
 
 

@@ -167,6 +167,11 @@ class IndexStatusOut(OutputModel):
     queued: list[IndexRunOut]
     finished: list[IndexRunOut] = Field(description="the latest runs, newest first")
     problems: list[str] = Field(description="e.g. a watched folder that is unavailable")
+    watched_by: str | None = Field(
+        None,
+        description="the process watching LIBRARY_PATHS for the deployment "
+        '("image-search watcher HOST:PID"; null: no watched folders, or not known yet)',
+    )
 
 
 class IndexSubmissionOut(OutputModel):
