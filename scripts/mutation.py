@@ -108,7 +108,7 @@ TARGETS = (
     Target(
         "coverage",
         "services/rollout/router.py",
-        ("EmbeddingRouter.check_readiness", "EmbeddingRouter._guard"),
+        ("EmbeddingRouter.check_readiness", "EmbeddingRouter._measure", "EmbeddingRouter._guard"),
         ("tests/integration/test_router.py::TestCoverageGuard",),
         isolation="forkserver",
     ),

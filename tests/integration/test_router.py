@@ -9,7 +9,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +21,7 @@ from image_search_service.context import ServiceContext, open_context
 from image_search_service.core.config import Settings, load_settings
 from image_search_service.core.errors import ConfigError
 from image_search_service.core.specs import ModelIdentity
+from image_search_service.db import repository as repo
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.services.library.index import index_paths
 from image_search_service.services.rollout.router import BUCKETS, EmbeddingRouter, user_bucket
@@ -230,6 +233,33 @@ class TestCoverageGuard:
         ctx.store.ensure_collection(ctx.collection_spec("siglip"))
         decision = router.route("alice")
         assert (decision.model, decision.fallback_code) == ("clip", "points_missing")
+
+    def test_a_count_taken_while_a_batch_is_written_is_checked_again(
+        self,
+        open_ctx: Callable[..., ServiceContext],
+        library: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Under churn the store and the database are counted a moment apart: one short
+        count of points (a batch in flight) or a negative difference between two counts
+        (two snapshots) is no reason to send SigLIP's users to CLIP."""
+        ctx = open_ctx(use_siglip=True)
+        index_paths(ctx, [library], model_keys=["clip", "siglip"])
+        real_info = ctx.store.collection_info
+        calls: list[str] = []
+
+        def short_once(name: str) -> Any:
+            info = real_info(name)
+            calls.append(name)
+            if name == "image_assets_siglip" and calls.count(name) == 1 and info is not None:
+                return replace(info, points=info.points - 2)  # the batch being deleted
+            return info
+
+        monkeypatch.setattr(ctx.store, "collection_info", short_once)
+        monkeypatch.setattr(repo, "count_covered_but_not_by", lambda *a, **k: -3)
+        readiness = EmbeddingRouter(ctx, coverage_ttl_s=0).check_readiness("siglip")
+        assert (readiness.ready, readiness.missing, readiness.reason_code) == (True, 0, None)
+        assert calls.count("image_assets_siglip") == 2  # measured again, then trusted
 
     def test_collection_of_another_model(
         self, open_ctx: Callable[..., ServiceContext], library: Path

@@ -255,9 +255,26 @@ class EmbeddingRouter:
 
     def check_readiness(self, key: ModelKey) -> Readiness:
         """Can ``key``'s collection serve now? Always true for the baseline."""
+        state, info = self._measure(key)
+        if key == BASELINE:
+            return state
+        code, reason = self._guard(state, info)
+        if code == "points_missing":
+            # Indexing writes the points, then records them as done, and a delete goes the
+            # other way round: a count taken while one of them runs can come up short by
+            # the batch in flight. A dropped collection is still short a moment later.
+            state, info = self._measure(key)
+            code, reason = self._guard(state, info)
+        if code is None:
+            return state
+        return replace(state, ready=False, reason_code=code, reason=reason)
+
+    def _measure(self, key: ModelKey) -> tuple[Readiness, CollectionInfo | None]:
         ctx = self._ctx
         spec = ctx.spec(key)
-        info = ctx.store.collection_info(spec.collection)
+        # The database first, then the points: a point is written before it is recorded
+        # as done, so points read second are never fewer than the done rows read first
+        # because of an index run in between.
         with ctx.transaction() as session:
             cov = repo.coverage(session, spec)
             missing = (
@@ -265,6 +282,7 @@ class EmbeddingRouter:
                 if key == BASELINE
                 else repo.count_covered_but_not_by(session, ctx.spec(BASELINE), spec)
             )
+        info = ctx.store.collection_info(spec.collection)
         state = Readiness(
             model=key,
             collection=spec.collection,
@@ -273,15 +291,12 @@ class EmbeddingRouter:
             points=info.points if info is not None else 0,
             embedded=cov.done_searchable,
             active=cov.searchable,
-            missing=missing,
+            # Separate counts may see different snapshots under concurrent writes: a
+            # negative difference is no missing vector.
+            missing=max(0, missing),
             coverage=cov.ratio,
         )
-        if key == BASELINE:
-            return state
-        code, reason = self._guard(state, info)
-        if code is None:
-            return state
-        return replace(state, ready=False, reason_code=code, reason=reason)
+        return state, info
 
     def _guard(
         self, state: Readiness, info: CollectionInfo | None
