@@ -157,18 +157,36 @@ def text_matches(session: Session, query: str, *, limit: int) -> list[uuid.UUID]
         return []
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
-        rows = session.execute(
+        params = {"q": " OR ".join(f'"{t}"' for t in terms), "n": limit, "k": 2 * limit}
+        # FTS5 ranks first and only its best 2 x limit are checked for status: joining
+        # every match to its photo first cost 0.4 s for a common word in a million-photo
+        # library (scripts/benchmark_scale.py), ranking alone 0.08 s. Only when too few
+        # of those best are still searchable is every match joined.
+        best = session.execute(
             text(
-                "SELECT s.asset_id FROM asset_search s JOIN assets a ON a.id = s.asset_id "
-                "WHERE asset_search MATCH :q AND a.status = 'active' "
-                "ORDER BY bm25(asset_search) LIMIT :n"
+                "SELECT s.asset_id FROM (SELECT asset_id, rank FROM asset_search "
+                "WHERE asset_search MATCH :q ORDER BY rank LIMIT :k) s "
+                "JOIN assets a ON a.id = s.asset_id WHERE a.status = 'active' "
+                "ORDER BY s.rank LIMIT :n"
             ),
-            {"q": " OR ".join(f'"{t}"' for t in terms), "n": limit},
+            params,
         ).scalars()
+        rows = list(best)
+        if len(rows) < limit:
+            rows = list(
+                session.execute(
+                    text(
+                        "SELECT s.asset_id FROM asset_search s JOIN assets a ON a.id = s.asset_id "
+                        "WHERE asset_search MATCH :q AND a.status = 'active' "
+                        "ORDER BY bm25(asset_search) LIMIT :n"
+                    ),
+                    params,
+                ).scalars()
+            )
         return [uuid.UUID(hex=str(r)) for r in rows]
     if dialect == "postgresql":
         vector = "to_tsvector('simple', coalesce(search_text, ''))"
-        rows = session.execute(
+        found = session.execute(
             text(
                 f"SELECT id FROM assets WHERE {vector} @@ to_tsquery('simple', :q) "
                 f"AND status = 'active' ORDER BY ts_rank({vector}, to_tsquery('simple', :q)) "
@@ -176,7 +194,7 @@ def text_matches(session: Session, query: str, *, limit: int) -> list[uuid.UUID]
             ),
             {"q": " | ".join(terms), "n": limit},
         ).scalars()
-        return [r if isinstance(r, uuid.UUID) else uuid.UUID(str(r)) for r in rows]
+        return [r if isinstance(r, uuid.UUID) else uuid.UUID(str(r)) for r in found]
     return []
 
 
@@ -272,13 +290,18 @@ def labels_for(session: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, As
 
 
 def known_people(session: Session) -> dict[str, str]:
-    """Every person in at least one photo of the library: name key -> name as written."""
-    present = (
-        select(AssetPerson.person_id)
+    """Every person in at least one photo of the library: name key -> name as written.
+
+    Read on every text search, so it costs per person, not per photo: each person's
+    EXISTS stops at their first photo still in the library (the ``person_id`` index),
+    where an IN over every tagged photo read them all (a million-photo library)."""
+    in_library = (
+        select(AssetPerson.asset_id)
         .join(Asset, Asset.id == AssetPerson.asset_id)
-        .where(Asset.status != AssetStatus.MISSING)
+        .where(AssetPerson.person_id == Person.id, Asset.status != AssetStatus.MISSING)
+        .exists()
     )
-    rows = session.execute(select(Person.name_key, Person.name).where(Person.id.in_(present)))
+    rows = session.execute(select(Person.name_key, Person.name).where(in_library))
     return {str(key): str(name) for key, name in rows}
 
 
@@ -298,22 +321,32 @@ def _counts(
     only_id: int | None = None,
 ) -> NameCountPage:
     """Names with how many photos of the library carry each, most photographed first.
-    ``containing`` matches inside the name key (case- and space-insensitive)."""
+    ``containing`` matches inside the name key (case- and space-insensitive).
+
+    Each name's photos are counted from the link table's own index, less those of the
+    few photos gone from disk: a join of every link to its photo's status took seconds
+    on a million-photo library (scripts/benchmark_scale.py)."""
     link, key = (
         (AssetPerson, AssetPerson.person_id) if model is Person else (AssetTag, AssetTag.tag_id)
     )
-    count = func.count(link.asset_id)
+    linked = select(key.label("name_id"), func.count().label("n")).group_by(key)
+    gone = (  # found from the missing photos' side: the status index, then the links
+        select(key.label("name_id"), func.count().label("n"))
+        .where(link.asset_id.in_(select(Asset.id).where(Asset.status == AssetStatus.MISSING)))
+        .group_by(key)
+    )
+    if only_id is not None:
+        linked, gone = linked.where(key == only_id), gone.where(key == only_id)
+    every, missing = linked.subquery(), gone.subquery()
+    count = every.c.n - func.coalesce(missing.c.n, 0)
     query = (
         select(model.id, model.name, count)
-        .join(link, key == model.id)
-        .join(Asset, Asset.id == link.asset_id)
-        .where(Asset.status != AssetStatus.MISSING)
-        .group_by(model.id, model.name, model.name_key)
+        .join(every, every.c.name_id == model.id)
+        .outerjoin(missing, missing.c.name_id == model.id)
+        .where(count > 0)
     )
     if containing:
         query = query.where(model.name_key.contains(containing, autoescape=True))
-    if only_id is not None:
-        query = query.where(model.id == only_id)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.execute(
         query.order_by(count.desc(), model.name_key, model.id).limit(limit).offset(offset)

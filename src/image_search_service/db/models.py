@@ -82,6 +82,8 @@ class EmbeddingState(enum.StrEnum):
 
 class Asset(Base):
     __tablename__ = "assets"
+    # The order the web page and the re-embed plan list assets in (migration 0007).
+    __table_args__ = (Index("ix_assets_created_at_id", "created_at", "id"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     path: Mapped[str] = mapped_column(Text, unique=True)
@@ -134,6 +136,19 @@ class AssetEmbedding(Base):
     """Per asset and per model: has this model embedded it, and how did it go."""
 
     __tablename__ = "asset_embeddings"
+    __table_args__ = (
+        # Covering: "done by exactly this model" is a range of it, ids in order (0007).
+        Index(
+            "ix_asset_embeddings_model_state",
+            "model_key",
+            "state",
+            "model_name",
+            "pretrained",
+            "dim",
+            "asset_id",
+        ),
+        Index("ix_asset_embeddings_model_updated", "model_key", "updated_at"),
+    )
 
     asset_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True

@@ -16,6 +16,7 @@ from uuid import UUID
 from sqlalchemy.orm import Session
 
 from image_search_service.context import ServiceContext
+from image_search_service.core.batching import chunked
 from image_search_service.core.config import ModelKey
 from image_search_service.core.errors import FolderNotFound, FolderUnreadable
 from image_search_service.core.specs import ModelSpec
@@ -218,12 +219,13 @@ def _mark_missing(
         str(r.resolve()) + os.sep if r.resolve().is_dir() else str(r.resolve()) for r in roots
     ]
     gone = [
-        a
-        for a in repo.assets_under(session, prefixes)
-        if a.path not in seen and not Path(a.path).exists()
+        asset_id
+        for asset_id, path in repo.asset_paths_under(session, prefixes)
+        if path not in seen and not Path(path).exists()
     ]
-    for asset in gone:
-        ctx.delete_points([asset.id])
-        repo.clear_embeddings(session, asset.id)
-        asset.status = AssetStatus.MISSING
-        report.missing += 1
+    for chunk in chunked(gone, 500):
+        for asset in repo.get_assets(session, chunk).values():
+            ctx.delete_points([asset.id])
+            repo.clear_embeddings(session, asset.id)
+            asset.status = AssetStatus.MISSING
+            report.missing += 1

@@ -214,7 +214,9 @@ def encoder_state(ctx: ServiceContext, spec: ModelSpec) -> EncoderState:
 def library_status(ctx: ServiceContext) -> LibraryStatus:
     with ctx.transaction() as session:
         library = repo.library_counts(session)
-        coverages = {key: repo.coverage(session, ctx.spec(key)) for key in MODEL_KEYS}
+        coverages = {
+            key: repo.coverage(session, ctx.spec(key), library=library) for key in MODEL_KEYS
+        }
         searchable = repo.count_searchable(session, [ctx.spec(key) for key in MODEL_KEYS])
     models = {}
     for key in MODEL_KEYS:
