@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -286,6 +287,37 @@ class TestCoverageGuard:
         now[0] = 4.9
         assert router.route("alice").model == "clip"  # still the cached answer
         now[0] = 5.1
+        # Past the TTL the search is not held up: the old answer, while one background
+        # thread measures again; the next searches get the new one.
+        assert router.route("alice").model == "clip"
+        deadline = time.monotonic() + 30
+        while router.route("alice").model != "siglip":
+            assert time.monotonic() < deadline, "the coverage was never measured again"
+            time.sleep(0.02)
+
+    def test_a_failing_background_check_keeps_the_last_answer(
+        self,
+        open_ctx: Callable[..., ServiceContext],
+        library: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        ctx = open_ctx(use_siglip=True)
+        index_paths(ctx, [library], model_keys=["clip", "siglip"])
+        now = [0.0]
+        router = EmbeddingRouter(ctx, coverage_ttl_s=5, clock=lambda: now[0])
+        assert router.route("alice").model == "siglip"
+
+        def unreachable(key: str) -> Any:
+            raise RuntimeError("database gone")
+
+        monkeypatch.setattr(router, "check_readiness", unreachable)
+        now[0] = 5.1
+        assert router.route("alice").model == "siglip"  # no search fails for it
+        deadline = time.monotonic() + 30
+        while "keeping the last answer" not in caplog.text:
+            assert time.monotonic() < deadline, "the background check never ran"
+            time.sleep(0.02)
         assert router.route("alice").model == "siglip"
 
     def test_baseline_is_never_checked(

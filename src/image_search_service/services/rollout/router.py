@@ -10,6 +10,7 @@ never branch on a model's name.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import threading
 import time
@@ -22,6 +23,8 @@ from image_search_service.core.errors import InvalidRequest
 from image_search_service.core.specs import BASELINE, CANDIDATE
 from image_search_service.db import repository as repo
 from image_search_service.services.rollout.flags import FlagsSource, LiveRollout
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the bucket function stays importable without torch and the stores
     from image_search_service.context import ServiceContext
@@ -233,20 +236,37 @@ class EmbeddingRouter:
 
     # -- coverage guard ------------------------------------------------------------------
     def readiness(self, key: ModelKey) -> Readiness:
-        """Cached :meth:`check_readiness`."""
+        """Cached :meth:`check_readiness`. The first answer is measured on the caller's
+        thread; once it is older than the TTL, callers keep getting it while one
+        background thread measures again: at millions of photos the counts take a second
+        or more, which no search should wait for. A TTL of 0 measures on every call."""
         cached = self._cache.get(key)
         if cached is not None and self._clock() < cached[0]:
             return cached[1]
-        if not self._refresh_lock.acquire(blocking=cached is None):
-            assert cached is not None
-            return cached[1]  # another thread is refreshing: a seconds-old answer will do
-        try:
+        if cached is not None and self.coverage_ttl_s > 0:
+            if self._refresh_lock.acquire(blocking=False):
+                threading.Thread(
+                    target=self._refresh, args=(key,), name="coverage-guard", daemon=True
+                ).start()
+            return cached[1]  # seconds old; the refresh replaces it
+        with self._refresh_lock:
             cached = self._cache.get(key)
             if cached is not None and self._clock() < cached[0]:
                 return cached[1]
             state = self.check_readiness(key)
             self._cache[key] = (self._clock() + self.coverage_ttl_s, state)
             return state
+
+    def _refresh(self, key: ModelKey) -> None:
+        """Measure ``key`` again (the caller holds the refresh lock; released here)."""
+        try:
+            state = self.check_readiness(key)
+            self._cache[key] = (self._clock() + self.coverage_ttl_s, state)
+        except Exception:  # the stale answer stays; the next call after the TTL tries again
+            logger.exception("could not check %s's coverage; keeping the last answer", key)
+            stale = self._cache.get(key)
+            if stale is not None:
+                self._cache[key] = (self._clock() + self.coverage_ttl_s, stale[1])
         finally:
             self._refresh_lock.release()
 
