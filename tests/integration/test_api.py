@@ -467,6 +467,24 @@ class TestOperations:
         assert disk["reserve_mb"] == 256
         assert disk["low"] is (disk["free_mb"] < 256)
 
+    def test_not_ready_while_the_models_load_in_the_background(self, client: TestClient) -> None:
+        """`serve` without --preload listens first and loads the models after: a load
+        balancer polling /ready waits for them (a failed load is left to the searches,
+        which try again and say why)."""
+        from image_search_service.services.search.warmup import ModelWarmup
+
+        ctx = client.app.state.services.ctx  # type: ignore[attr-defined]
+        warmup = ModelWarmup(ctx, ["clip", "siglip"])
+        client.app.state.warmup = warmup  # type: ignore[attr-defined]
+        for key in ("clip", "siglip"):
+            warmup._set(key, "loading", None)
+        response = client.get("/ready")
+        assert_error(response, 503, "ModelsLoading")
+        assert "loading the clip and siglip models" in response.json()["detail"]
+        warmup._set("clip", "ready", None)
+        warmup._set("siglip", "failed", "weights not found")
+        assert client.get("/ready").json()["status"] == "ready"
+
     def test_metrics_by_route_and_model(self, client: TestClient) -> None:
         client.get("/api/v1/search", params={"q": "dog"})
         latency = metric(

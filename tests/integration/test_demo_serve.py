@@ -67,7 +67,12 @@ def demo_server(workdir: Path, env: dict[str, str]) -> Iterator[tuple[httpx.Clie
 def _about_when_warm(client: httpx.Client) -> dict[str, Any]:
     deadline = time.monotonic() + SERVE_START_TIMEOUT_S
     while True:
+        ready = client.get("/ready")
         about: dict[str, Any] = client.get("/api/v1/about").json()
+        if ready.status_code == 200:  # never before the warm-up has loaded the model
+            assert {m["key"]: m["state"] for m in about["models"]}["clip"] != "loading"
+        else:
+            assert ready.json()["error"] == "ModelsLoading", ready.text
         states = {m["key"]: m["state"] for m in about["models"]}
         if states["clip"] not in ("idle", "loading"):
             return about

@@ -47,6 +47,13 @@ class ModelLoadError(ServiceError):
     status_code = 503
 
 
+class ModelsLoading(ServiceError):
+    """The server is loading its models in the background (``serve`` without
+    ``--preload``): not ready for a load balancer's traffic yet."""
+
+    status_code = 503
+
+
 class ModelMismatch(ServiceError):
     """A collection was filled by another model than the one configured for it."""
 

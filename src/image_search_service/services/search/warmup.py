@@ -87,6 +87,11 @@ class ModelWarmup:
         with self._lock:
             return self._states.get(key)
 
+    def loading(self) -> list[ModelKey]:
+        """The models still being loaded (a failed one is not: searches try again)."""
+        with self._lock:
+            return [key for key, (state, _) in self._states.items() if state == "loading"]
+
 
 def about(ctx: ServiceContext, warmup: ModelWarmup | None) -> About:
     """The demo flag (the shipped demo models serve) and each model's state: the
