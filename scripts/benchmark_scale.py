@@ -35,7 +35,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +47,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from benchmark_search import free_port, get_ok, start_server, summary, timed_ms
 from sqlalchemy import event, insert, text
 
 from image_search_service.context import ServiceContext, open_context
@@ -462,40 +462,6 @@ def run_timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, fl
     return wall, peak_kb / 1024 / 1024, out.decode()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def start_server(
-    env: dict[str, str], port: int, log_path: Path, cwd: Path
-) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "image_search_service.cli", "serve", "--port", str(port)],
-            env=env,
-            cwd=cwd,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 600
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-        while True:
-            if process.poll() is not None:
-                raise SystemExit("server exited:\n" + log_path.read_text())
-            try:
-                if client.get("/health").status_code == 200:
-                    return process
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                process.kill()
-                raise SystemExit("server did not start:\n" + log_path.read_text())
-            time.sleep(0.2)
-
-
 def rss_gb(pid: int) -> dict[str, float]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -503,28 +469,6 @@ def rss_gb(pid: int) -> dict[str, float]:
         if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             fields[name] = round(int(value.split()[0]) / 1024 / 1024, 3)
     return fields
-
-
-def timed_ms(call: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    call()
-    return (time.perf_counter() - started) * 1000
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    data = np.asarray(samples)
-    return {
-        "n": len(data),
-        "p50_ms": round(float(np.percentile(data, 50)), 2),
-        "p95_ms": round(float(np.percentile(data, 95)), 2),
-    }
-
-
-def get_ok(client: httpx.Client, url: str, **params: Any) -> httpx.Response:
-    response = client.get(url, params=params)
-    if response.status_code != 200:
-        raise SystemExit(f"{url} -> {response.status_code}: {response.text[:500]}")
-    return response
 
 
 def distinct_queries(n: int) -> list[str]:
@@ -793,7 +737,9 @@ def main() -> None:
     port = free_port()
     log("starting image-search serve...")
     started = time.perf_counter()
-    server = start_server(env, port, data_dir.parent / f"bench-scale-{port}.log", data_dir)
+    server = start_server(
+        env, port, data_dir.parent / f"bench-scale-{port}.log", data_dir, timeout_s=600
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
             results["server_start_s"] = round(time.perf_counter() - started, 1)

@@ -195,7 +195,10 @@ def free_port() -> int:
     return port
 
 
-def start_server(env: dict[str, str], port: int, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    env: dict[str, str], port: int, log: Path, cwd: Path, *, timeout_s: float = 300
+) -> subprocess.Popen[bytes]:
+    """``image-search serve`` on ``port``, returned once /health answers."""
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "image_search_service.cli", "serve", "--port", str(port)],
@@ -204,7 +207,7 @@ def start_server(env: dict[str, str], port: int, log: Path, cwd: Path) -> subpro
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
         while True:
             if process.poll() is not None:
@@ -229,7 +232,7 @@ def timed_ms(call: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
 def summary(samples: list[float]) -> dict[str, float]:
     data = np.asarray(samples)
     return {
-        "n": float(len(data)),
+        "n": len(data),
         "p50_ms": round(float(np.percentile(data, 50)), 2),
         "p95_ms": round(float(np.percentile(data, 95)), 2),
     }
