@@ -97,6 +97,9 @@ def test_a_full_disk_refuses_writes_keeps_searching_and_loses_nothing(
     with serve_process(tmp_path, env) as served:
         client = served.client
         _wait(lambda: _status(client)["assets"] == 3, "the first photos to be indexed")
+        # /ready is 503 ModelsLoading until the background warm-up is done, which may be
+        # after the watcher's first index run (it loads the models on its own).
+        _wait(lambda: client.get("/ready").status_code == 200, "the models to be loaded")
 
         ballast = _fill(small_disk, leave_mb=RESERVE_MB / 2)
         ready = client.get("/ready").json()
