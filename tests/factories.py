@@ -84,6 +84,34 @@ def jpeg_bytes(
     return buf.getvalue()
 
 
+# (width, height): landscape, portrait, square, wide, smaller than the model, a large
+# photo that the scaled JPEG decode brings down near the model's size.
+GRADIENT_SIZES = [(640, 480), (480, 640), (300, 300), (900, 400), (50, 37), (3000, 2000)]
+
+
+def gradient_photos(directory: Path, sizes: list[tuple[int, int]] = GRADIENT_SIZES) -> list[Path]:
+    """Real JPEGs with gradients, noise and shapes, so resampling differences show."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        x = np.linspace(0, 255, w)[None, :, None]
+        y = np.linspace(0, 255, h)[:, None, None]
+        base = (x * [1, 0.3, 0.7] + y * [0.2, 1, 0.4]) / 1.5 + rng.normal(0, 25, (h, w, 3))
+        image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x0, y0 = int(rng.integers(0, w - 4)), int(rng.integers(0, h - 4))
+            box = [x0, y0, x0 + int(rng.integers(3, w // 2 + 4)), y0 + int(rng.integers(3, h))]
+            fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+            (draw.ellipse if i % 2 else draw.rectangle)(box, fill=fill)
+        path = directory / f"photo{i}.jpg"
+        image.save(path, quality=92)
+        paths.append(path)
+    return paths
+
+
 def write_jpeg(path: Path, **kwargs: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(jpeg_bytes(**kwargs))

@@ -249,7 +249,8 @@ def test_a_file_gone_before_it_is_read_stays_pending_not_failed(
 ) -> None:
     """A watched folder changes under a run: a file deleted (or a disk unmounted) between
     the scan and the decode is not recorded as unreadable, which would stick."""
-    from image_search_service.services.library.pipeline import AssetRef, embed_assets
+    from image_search_service.services.library.decoding import AssetRef
+    from image_search_service.services.library.pipeline import embed_assets
 
     kept = write_jpeg(tmp_path / "lib" / "kept.jpg", seed=1)
     gone = write_jpeg(tmp_path / "lib" / "gone.jpg", seed=2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from sqlalchemy import select
 
 from image_search_service.context import open_context
@@ -20,34 +20,9 @@ from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.encoders.preprocess import from_transform
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.images.loading import load_image
+from image_search_service.services.library.decoding import decode_pool
 from image_search_service.services.library.index import index_paths
-from image_search_service.services.library.pipeline import decode_pool
-from tests.factories import broken_files, write_jpeg
-
-# (width, height): landscape, portrait, square, wide, smaller than the model, a large
-# photo that the scaled JPEG decode brings down near the model's size.
-SIZES = [(640, 480), (480, 640), (300, 300), (900, 400), (50, 37), (3000, 2000)]
-
-
-def _photos(directory: Path) -> list[Path]:
-    """Real JPEGs with gradients, noise and shapes, so resampling differences show."""
-    rng = np.random.default_rng(7)
-    paths = []
-    for i, (w, h) in enumerate(SIZES):
-        x = np.linspace(0, 255, w)[None, :, None]
-        y = np.linspace(0, 255, h)[:, None, None]
-        base = (x * [1, 0.3, 0.7] + y * [0.2, 1, 0.4]) / 1.5 + rng.normal(0, 25, (h, w, 3))
-        image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(image)
-        for _ in range(6):
-            x0, y0 = int(rng.integers(0, w - 4)), int(rng.integers(0, h - 4))
-            box = [x0, y0, x0 + int(rng.integers(3, w // 2 + 4)), y0 + int(rng.integers(3, h))]
-            fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-            (draw.ellipse if i % 2 else draw.rectangle)(box, fill=fill)
-        path = directory / f"photo{i}.jpg"
-        image.save(path, quality=92)
-        paths.append(path)
-    return paths
+from tests.factories import broken_files, gradient_photos, write_jpeg
 
 
 def _spec(name: str) -> ModelSpec:
@@ -76,7 +51,7 @@ def test_vectors_match_open_clips_preprocessing(tmp_path: Path, model_name: str)
     )
     images = [
         load_image(p, max_pixels=10**8, min_side=encoder.image_size).image
-        for p in _photos(tmp_path)
+        for p in gradient_photos(tmp_path)
     ]
     ours = encoder.encode_preprocessed([encoder.preprocess(img) for img in images])
     theirs = encoder.encode_preprocessed(torch.stack([reference(img) for img in images]))
@@ -163,12 +138,11 @@ def test_processes_fall_back_to_threads_when_preprocessing_cannot_travel(
         device="cpu",
     )
     encoder.load()
-    pool, preprocessors = decode_pool([encoder], workers=1, processes=2)
-    with pool:
-        assert isinstance(pool, ProcessPoolExecutor)
-        assert preprocessors["clip"] == encoder.batch_preprocess
+    pool, preprocessors = decode_pool([encoder], processes=2)
+    assert isinstance(pool, ProcessPoolExecutor)
+    pool.shutdown()
+    assert preprocessors["clip"] == encoder.batch_preprocess
     encoder._batch_preprocess = None  # a transform only open_clip can apply
-    pool, preprocessors = decode_pool([encoder], workers=1, processes=2)
-    with pool:
-        assert isinstance(pool, ThreadPoolExecutor)
-        assert preprocessors["clip"] == encoder.preprocess
+    pool, preprocessors = decode_pool([encoder], processes=2)
+    assert pool is None  # the lanes decode in their own threads
+    assert preprocessors["clip"] == encoder.preprocess

@@ -21,6 +21,8 @@ ModelKey = Literal["clip", "siglip"]
 MODEL_KEYS: tuple[ModelKey, ...] = ("clip", "siglip")
 EncoderRuntime = Literal["onnx", "torch"]
 EncoderPrecision = Literal["fp32", "int8"]
+# Where JPEGs are decoded besides the CPU decoders (encoders/device_decode.py).
+DeviceDecodeMode = Literal["auto", "off", "always"]
 # Instruction-set classes of CPUs, for INT8 (see encoders/cpu.py).
 CpuIsa = Literal[
     "avx512_vnni", "avx_vnni", "avx512", "avx2", "x86_64", "arm64_dotprod", "arm64", "other"
@@ -88,6 +90,10 @@ class Settings(BaseSettings):
     # Decode and preprocess in this many worker processes instead of the threads; 0 =
     # threads, which scaled on the cores measured (docs/performance.md).
     decode_processes: int = Field(0, ge=0, le=64)
+    # JPEGs also decoded on the models' GPU (nvJPEG), beside the CPU decoders: auto = when
+    # the models run on a CUDA GPU that can; always = on the models' device even a CPU
+    # (torchvision's decoder at full size: slower there, for comparisons); off = never.
+    jpeg_device_decode: DeviceDecodeMode = "auto"
     # Objects downloaded at once from an S3 bucket while indexing it.
     s3_download_workers: int = Field(8, ge=1, le=64)
     max_image_pixels: int = Field(120_000_000, ge=1)

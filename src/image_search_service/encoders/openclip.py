@@ -298,18 +298,32 @@ class OpenClipEncoder:
         if isinstance(batch, torch.Tensor):
             stacked = batch
         else:
-            items = list(batch)
-            arrays = bool(items) and isinstance(items[0], np.ndarray)
-            stacked = torch.from_numpy(np.stack(items)) if arrays else torch.stack(items)
+            # numpy arrays (decode processes, the device lane on a CPU), CPU tensors
+            # (decode threads) and GPU tensors (the device lane on a GPU) may meet in one
+            # batch: each goes where the model is, then they are stacked there.
+            items = [torch.as_tensor(item) for item in batch]
+            if any(item.device != items[0].device for item in items):
+                items = [self._to_device(item) for item in items]
+            stacked = torch.stack(items)
         if stacked.dtype != torch.uint8:
             return stacked
         assert self._batch_preprocess is not None
         if self.device.type == "cuda":
             # uint8 over the bus, from pinned memory without blocking; normalised there.
-            on_gpu = stacked.pin_memory().to(self.device, non_blocking=True)
-            result: torch.Tensor = self._batch_preprocess.batch_on(on_gpu)
+            result: torch.Tensor = self._batch_preprocess.batch_on(self._to_device(stacked))
             return result
         return torch.from_numpy(self._batch_preprocess.batch(stacked.numpy()))
+
+    def _to_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.device == self.device:
+            if pixels.is_cuda:
+                # Made on the device lane's stream: its memory is not reused before the
+                # work this stream has queued on it is done.
+                pixels.record_stream(torch.cuda.current_stream(pixels.device))
+            return pixels
+        if self.device.type == "cuda" and pixels.device.type == "cpu":
+            return pixels.pin_memory().to(self.device, non_blocking=True)
+        return pixels.to(self.device)
 
     @property
     def batch_preprocess(self) -> BatchPreprocess | None:

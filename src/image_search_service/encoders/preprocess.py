@@ -56,6 +56,29 @@ class BatchPreprocess:
         box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
         return np.array(image.resize((width, height), self.resample, box=box))
 
+    def resize_tensor(self, image: Any) -> Any:
+        """:meth:`__call__` for a decoded (3, h, w) uint8 tensor, where it is (a GPU):
+        the same sizes and crop, by torchvision's antialiased resize, to (height, width,
+        3) uint8."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        mode = InterpolationMode[self.resample.name]
+        height, width = self.size
+        if self.squash:
+            resized = F.resize(image, [height, width], mode, antialias=True)
+        else:
+            h, w = int(image.shape[-2]), int(image.shape[-1])
+            if w <= h:
+                new_w, new_h = self.shortest, int(self.shortest * h / w)
+            else:
+                new_w, new_h = int(self.shortest * w / h), self.shortest
+            top = int(round((new_h - height) / 2.0))
+            left = int(round((new_w - width) / 2.0))
+            resized = F.resize(image, [new_h, new_w], mode, antialias=True)
+            resized = resized[:, top : top + height, left : left + width]
+        return resized.permute(1, 2, 0).contiguous()
+
     def batch(self, pixels: Sequence[UInt8Array] | UInt8Array) -> Float32Array:
         """Stacked (n, height, width, 3) uint8 to normalised (n, 3, height, width) float32."""
         stacked = np.stack(pixels) if not isinstance(pixels, np.ndarray) else pixels

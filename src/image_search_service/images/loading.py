@@ -17,6 +17,8 @@ import io
 import logging
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -111,23 +113,68 @@ def load_image(
     may be decoded at 1/2, 1/4 or 1/8 scale (draft mode), which is much cheaper.
     """
     name = source.name if isinstance(source, Path) else "upload"
+    with _failures_as_reasons(name, max_pixels), _opened(source, name, max_pixels) as img:
+        return _decode(img, source=source, name=name, max_pixels=max_pixels, min_side=min_side)
+
+
+@dataclass(frozen=True)
+class JpegFile:
+    """A JPEG's bytes, checked and described from its header, not decoded: for a decoder
+    elsewhere (nvJPEG on a GPU, see encoders/device_decode.py)."""
+
+    data: bytes
+    meta: ImageMeta  # width and height after the orientation
+    orientation: int  # EXIF orientation (1-8) the decoder must still apply
+
+
+def read_jpeg(path: Path, *, max_pixels: int) -> JpegFile | None:
+    """``path``'s bytes when it is a plain RGB or greyscale JPEG that passes every check
+    :func:`load_image` makes from the header; None for any other image (decode it with
+    :func:`load_image`); the same errors as :func:`load_image` for a refused file."""
+    name = path.name
+    with _failures_as_reasons(name, max_pixels), _opened(path, name, max_pixels) as img:
+        fmt, width, height = _check_header(img, name=name, max_pixels=max_pixels)
+        if fmt != "JPEG" or img.mode not in ("RGB", "L"):
+            return None  # MPO, CMYK and the rest: the CPU decoder's special cases
+        exif = _read_exif(img, name)
+        orientation = exif.get(0x0112, 1) if exif is not None else 1
+        if orientation not in range(1, 9):
+            orientation = 1
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        data = path.read_bytes()
+        if not data[-64:].rstrip(b"\0").endswith(b"\xff\xd9"):
+            # No end-of-image marker: truncated (or data after the picture). The CPU
+            # decoder judges it; a GPU decoder may fill the missing rows silently.
+            return None
+        meta = _meta(exif, name, width=width, height=height, fmt=fmt)
+        return JpegFile(data, meta, orientation)
+
+
+@contextmanager
+def _opened(source: Path | bytes, name: str, max_pixels: int) -> Iterator[Image.Image]:
+    if isinstance(source, Path) and source.stat().st_size == 0:
+        raise UnsupportedImage(f"{name}: empty file (0 bytes)")
+    if isinstance(source, bytes) and not source:
+        raise UnsupportedImage("empty upload (0 bytes)")
+    fp = source if isinstance(source, Path) else io.BytesIO(source)
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        # Pillow refuses at open past twice its own limit (179 MP by default), which
+        # would cap MAX_IMAGE_PIXELS there; ours is checked from the header.
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():
+        # Pillow warns before it errors on bombs; we enforce our own limit.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(fp) as img:
+            yield img
+
+
+@contextmanager
+def _failures_as_reasons(name: str, max_pixels: int) -> Iterator[None]:
+    """Whatever reading one file raises, as an :class:`UnsupportedImage` or
+    :class:`ImageTooLarge` with a reason a person can act on."""
     try:
-        if isinstance(source, Path) and source.stat().st_size == 0:
-            raise UnsupportedImage(f"{name}: empty file (0 bytes)")
-        if isinstance(source, bytes) and not source:
-            raise UnsupportedImage("empty upload (0 bytes)")
-        fp = source if isinstance(source, Path) else io.BytesIO(source)
-        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-            # Pillow refuses at open past twice its own limit (179 MP by default), which
-            # would cap MAX_IMAGE_PIXELS there; ours is checked from the header below.
-            Image.MAX_IMAGE_PIXELS = max_pixels
-        with warnings.catch_warnings():
-            # Pillow warns before it errors on bombs; we enforce our own limit below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
-                return _decode(
-                    img, source=source, name=name, max_pixels=max_pixels, min_side=min_side
-                )
+        yield
     except (UnsupportedImage, ImageTooLarge):
         raise
     except MemoryError:
@@ -152,14 +199,9 @@ def load_image(
         raise UnsupportedImage(f"{name}: unreadable image ({type(exc).__name__}: {exc})") from None
 
 
-def _decode(
-    img: Image.Image,
-    *,
-    source: Path | bytes,
-    name: str,
-    max_pixels: int,
-    min_side: int | None,
-) -> LoadedImage:
+def _check_header(img: Image.Image, *, name: str, max_pixels: int) -> tuple[str, int, int]:
+    """(format, width, height) from the header, or the reason the file is refused
+    before any pixel is decoded."""
     fmt = img.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
         raise UnsupportedImage(
@@ -180,6 +222,18 @@ def _decode(
             f"{name}: {width}x{height} is too elongated (longer side more than "
             f"{MAX_ASPECT_RATIO} times the shorter); crop it first"
         )
+    return fmt, width, height
+
+
+def _decode(
+    img: Image.Image,
+    *,
+    source: Path | bytes,
+    name: str,
+    max_pixels: int,
+    min_side: int | None,
+) -> LoadedImage:
+    fmt, width, height = _check_header(img, name=name, max_pixels=max_pixels)
     exif = _read_exif(img, name)
     orientation = exif.get(0x0112, 1) if exif is not None else 1
     image: Image.Image | None = None

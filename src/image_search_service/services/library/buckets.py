@@ -36,6 +36,7 @@ from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.images.s3 import S3Location, S3Object, parse_uri
 from image_search_service.images.scan import is_image_name
+from image_search_service.services.library.decoding import AssetRef
 from image_search_service.services.library.indexing import (
     IndexReport,
     ProgressFactory,
@@ -43,7 +44,6 @@ from image_search_service.services.library.indexing import (
     models_needed,
     upsert_asset,
 )
-from image_search_service.services.library.pipeline import AssetRef
 
 logger = logging.getLogger(__name__)
 

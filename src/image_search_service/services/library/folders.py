@@ -24,6 +24,7 @@ from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.images.s3 import as_s3_uri
 from image_search_service.images.scan import content_hash, scan_images
+from image_search_service.services.library.decoding import AssetRef
 from image_search_service.services.library.indexing import (
     IndexReport,
     ProgressFactory,
@@ -33,7 +34,6 @@ from image_search_service.services.library.indexing import (
     prepare_collections,
     upsert_asset,
 )
-from image_search_service.services.library.pipeline import AssetRef
 from image_search_service.services.metadata.service import needs_metadata_refresh, refresh_metadata
 
 

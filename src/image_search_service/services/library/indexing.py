@@ -19,7 +19,8 @@ from image_search_service.db import metadata_repository as meta_repo
 from image_search_service.db import repository as repo
 from image_search_service.db.models import Asset, AssetStatus
 from image_search_service.services.library.captions import embed_pending_captions
-from image_search_service.services.library.pipeline import AssetRef, embed_assets
+from image_search_service.services.library.decoding import AssetRef
+from image_search_service.services.library.pipeline import embed_assets
 from image_search_service.vector.base import verify_collection
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def embed_refs(
             batch_size=ctx.settings.batch_size,
             decode_workers=ctx.threads.decode_workers,
             decode_processes=ctx.settings.decode_processes,
+            device_decode=ctx.settings.jpeg_device_decode,
             max_pixels=ctx.settings.max_image_pixels,
             on_progress=tick,
             before_write=lambda: ctx.disk.check("index more photos"),

@@ -32,7 +32,8 @@ from image_search_service.db import repository as repo
 from image_search_service.db.models import AssetStatus
 from image_search_service.db.session import session_scope
 from image_search_service.jobs.process import job_context
-from image_search_service.services.library.pipeline import AssetRef, ProgressFn, embed_assets
+from image_search_service.services.library.decoding import AssetRef
+from image_search_service.services.library.pipeline import ProgressFn, embed_assets
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def run_batch(
             batch_size=ctx.settings.batch_size,
             decode_workers=ctx.threads.decode_workers,
             decode_processes=ctx.settings.decode_processes,
+            device_decode=ctx.settings.jpeg_device_decode,
             max_pixels=ctx.settings.max_image_pixels,
             on_progress=on_progress,
             before_write=lambda: ctx.disk.check(f"re-embed with {key}"),
