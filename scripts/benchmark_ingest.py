@@ -23,6 +23,15 @@ production) is timed separately.
 
     python scripts/benchmark_ingest.py [--images 32] [--batch-size 16] [--e2e-torch]
 
+With ``--gpu`` (a CUDA machine) it measures the GPU path instead, for ``--model``
+(ViT-B-32 or ViT-B-16-SigLIP, random weights): the CPU decoders' ceilings, nvJPEG decode
++ resize, the model's forward pass on the GPU (fp32, and in the half precision the
+encoder accepted), and end-to-end ``index`` on the GPU with the device lane
+(JPEG_DEVICE_DECODE=auto) and without it (off), each with how busy the GPU was
+(target: >= 600 images/s for both models, GPU busy >= 50% for SigLIP):
+
+    python scripts/benchmark_ingest.py --gpu --model ViT-B-16-SigLIP --images 1024
+
 With ``--source s3`` it compares indexing the same photos from an S3 bucket (a moto
 server started on loopback) with indexing them from a local folder instead
 (``scripts/benchmark_s3.py``; target >= 0.9):
@@ -47,7 +56,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmark_photos import make_photo
-from benchmark_runtimes import add_runtime_arguments, forward_only, load_runtimes
+from benchmark_runtimes import (
+    add_runtime_arguments,
+    forward_only,
+    load_runtimes,
+    runtime_settings,
+)
 
 from image_search_service.context import open_context
 from image_search_service.encoders.base import Encoder
@@ -110,7 +124,9 @@ def ceilings(files: list[Path], encoder: Encoder, threads: int) -> dict[str, flo
     return out
 
 
-def gpu_ceilings(files: list[Path], size: int, batch: int) -> dict[str, float]:
+def gpu_ceilings(
+    files: list[Path], size: int, batch: int, device: str = "cuda"
+) -> dict[str, float]:
     """nvJPEG decode (torchvision on the GPU) + resize to the model's size, images/s."""
     import torch
     from torchvision.io import decode_jpeg
@@ -120,9 +136,10 @@ def gpu_ceilings(files: list[Path], size: int, batch: int) -> dict[str, float]:
 
     def run() -> None:
         for i in range(0, len(datas), batch):
-            for image in decode_jpeg(datas[i : i + batch], device="cuda"):
+            for image in decode_jpeg(datas[i : i + batch], device=device):
                 resize(image, [size], antialias=True)
-        torch.cuda.synchronize()
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     run()
     started = time.perf_counter()
@@ -142,6 +159,8 @@ class GpuBusy:
         import torch
 
         smi = shutil.which("nvidia-smi")
+        if not smi and not torch.cuda.is_available():
+            return  # a dry run on a CPU: nothing to sample
         while not self._stop.wait(0.2):
             if smi:
                 query = [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
@@ -163,6 +182,84 @@ class GpuBusy:
         return sum(self.samples) / len(self.samples) if self.samples else 0.0
 
 
+def gpu_main(args: argparse.Namespace, root: Path, lib: Path, files: list[Path]) -> None:
+    """The GPU path's figures (see the module's docstring)."""
+    import torch
+
+    from image_search_service.core.config import ModelKey
+    from image_search_service.core.specs import model_spec
+    from image_search_service.core.threads import plan_threads
+    from image_search_service.encoders.registry import EncoderRegistry
+
+    key: ModelKey = "siglip" if "SigLIP" in args.model else "clip"
+
+    def settings(data: str, **update: Any) -> Any:
+        base = runtime_settings(
+            root,
+            args,
+            key=key,
+            model_name=args.model,
+            runtime="torch",
+            data=data,
+            device=args.gpu_device,
+        )
+        return base.model_copy(update=update)
+
+    gpu = settings("data-gpu")
+    plan = plan_threads(gpu)
+    registry = EncoderRegistry.from_settings(gpu)
+    torch.manual_seed(0)
+    encoder = registry.get(model_spec(gpu, key))
+    started = time.perf_counter()
+    encoder.load()
+    load_s = time.perf_counter() - started
+    size = encoder.image_size
+    limits = ceilings(files, encoder, plan.decode_workers)
+    limits.update(gpu_ceilings(files, size, 64, args.gpu_device))
+    prepare = getattr(encoder, "batch_preprocess", None)
+    assert prepare is not None
+    pixels = [torch.from_numpy(_decode_prepare(f, size, prepare)) for f in files]
+    batch = max(args.batch_size, getattr(encoder, "preferred_batch_size", 0))
+    forward_only(encoder, pixels[:batch], batch)  # warm-up: kernels, autocast caches
+    forward = {encoder.runtime: forward_only(encoder, pixels, batch)}
+    half = getattr(encoder, "_autocast", None)
+    if half is not None:
+        encoder._autocast = None  # type: ignore[attr-defined]
+        forward["torch-fp32"] = forward_only(encoder, pixels, batch)
+        encoder._autocast = half  # type: ignore[attr-defined]
+    e2e: dict[str, float] = {}
+    busy: dict[str, float] = {}
+    for label, run_settings in (
+        ("device lane (auto)", gpu),
+        ("CPU decoders only (off)", settings("data-gpu-off", jpeg_device_decode="off")),
+    ):
+        ctx = open_context(run_settings, encoders=registry)
+        try:
+            started = time.perf_counter()
+            with GpuBusy() as sampler:
+                report = index_paths(ctx, [lib], model_keys=[key])
+            e2e[label] = report.indexed / (time.perf_counter() - started)
+            busy[label] = sampler.mean
+            assert report.indexed == len(files), report
+        finally:
+            ctx.close()
+    figures = {
+        "model": args.model,
+        "images": len(files),
+        "cores": plan.cores,
+        "decode_workers": plan.decode_workers,
+        "batch": batch,
+        "runtime": encoder.runtime,
+        "half_check": getattr(encoder, "half_check", None),
+        "load_s": round(load_s, 1),
+        "ceilings": {k: round(v, 2) for k, v in limits.items()},
+        "forward_images_per_s": {k: round(v, 1) for k, v in forward.items()},
+        "index_images_per_s": {k: round(v, 1) for k, v in e2e.items()},
+        "gpu_busy_percent": {k: round(v, 1) for k, v in busy.items()},
+    }
+    print(json.dumps(figures, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--source", choices=["folder", "s3"], default="folder")
@@ -173,6 +270,13 @@ def main() -> None:
         "--rounds", type=int, default=None, help="alternated passes: 2 (folder), 3 (s3)"
     )
     parser.add_argument("--e2e-torch", action="store_true", help="also index with PyTorch")
+    parser.add_argument("--gpu", action="store_true", help="measure the GPU path (CUDA)")
+    parser.add_argument(
+        "--gpu-device", default="cuda", help="with --gpu; cpu for a dry run of the script"
+    )
+    parser.add_argument(
+        "--model", default="ViT-B-32", choices=["ViT-B-32", "ViT-B-16-SigLIP"], help="with --gpu"
+    )
     add_runtime_arguments(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -199,6 +303,9 @@ def main() -> None:
             make_photo(path, i, (args.width, args.height))
             files.append(path)
         mb = sum(f.stat().st_size for f in files) / 1e6
+        if args.gpu:
+            gpu_main(args, root, lib, files)
+            return
 
         runtimes = load_runtimes(root, args, key="clip", model_name="ViT-B-32", torch_first=True)
         default, plan, encoders = runtimes.default, runtimes.plan, runtimes.encoders

@@ -88,6 +88,7 @@ def runtime_settings(
     runtime: str,
     precision: str | None = None,
     data: str = "data",
+    device: str = "cpu",
 ) -> Any:
     extra: dict[str, Any] = {"encoder_precision": precision} if precision else {}
     extra[_MODEL_SETTINGS[key]] = model_name
@@ -99,7 +100,7 @@ def runtime_settings(
         decode_workers=args.decode_workers,
         model_threads=args.model_threads,
         batch_size=args.batch_size,
-        device="cpu",
+        device=device,
         encoder_runtime=runtime,
         **extra,
     )
