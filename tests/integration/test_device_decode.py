@@ -25,11 +25,24 @@ from image_search_service.encoders import device_decode
 from image_search_service.encoders.device_decode import DeviceJpegDecoder, decoder_for, orient
 from image_search_service.encoders.openclip import OpenClipEncoder
 from image_search_service.encoders.registry import EncoderRegistry
-from image_search_service.images.loading import _ORIENT, load_image, read_jpeg
+from image_search_service.images.loading import (
+    _ORIENT,
+    ImageMeta,
+    JpegFile,
+    load_image,
+    read_jpeg,
+)
 from image_search_service.services.library import decoding
 from image_search_service.services.library.decoding import AssetRef, _Window, decoded_in_order
 from image_search_service.services.library.index import index_paths
-from tests.factories import broken_files, gradient_photos, jpeg_bytes, mpo_bytes, png_bytes
+from tests.factories import (
+    bad_exif_jpeg_bytes,
+    broken_files,
+    gradient_photos,
+    jpeg_bytes,
+    mpo_bytes,
+    png_bytes,
+)
 
 
 def _spec(name: str) -> ModelSpec:
@@ -106,6 +119,10 @@ def _mixed_library(root: Path) -> dict[str, Path]:
         "print.jpg": _cmyk_jpeg(),
         "trailer.jpg": jpeg_bytes((140, 100), seed=3) + b"SAMSUNG-TRAILER" * 8,
         "cut.jpg": (root / "photo0.jpg").read_bytes()[:-4000],
+        # EXIF that Pillow cannot rewrite: the CPU path keeps a small one as stored and
+        # turns a big one (decoded scaled); the device lane leaves both to the CPU.
+        "bad-exif-small.jpg": bad_exif_jpeg_bytes(),
+        "bad-exif.jpg": bad_exif_jpeg_bytes((150, 90)),
     }
     for name, data in extra.items():
         (root / name).write_bytes(data)
@@ -156,6 +173,7 @@ def test_indexing_with_the_device_lane_matches_the_cpu_decoders(
     assert dev_sizes == cpu_sizes
     assert cpu_sizes["rotated6.jpg"] == (100, 160)
     assert cpu_sizes["rotated3.jpg"] == (160, 100)
+    assert cpu_sizes["bad-exif-small.jpg"] == (72, 40)  # kept as stored by Pillow's path
     assert set(dev_vectors) == set(cpu_vectors)
     assert len(cpu_sizes) == len(files) - len(cpu_errors)
     for name, vector in cpu_vectors.items():
@@ -169,15 +187,20 @@ class _CountingDecoder(DeviceJpegDecoder):
     def __init__(self, *args: Any, fail: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.decoded = 0
+        self.calls = 0
         self.fail = fail
 
     def decode(self, files: Any) -> list[Any]:
-        if self.fail:
-            raise RuntimeError("CUDA out of memory (a stand-in for the device failing)")
+        self.calls += 1
         time.sleep(0.05)  # a slow device: the CPU lanes take their share meanwhile
         out = super().decode(files)
         self.decoded += sum(1 for item in out if item is not None)
         return out
+
+    def _decode_jpegs(self, files: Any) -> list[Any]:
+        if self.fail:  # what a GPU that is out of memory raises from nvJPEG
+            raise torch.OutOfMemoryError("CUDA out of memory (the device failing)")
+        return super()._decode_jpegs(files)
 
 
 def _refs(root: Path, count: int) -> list[AssetRef]:
@@ -234,7 +257,16 @@ def test_a_failing_device_leaves_the_work_to_the_cpu(
         )
     assert [r.ref for r in results] == refs
     assert all(r.error is None and r.tensors is not None for r in results)
-    assert "the CPU decodes" in caplog.text
+    assert "the CPU decodes these photos" in caplog.text
+    # Never more than MAX_FAILED_RUNS tries: after that many in a row the lane stops.
+    assert 1 <= device.calls <= device_decode.MAX_FAILED_RUNS
+    while not device.failing:
+        with pytest.raises(torch.OutOfMemoryError):
+            device.decode([_probe_file(0)])
+    assert device.calls == device_decode.MAX_FAILED_RUNS
+    device.fail = False
+    assert device.decode([_probe_file(0)])[0] is not None  # a success starts the count again
+    assert not device.failing
 
 
 def test_a_broken_lane_is_raised_to_the_consumer(
@@ -313,6 +345,7 @@ def test_read_jpeg_takes_plain_jpegs_only(tmp_path: Path) -> None:
         "b.mpo": mpo_bytes(),
         "c.jpg": _cmyk_jpeg(),
         "d.jpg": plain.read_bytes()[:-100],  # no end-of-image marker
+        "e.jpg": bad_exif_jpeg_bytes(),  # EXIF that Pillow cannot rewrite when rotating
     }.items():
         (tmp_path / name).write_bytes(data)
         assert read_jpeg(tmp_path / name, max_pixels=10**8) is None, name
@@ -323,3 +356,52 @@ def test_read_jpeg_takes_plain_jpegs_only(tmp_path: Path) -> None:
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(UnsupportedImage, match="empty"):
         read_jpeg(tmp_path / "empty.jpg", max_pixels=10**8)
+
+
+def test_a_refused_file_is_found_by_halving_the_run(tiny_models: dict[str, Path]) -> None:
+    """nvJPEG's batched call is all or nothing: one file it refuses costs a few smaller
+    calls, and only that file goes back to the CPU."""
+    encoder = OpenClipEncoder(
+        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
+    )
+    encoder.load()
+    assert encoder.batch_preprocess is not None
+    decoder = DeviceJpegDecoder(torch.device("cpu"), {"clip": encoder.batch_preprocess})
+    files = [_probe_file(i) for i in range(7)]
+    broken = files[4]
+    files[4] = JpegFile(b"\xff\xd8 not a picture \xff\xd9", broken.meta, 1)
+    out = decoder.decode(files)
+    assert [item is None for item in out] == [i == 4 for i in range(7)]
+    assert not decoder.failing  # a file's fault, not the device's
+
+
+def test_runs_are_split_by_decoded_pixels(tiny_models: dict[str, Path]) -> None:
+    files = [_probe_file(i) for i in range(5)]  # 120 x 90 each
+    runs = device_decode._runs(files, max_pixels=3 * 120 * 90)
+    assert [len(run) for run in runs] == [3, 2]
+    assert [len(run) for run in device_decode._runs(files, max_pixels=10)] == [1] * 5
+
+
+def test_a_device_that_garbles_pictures_is_not_used(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The check at first use compares the device's pictures with the CPU path's: a
+    decoder that skips or garbles a picture (reported for nvJPEG's hardware decoder)
+    leaves the decoding to the CPU, with a warning."""
+    encoder = OpenClipEncoder(
+        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
+    )
+    monkeypatch.setattr(device_decode, "_checked", {})
+
+    def blank(self: DeviceJpegDecoder, files: Any) -> list[Any]:
+        return [torch.zeros(3, f.meta.height, f.meta.width, dtype=torch.uint8) for f in files]
+
+    monkeypatch.setattr(DeviceJpegDecoder, "_decode_jpegs", blank)
+    with caplog.at_level(logging.WARNING, logger=device_decode.__name__):
+        assert decoder_for([encoder], "always") is None
+    assert "decodes a test JPEG differently" in caplog.text
+
+
+def _probe_file(seed: int) -> JpegFile:
+    data = jpeg_bytes((120, 90), (30 * seed % 256, 90, 160), seed=seed)
+    return JpegFile(data, ImageMeta(120, 90, "JPEG", None, None, None), 1)

@@ -278,3 +278,46 @@ def test_a_file_gone_before_it_is_read_stays_pending_not_failed(
     # Back again: the next run embeds it.
     write_jpeg(gone, seed=2)
     assert index_paths(ctx, [tmp_path / "lib"], model_keys=["clip"]).indexed == 1
+
+
+def test_a_run_stopped_by_an_error_stops_its_decoders_at_once(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    """A batch refused before it is stored (the disk's reserve) ends the run: its decode
+    threads stop while the caller still holds the error, and what was stored stays."""
+    import threading
+
+    from image_search_service.core.errors import InsufficientStorage
+    from image_search_service.services.library.decoding import AssetRef
+    from image_search_service.services.library.pipeline import embed_assets
+
+    files = [write_jpeg(tmp_path / "lib" / f"p{i}.jpg", seed=i) for i in range(12)]
+    index_paths(ctx, [tmp_path / "lib"], model_keys=["clip"])
+    with ctx.transaction() as session:
+        refs = [AssetRef(repo.asset_by_path(session, str(p)).id, p) for p in files]  # type: ignore[union-attr]
+        for ref in refs:
+            repo.clear_embeddings(session, ref.id)  # to be embedded again
+    writes = []
+
+    def reserve() -> None:
+        writes.append(1)
+        if len(writes) == 2:
+            raise InsufficientStorage("the disk's reserve is reached (as ctx.disk.check says)")
+
+    with pytest.raises(InsufficientStorage) as stopped:
+        embed_assets(
+            refs,
+            encoders=[ctx.encoder("clip")],
+            store=ctx.store,
+            session_factory=ctx.session_factory,
+            batch_size=2,
+            decode_workers=2,
+            max_pixels=ctx.settings.max_image_pixels,
+            before_write=reserve,
+        )
+    assert stopped.value is not None  # the error (and its traceback) is still held here
+    decoders = [t.name for t in threading.enumerate() if t.name.startswith("decode-")]
+    assert decoders == []
+    with ctx.transaction() as session:
+        embedded = repo.done_asset_ids(session, ctx.spec("clip"), [r.id for r in refs])
+    assert embedded == {refs[0].id, refs[1].id}  # the first batch, stored before the reserve

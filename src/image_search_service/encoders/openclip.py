@@ -300,10 +300,18 @@ class OpenClipEncoder:
         else:
             # numpy arrays (decode processes, the device lane on a CPU), CPU tensors
             # (decode threads) and GPU tensors (the device lane on a GPU) may meet in one
-            # batch: each goes where the model is, then they are stacked there.
+            # batch: the CPU ones cross to the GPU in one copy, then all are stacked there.
             items = [torch.as_tensor(item) for item in batch]
-            if any(item.device != items[0].device for item in items):
-                items = [self._to_device(item) for item in items]
+            on_gpu = [i for i, item in enumerate(items) if item.is_cuda]
+            for i in on_gpu:
+                # Made on the device lane's CUDA stream: its memory is not reused before
+                # what this stream queues on it (the stack below) is done.
+                items[i].record_stream(torch.cuda.current_stream(items[i].device))
+            if on_gpu and len(on_gpu) < len(items):
+                on_cpu = [i for i, item in enumerate(items) if not item.is_cuda]
+                moved = self._to_device(torch.stack([items[i] for i in on_cpu]))
+                for j, i in enumerate(on_cpu):
+                    items[i] = moved[j]
             stacked = torch.stack(items)
         if stacked.dtype != torch.uint8:
             return stacked
@@ -315,13 +323,10 @@ class OpenClipEncoder:
         return torch.from_numpy(self._batch_preprocess.batch(stacked.numpy()))
 
     def _to_device(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.device == self.device:
-            if pixels.is_cuda:
-                # Made on the device lane's stream: its memory is not reused before the
-                # work this stream has queued on it is done.
-                pixels.record_stream(torch.cuda.current_stream(pixels.device))
+        """``pixels`` on the model's device (``cuda`` and ``cuda:0`` alike count as there)."""
+        if pixels.device.type == self.device.type:
             return pixels
-        if self.device.type == "cuda" and pixels.device.type == "cpu":
+        if self.device.type == "cuda":
             return pixels.pin_memory().to(self.device, non_blocking=True)
         return pixels.to(self.device)
 

@@ -132,23 +132,41 @@ def read_jpeg(path: Path, *, max_pixels: int) -> JpegFile | None:
     :func:`load_image` makes from the header; None for any other image (decode it with
     :func:`load_image`); the same errors as :func:`load_image` for a refused file."""
     name = path.name
-    with _failures_as_reasons(name, max_pixels), _opened(path, name, max_pixels) as img:
-        fmt, width, height = _check_header(img, name=name, max_pixels=max_pixels)
-        if fmt != "JPEG" or img.mode not in ("RGB", "L"):
-            return None  # MPO, CMYK and the rest: the CPU decoder's special cases
-        exif = _read_exif(img, name)
-        orientation = exif.get(0x0112, 1) if exif is not None else 1
-        if orientation not in range(1, 9):
-            orientation = 1
-        if orientation in (5, 6, 7, 8):
-            width, height = height, width
-        data = path.read_bytes()
+    with _failures_as_reasons(name, max_pixels):
+        data = path.read_bytes()  # once: the header checked is the header decoded
+        if not data:
+            raise UnsupportedImage(f"{name}: empty file (0 bytes)")
+        with _opened(data, name, max_pixels) as img:
+            fmt, width, height = _check_header(img, name=name, max_pixels=max_pixels)
+            if fmt != "JPEG" or img.mode not in ("RGB", "L"):
+                return None  # MPO, CMYK and the rest: the CPU decoder's special cases
+            exif = _read_exif(img, name)
+            orientation = exif.get(0x0112, 1) if exif is not None else 1
+            if orientation not in range(1, 9):
+                orientation = 1
+            if orientation != 1 and not _transposable(img):
+                return None  # the CPU path keeps such a photo as stored: it decides
+            if orientation in (5, 6, 7, 8):
+                width, height = height, width
+            meta = _meta(exif, name, width=width, height=height, fmt=fmt)
         if not data[-64:].rstrip(b"\0").endswith(b"\xff\xd9"):
             # No end-of-image marker: truncated (or data after the picture). The CPU
             # decoder judges it; a GPU decoder may fill the missing rows silently.
             return None
-        meta = _meta(exif, name, width=width, height=height, fmt=fmt)
         return JpegFile(data, meta, orientation)
+
+
+def _transposable(img: Image.Image) -> bool:
+    """Whether ``ImageOps.exif_transpose`` can rewrite this file's EXIF (it raises on
+    some malformed blocks, and :func:`load_image` then keeps the photo unrotated)."""
+    try:
+        exif = Image.Exif()  # parsed afresh, as exif_transpose does: the image's stays
+        exif.load(img.info.get("exif", b""))
+        exif.pop(0x0112, None)
+        exif.tobytes()
+    except Exception:
+        return False
+    return True
 
 
 @contextmanager

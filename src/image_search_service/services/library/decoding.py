@@ -10,8 +10,10 @@ run, and any file the device cannot decode, is decoded on the CPU as usual.
 
 The lanes take work from one window of the input, so each takes what it can: the GPU does
 not wait for the CPU decoders, nor they for it. Results come back in input order and
-never more than ``lookahead`` photos ahead of the consumer. When the device lane is
-waiting for room for its next run, the CPU lanes leave it that room.
+never more than ``lookahead`` photos ahead of the consumer (plus two of the device lane's
+runs when it has one). When the device lane is waiting for room for its next run, the
+CPU lanes leave it that room. A device whose runs keep failing is left alone for the
+rest of the run (:attr:`DeviceJpegDecoder.failing`): the CPU lanes take everything.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,7 +187,7 @@ def decoded_in_order(
     max_pixels: int,
     lookahead: int,
     device: DeviceJpegDecoder | None = None,
-) -> Iterator[Decoded]:
+) -> Generator[Decoded, None, None]:
     """Every ref decoded (see the module's docstring), yielded in input order."""
     if not refs:
         return
@@ -220,7 +222,7 @@ def decoded_in_order(
             return decode_one(ref, thread_preprocessors, min_side, max_pixels)
 
     def device_lane(decoder: DeviceJpegDecoder) -> None:
-        while taken := window.claim(decoder.batch_size, device=True):
+        while not decoder.failing and (taken := window.claim(decoder.batch_size, device=True)):
             read_results = list(readers.map(read, [refs[i] for i in taken]))
             on_device = [
                 (i, r) for i, r in zip(taken, read_results, strict=True) if isinstance(r, tuple)
@@ -231,7 +233,13 @@ def decoded_in_order(
             try:
                 pixels = decoder.decode([jpeg for _, (jpeg, _, _) in on_device])
             except Exception as exc:  # the device itself (out of memory): the CPU decodes
-                logger.warning("decoding on %s failed (%s); the CPU decodes", decoder.device, exc)
+                logger.warning(
+                    "decoding on %s failed (%s: %s); the CPU decodes these photos%s",
+                    decoder.device,
+                    type(exc).__name__,
+                    exc,
+                    " and the rest of the run" if decoder.failing else "",
+                )
                 pixels = [None] * len(on_device)
             fallback = []
             for (i, (jpeg, photo, sidecar)), tensors in zip(on_device, pixels, strict=True):

@@ -10,6 +10,7 @@ indexing, uploads and re-embedding jobs alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -82,7 +83,9 @@ def embed_assets(
     writer = _Writer(encoders, store, session_factory, result, on_progress)
     batch: list[Decoded] = []
     failed_batch: list[Decoded] = []
-    try:
+    # Closed here, not when the generator is collected: a run stopped by an error (the
+    # disk's reserve, a failed write) stops its decode threads and processes at once.
+    with contextlib.closing(decoded), contextlib.closing(writer):
         for item in decoded:
             if item.vanished:  # left pending here; the caller decides (see run_batch)
                 result.vanished.append(item.ref.id)
@@ -97,8 +100,6 @@ def embed_assets(
         if batch or failed_batch:
             writer.store(batch, failed_batch, before_write)
         writer.finish()
-    finally:
-        writer.close()
     return result
 
 
@@ -158,8 +159,18 @@ class _Writer:
             self._on_progress(len(encoded.batch) + len(encoded.failed))
 
     def close(self) -> None:
-        """Stop the writer thread (after an error: once the batch in flight is done)."""
+        """Stop the writer thread (after an error: once the batch in flight is done, what
+        storing it raised said in the log; the caller's error is the one raised)."""
         self._thread.shutdown(wait=True)
+        if self._pending is not None:
+            future, encoded = self._pending
+            self._pending = None
+            if future.exception() is not None:
+                logger.warning(
+                    "storing a batch of %d photos also failed: %s",
+                    len(encoded.batch) + len(encoded.failed),
+                    future.exception(),
+                )
 
     def _encode(self, batch: list[Decoded], failed: list[Decoded]) -> _Encoded:
         vectors: dict[str, FloatArray] = {}
