@@ -405,3 +405,27 @@ def test_a_device_that_garbles_pictures_is_not_used(
 def _probe_file(seed: int) -> JpegFile:
     data = jpeg_bytes((120, 90), (30 * seed % 256, 90, 160), seed=seed)
     return JpegFile(data, ImageMeta(120, 90, "JPEG", None, None, None), 1)
+
+
+def test_the_device_lane_beside_decode_processes(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """With the CPU lanes in worker processes (DECODE_PROCESSES, for many cores) the
+    device lane still takes its share in the parent, and results keep their order."""
+    encoder = OpenClipEncoder(
+        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
+    )
+    encoder.load()
+    assert encoder.batch_preprocess is not None
+    device = _CountingDecoder(torch.device("cpu"), {"clip": encoder.batch_preprocess}, batch_size=5)
+    refs = _refs(tmp_path / "lib", 30)
+    results = list(
+        decoded_in_order(
+            refs, [encoder], workers=1, processes=2, max_pixels=10**8, lookahead=6, device=device
+        )
+    )
+    assert [r.ref for r in results] == refs
+    assert all(r.error is None and r.tensors is not None for r in results)
+    assert 0 < device.decoded < len(refs)
+    vectors = encoder.encode_preprocessed([r.tensors["clip"] for r in results if r.tensors])
+    assert vectors.shape == (30, 512)
