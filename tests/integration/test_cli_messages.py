@@ -48,6 +48,10 @@ def test_ctrl_c_during_index_says_how_far_it_got_and_resumes(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a suite started in the background (`cmd &` in a
+        # script) hands its children SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt (the index would just finish).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stderr is not None
     seen = []
