@@ -19,11 +19,13 @@ from PIL import Image
 from sqlalchemy import select
 
 from image_search_service.context import open_context
+from image_search_service.core.config import ModelKey
 from image_search_service.core.specs import ModelSpec
 from image_search_service.db.models import Asset
 from image_search_service.encoders import device_decode
 from image_search_service.encoders.device_decode import DeviceJpegDecoder, decoder_for, orient
 from image_search_service.encoders.openclip import OpenClipEncoder
+from image_search_service.encoders.preprocess import BatchPreprocess
 from image_search_service.encoders.registry import EncoderRegistry
 from image_search_service.images.loading import (
     _ORIENT,
@@ -50,6 +52,21 @@ def _spec(name: str) -> ModelSpec:
         key, dim = ("siglip", 768) if "siglip" in name else ("clip", 512)
         return ModelSpec(key, name, "", dim, "c")  # type: ignore[arg-type]
     return ModelSpec("clip", name, "random", 512, "c")
+
+
+def _tiny_encoder(tiny_models: dict[str, Path]) -> OpenClipEncoder:
+    """The tiny CLIP-style model on the CPU, loaded, with its batch preprocessing."""
+    encoder = OpenClipEncoder(
+        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
+    )
+    encoder.load()
+    assert encoder.batch_preprocess is not None
+    return encoder
+
+
+def _preprocessors(encoder: OpenClipEncoder) -> dict[ModelKey, BatchPreprocess]:
+    assert encoder.batch_preprocess is not None
+    return {encoder.spec.key: encoder.batch_preprocess}
 
 
 def test_orientation_turns_pictures_like_pillow() -> None:
@@ -218,12 +235,8 @@ def _refs(root: Path, count: int) -> list[AssetRef]:
 def test_lanes_share_the_work_and_results_come_in_order(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    encoder = OpenClipEncoder(
-        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
-    )
-    encoder.load()
-    assert encoder.batch_preprocess is not None
-    device = _CountingDecoder(torch.device("cpu"), {"clip": encoder.batch_preprocess}, batch_size=6)
+    encoder = _tiny_encoder(tiny_models)
+    device = _CountingDecoder(torch.device("cpu"), _preprocessors(encoder), batch_size=6)
     refs = _refs(tmp_path / "lib", 40)
     results = list(
         decoded_in_order(refs, [encoder], workers=2, max_pixels=10**8, lookahead=8, device=device)
@@ -240,14 +253,8 @@ def test_lanes_share_the_work_and_results_come_in_order(
 def test_a_failing_device_leaves_the_work_to_the_cpu(
     tiny_models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    encoder = OpenClipEncoder(
-        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
-    )
-    encoder.load()
-    assert encoder.batch_preprocess is not None
-    device = _CountingDecoder(
-        torch.device("cpu"), {"clip": encoder.batch_preprocess}, batch_size=4, fail=True
-    )
+    encoder = _tiny_encoder(tiny_models)
+    device = _CountingDecoder(torch.device("cpu"), _preprocessors(encoder), batch_size=4, fail=True)
     refs = _refs(tmp_path / "lib", 12)
     with caplog.at_level(logging.WARNING, logger=decoding.__name__):
         results = list(
@@ -274,10 +281,7 @@ def test_a_broken_lane_is_raised_to_the_consumer(
 ) -> None:
     """What a CPU lane cannot survive (a worker process killed: BrokenProcessPool) stops
     the run with that error instead of leaving the consumer waiting."""
-    encoder = OpenClipEncoder(
-        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
-    )
-    encoder.load()
+    encoder = _tiny_encoder(tiny_models)
     calls = {"n": 0}
     real = decoding.decode_one
 
@@ -323,9 +327,7 @@ def test_the_window_bounds_lookahead_and_keeps_room_for_the_device() -> None:
 
 
 def test_auto_decodes_on_the_cpu_only(tiny_models: dict[str, Path]) -> None:
-    encoder = OpenClipEncoder(
-        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
-    )
+    encoder = _tiny_encoder(tiny_models)
     assert decoder_for([encoder], "auto") is None  # a CPU gains nothing from it
     assert decoder_for([encoder], "off") is None
     assert decoder_for([], "always") is None
@@ -361,12 +363,8 @@ def test_read_jpeg_takes_plain_jpegs_only(tmp_path: Path) -> None:
 def test_a_refused_file_is_found_by_halving_the_run(tiny_models: dict[str, Path]) -> None:
     """nvJPEG's batched call is all or nothing: one file it refuses costs a few smaller
     calls, and only that file goes back to the CPU."""
-    encoder = OpenClipEncoder(
-        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
-    )
-    encoder.load()
-    assert encoder.batch_preprocess is not None
-    decoder = DeviceJpegDecoder(torch.device("cpu"), {"clip": encoder.batch_preprocess})
+    encoder = _tiny_encoder(tiny_models)
+    decoder = DeviceJpegDecoder(torch.device("cpu"), _preprocessors(encoder))
     files = [_probe_file(i) for i in range(7)]
     broken = files[4]
     files[4] = JpegFile(b"\xff\xd8 not a picture \xff\xd9", broken.meta, 1)
@@ -388,9 +386,7 @@ def test_a_device_that_garbles_pictures_is_not_used(
     """The check at first use compares the device's pictures with the CPU path's: a
     decoder that skips or garbles a picture (reported for nvJPEG's hardware decoder)
     leaves the decoding to the CPU, with a warning."""
-    encoder = OpenClipEncoder(
-        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
-    )
+    encoder = _tiny_encoder(tiny_models)
     monkeypatch.setattr(device_decode, "_checked", {})
 
     def blank(self: DeviceJpegDecoder, files: Any) -> list[Any]:
@@ -412,12 +408,8 @@ def test_the_device_lane_beside_decode_processes(
 ) -> None:
     """With the CPU lanes in worker processes (DECODE_PROCESSES, for many cores) the
     device lane still takes its share in the parent, and results keep their order."""
-    encoder = OpenClipEncoder(
-        ModelSpec("clip", f"local-dir:{tiny_models['clip']}", "", 512, "c"), device="cpu"
-    )
-    encoder.load()
-    assert encoder.batch_preprocess is not None
-    device = _CountingDecoder(torch.device("cpu"), {"clip": encoder.batch_preprocess}, batch_size=5)
+    encoder = _tiny_encoder(tiny_models)
+    device = _CountingDecoder(torch.device("cpu"), _preprocessors(encoder), batch_size=5)
     refs = _refs(tmp_path / "lib", 30)
     results = list(
         decoded_in_order(

@@ -44,14 +44,7 @@ class BatchPreprocess:
         if self.squash:
             return np.array(image.resize((width, height), self.resample))
         w, h = image.size
-        # torchvision's Resize(int): the shorter side becomes ``shortest``, the longer
-        # int(shortest * long / short); CenterCrop then rounds its offsets.
-        if w <= h:
-            new_w, new_h = self.shortest, int(self.shortest * h / w)
-        else:
-            new_w, new_h = int(self.shortest * w / h), self.shortest
-        top = int(round((new_h - height) / 2.0))
-        left = int(round((new_w - width) / 2.0))
+        new_w, new_h, top, left = self._resize_and_crop(w, h)
         sx, sy = w / new_w, h / new_h
         box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
         return np.array(image.resize((width, height), self.resample, box=box))
@@ -68,16 +61,23 @@ class BatchPreprocess:
         if self.squash:
             resized = F.resize(image, [height, width], mode, antialias=True)
         else:
-            h, w = int(image.shape[-2]), int(image.shape[-1])
-            if w <= h:
-                new_w, new_h = self.shortest, int(self.shortest * h / w)
-            else:
-                new_w, new_h = int(self.shortest * w / h), self.shortest
-            top = int(round((new_h - height) / 2.0))
-            left = int(round((new_w - width) / 2.0))
+            new_w, new_h, top, left = self._resize_and_crop(
+                int(image.shape[-1]), int(image.shape[-2])
+            )
             resized = F.resize(image, [new_h, new_w], mode, antialias=True)
             resized = resized[:, top : top + height, left : left + width]
         return resized.permute(1, 2, 0).contiguous()
+
+    def _resize_and_crop(self, w: int, h: int) -> tuple[int, int, int, int]:
+        """(width, height) after the resize, and the crop's (top, left), for a w x h
+        picture: torchvision's Resize(int) makes the shorter side ``shortest`` and the
+        longer int(shortest * long / short); CenterCrop then rounds its offsets."""
+        if w <= h:
+            new_w, new_h = self.shortest, int(self.shortest * h / w)
+        else:
+            new_w, new_h = int(self.shortest * w / h), self.shortest
+        height, width = self.size
+        return new_w, new_h, int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
 
     def batch(self, pixels: Sequence[UInt8Array] | UInt8Array) -> Float32Array:
         """Stacked (n, height, width, 3) uint8 to normalised (n, 3, height, width) float32."""
