@@ -53,7 +53,8 @@ warnings.filterwarnings(
 
 
 class DeviceJpegDecoder:
-    """Decodes runs of JPEGs on ``device`` to every model's uint8 input."""
+    """Decodes runs of JPEGs on ``device`` to every model's uint8 input. One per run of
+    the pipeline, used by its device lane alone."""
 
     def __init__(
         self,
@@ -69,7 +70,6 @@ class DeviceJpegDecoder:
         self._preprocessors = dict(preprocessors)
         self._stream: Any = None  # the CUDA stream decoding runs on, made on first use
         self._failed_runs = 0  # in a row; the lane stops at MAX_FAILED_RUNS
-        self._lock = threading.Lock()
 
     @property
     def failing(self) -> bool:
@@ -100,11 +100,9 @@ class DeviceJpegDecoder:
                 self._stream.synchronize()
                 out.extend(decoded)
         except Exception:
-            with self._lock:
-                self._failed_runs += 1
+            self._failed_runs += 1
             raise
-        with self._lock:
-            self._failed_runs = 0
+        self._failed_runs = 0
         return out
 
     def _decode(self, files: Sequence[JpegFile]) -> list[dict[ModelKey, Any] | None]:
