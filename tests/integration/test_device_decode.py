@@ -237,7 +237,8 @@ def test_lanes_share_the_work_and_results_come_in_order(
 ) -> None:
     encoder = _tiny_encoder(tiny_models)
     device = _CountingDecoder(torch.device("cpu"), _preprocessors(encoder), batch_size=6)
-    refs = _refs(tmp_path / "lib", 40)
+    # Enough photos that the device lane, started after the CPU lanes, finds some left.
+    refs = _refs(tmp_path / "lib", 120)
     results = list(
         decoded_in_order(refs, [encoder], workers=2, max_pixels=10**8, lookahead=8, device=device)
     )
@@ -255,7 +256,9 @@ def test_a_failing_device_leaves_the_work_to_the_cpu(
 ) -> None:
     encoder = _tiny_encoder(tiny_models)
     device = _CountingDecoder(torch.device("cpu"), _preprocessors(encoder), batch_size=4, fail=True)
-    refs = _refs(tmp_path / "lib", 12)
+    # Enough photos that the device lane, started after the CPU lane, finds some left
+    # (with 12, the CPU lane once decoded all of them before the device lane asked).
+    refs = _refs(tmp_path / "lib", 200)
     with caplog.at_level(logging.WARNING, logger=decoding.__name__):
         results = list(
             decoded_in_order(
